@@ -1,0 +1,46 @@
+# Every target creates .venv and installs what it needs; running one twice is harmless.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help install demo test test-all lint typecheck bench-cache clean
+
+help:
+	@echo "make demo       install, then run the offline end-to-end demo"
+	@echo "make test       install, then ruff + mypy + the test suite CI runs"
+	@echo "make test-all   also the slow checks (all 18 bases)"
+	@echo "make bench-cache  feature-cache speed-up benchmark"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tlserve demo --workdir demo-output
+
+lint: install
+	$(BIN)/ruff check tlserve tests benchmarks
+	$(BIN)/ruff format --check tlserve tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy tlserve
+
+test: lint typecheck
+	$(BIN)/pytest -m "not slow"
+
+test-all: lint typecheck
+	$(BIN)/pytest
+
+bench-cache: install
+	$(BIN)/python benchmarks/feature_cache.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

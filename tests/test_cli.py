@@ -1,0 +1,202 @@
+"""The command line as a user meets it: help, exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_folder
+from tlserve.cli import main
+
+TINY = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-augment"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_usage_error(capsys: pytest.CaptureFixture[str], argv: list[str], *fragments: str) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("tlserve")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "bases", "demo"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "bases", "demo"])
+def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "usage: tlserve " + command in out
+    if command == "train":
+        assert "(default: frozen)" in out and "(default: 1e-05)" in out and "--unfreeze" in out
+
+
+def test_bases_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "bases")
+    assert code == 0
+    assert "nasnet_large" in out and "331" in out and "caffe" in out
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+) -> None:
+    out = tmp_path / "run"
+    data = str(image_folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    single = write_folder(tmp_path / "single", classes={"one": (1, 2, 3)})
+    unreadable = write_folder(tmp_path / "unreadable")
+    (unreadable / "blue").joinpath("x.jpg").write_bytes(b"junk")
+    for p in list((unreadable / "blue").iterdir()):
+        if p.name != "x.jpg":
+            p.unlink()
+    incomplete = tmp_path / "old_run"
+    incomplete.mkdir()
+    (incomplete / "labels.txt").write_text("a\nb\n")
+    cases = [
+        ([str(tmp_path / "missing"), "--out", str(out)], ["does not exist"]),
+        ([str(empty), "--out", str(out)], ["no class folders"]),
+        ([str(single), "--out", str(out)], ["single class"]),
+        ([str(unreadable), "--out", str(out)], ["no readable image", "blue"]),
+        (
+            [data, "--out", str(out), "--base", "mobilenet_v2", "--image-size", "16"],
+            ["below the minimum", "32"],
+        ),
+        ([data, "--out", str(out), "--base", "resnet9000"], ["unknown base", "valid bases", "nasnet_large"]),
+        ([data, "--out", str(out), "--base", str(incomplete)], ["incomplete", "model.keras", "run.json"]),
+        ([data, "--out", str(out), "--weights", str(tmp_path / "nope.h5")], ["--weights", "imagenet, none"]),
+        ([data, "--out", str(out), "--val-split", "0"], ["--val-split"]),
+        ([data, "--out", str(out), "--epochs", "0"], ["--epochs"]),
+    ]
+    for argv, fragments in cases:
+        assert_usage_error(capsys, ["train", *argv], *fragments)
+        assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_non_empty_out_is_refused_unless_overwrite(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_usage_error(
+        capsys, ["train", str(image_folder), "--out", str(out), *TINY], "not empty", "--overwrite"
+    )
+    assert (out / "keep.txt").read_text() == "precious"
+    code, stdout, err = run_cli(capsys, "train", str(image_folder), "--out", str(out), "--overwrite", *TINY)
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "model.keras").is_file()
+    assert "val accuracy" in stdout
+    assert leftovers(tmp_path) == []
+
+
+def test_imagenet_weights_offline_gives_a_hint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras.src.utils.file_utils as file_utils
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path / "keras_home"), raising=False)
+    out = tmp_path / "run"
+    argv = ["train", str(image_folder), "--out", str(out), "--base", "mobilenet", "--weights", "imagenet"]
+    argv += ["--image-size", "128", "--epochs", "1"]
+    assert_usage_error(capsys, argv, "could not download", "--weights PATH", "--weights none")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_weights_file_that_does_not_fit_the_base(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+) -> None:
+    import keras
+
+    weights = tmp_path / "mobilenet_v2_no_top.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        weights
+    )
+    out = tmp_path / "run"
+    common = [str(image_folder), "--out", str(out), "--image-size", "32", "--epochs", "1", "--no-augment"]
+    assert_usage_error(
+        capsys,
+        ["train", *common, "--base", "mobilenet", "--weights", str(weights)],
+        "does not fit",
+        "mobilenet",
+    )
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "train", *common, "--base", "mobilenet_v2", "--weights", str(weights))
+    assert code == 0, err
+
+
+def test_evaluate_prints_and_saves_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", str(image_folder), "--out", str(run_dir), *TINY)[0] == 0
+    other = write_folder(
+        tmp_path / "other", per_class=3, seed=5, classes={"red": (210, 30, 30), "blue": (40, 40, 220)}
+    )
+    (other / "red" / "bad.png").write_bytes(b"\x89PNG broken")
+    code, out, err = run_cli(capsys, "evaluate", str(run_dir), str(other))
+    assert code == 0, err
+    assert "precision" in out and "accuracy" in out
+    import json
+
+    saved = json.loads((run_dir / "evaluations" / "other" / "evaluation.json").read_text())
+    assert saved["images"] == 6 and len(saved["corrupt_files"]) == 1
+    assert saved["metrics"]["per_class"]["green"]["support"] == 0
+    assert (run_dir / "evaluations" / "other" / "confusion.png").is_file()
+    unknown = write_folder(
+        tmp_path / "unknown", per_class=2, classes={"purple": (90, 0, 90), "red": (200, 0, 0)}
+    )
+    assert_usage_error(capsys, ["evaluate", str(run_dir), str(unknown)], "does not know: purple")
+    assert_usage_error(capsys, ["evaluate", str(tmp_path / "nope"), str(other)], "does not exist")
+
+
+def test_ctrl_c_leaves_no_run_dir(tmp_path: Path) -> None:
+    data = write_folder(tmp_path / "data", per_class=30)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "tlserve", "train", str(data), "--out", str(out), *TINY]
+    argv[argv.index("--epochs") + 1] = "500"
+    argv += ["--mode", "scratch", "--patience", "500"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        if "epoch 2/500" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; nothing was written" in err
+    assert not out.exists()
+    assert leftovers(tmp_path) == []

@@ -1,0 +1,162 @@
+"""Each mode end to end on tiny generated data, the chain from an own model, and the run-dir contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import write_folder
+from tlserve.training import rundir
+from tlserve.training.config import TrainConfig
+from tlserve.training.trainer import train
+
+TINY: dict[str, Any] = {
+    "base": "mobilenet_v2",
+    "weights": "none",
+    "image_size": 32,
+    "epochs": 2,
+    "fine_tune_epochs": 2,
+    "batch_size": 8,
+    "augment": False,
+    "val_split": 0.25,
+}
+
+
+def run(data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
+    return train(TrainConfig(data_dir=data, out=out, **{**TINY, **overrides}))
+
+
+def check_run_dir(out: Path, classes: list[str]) -> keras.Model:
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*rundir.REQUIRED_FILES, rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT]
+    )
+    assert rundir.read_labels(out) == classes
+    for plot in (rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the contract: plain Keras, safe mode, no tlserve needed to load it
+    model = keras.models.load_model(out / rundir.MODEL_FILE, safe_mode=True)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.shape == (3, len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
+    return model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("data") / "colors", per_class=8)
+
+
+@pytest.fixture(scope="module")
+def scratch_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "scratch"
+    run(data, out, mode="scratch", epochs=4, lr=3e-3)
+    return out
+
+
+def test_frozen_mode_trains_head_on_cached_features(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frozen"
+    report = run(data, out, mode="frozen", epochs=3)
+    check_run_dir(out, ["blue", "green", "red"])
+    on_disk = json.loads((out / rundir.RUN_FILE).read_text())
+    assert on_disk == json.loads(json.dumps(report, default=str))
+    (phase,) = report["phases"]
+    assert phase["name"] == "head" and phase["used_feature_cache"] is True
+    assert phase["epochs_run"] >= 1 and len(phase["history"]) == phase["epochs_run"]
+    assert report["timings"]["feature_extraction_seconds"] > 0
+    assert report["dataset"]["train_images"] + report["dataset"]["val_images"] == 24
+    assert len(report["dataset"]["val_files"]) == report["dataset"]["val_images"]
+    metrics = report["metrics"]
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == report["dataset"]["val_images"]
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(report["versions"])
+    # only the head trained: the base's weights are untouched by fit
+    assert phase["trainable_params"] == 1280 * 3 + 3
+
+
+def test_feature_cache_spills_to_disk_with_same_result(data: Path, tmp_path: Path) -> None:
+    memory = run(data, tmp_path / "mem", mode="frozen", epochs=2)
+    disk = run(data, tmp_path / "disk", mode="frozen", epochs=2, cache_memory_mb=0)
+    assert memory["timings"]["feature_cache"]["on_disk"] is False
+    assert disk["timings"]["feature_cache"]["on_disk"] is True
+    assert not list((tmp_path / "disk").glob("*.npy"))
+    np.testing.assert_allclose(
+        memory["phases"][0]["history"][-1]["loss"], disk["phases"][0]["history"][-1]["loss"], rtol=1e-4
+    )
+
+
+def test_augmentation_turns_the_cache_off(data: Path, tmp_path: Path) -> None:
+    report = run(data, tmp_path / "aug", mode="frozen", epochs=1, augment=True)
+    assert report["phases"][0]["used_feature_cache"] is False
+    assert "feature_extraction_seconds" not in report["timings"]
+
+
+def test_seed_makes_a_run_repeatable(data: Path, tmp_path: Path) -> None:
+    a = run(data, tmp_path / "a", mode="frozen", epochs=2, seed=3)
+    b = run(data, tmp_path / "b", mode="frozen", epochs=2, seed=3)
+    assert a["phases"][0]["history"] == b["phases"][0]["history"]
+    assert a["dataset"]["val_files"] == b["dataset"]["val_files"]
+
+
+def test_finetune_unfreezes_whole_blocks_after_the_head(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    report = run(data, out, mode="finetune", unfreeze=10, class_weight="auto")
+    assert [p["name"] for p in report["phases"]] == ["head", "finetune"]
+    head, fine = report["phases"]
+    assert fine["learning_rate"] == 1e-5
+    assert fine["unfrozen_layers"] >= 10
+    assert fine["trainable_params"] > head["trainable_params"]
+    model = check_run_dir(out, ["blue", "green", "red"])
+    base = model.get_layer("base")
+    assert all(
+        not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)
+    )
+
+
+def test_scratch_trains_every_layer_with_lower_bn_momentum(scratch_run: Path) -> None:
+    report = rundir.read_run(scratch_run)
+    (phase,) = report["phases"]
+    assert phase["name"] == "scratch"
+    model = check_run_dir(scratch_run, ["blue", "green", "red"])
+    bns = [layer for layer in model.get_layer("base").layers if type(layer).__name__ == "BatchNormalization"]
+    assert bns and all(layer.momentum == 0.9 for layer in bns)
+    assert phase["trainable_params"] > 2_000_000
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_an_earlier_run_becomes_the_base(scratch_run: Path, tmp_path: Path, mode: str) -> None:
+    target = write_folder(
+        tmp_path / "target", per_class=6, classes={"cyan": (0, 200, 200), "yellow": (220, 220, 0)}
+    )
+    out = tmp_path / "bears"
+    overrides = {"base": str(scratch_run), "image_size": None, "unfreeze": None}
+    report = run(target, out, mode=mode, **overrides)
+    assert report["base"]["earlier"] == str(scratch_run)
+    model = check_run_dir(out, ["cyan", "yellow"])
+    # the earlier network brings its own preprocessing and trunk; only its classifier is replaced
+    inner = model.get_layer("base")
+    assert inner.get_layer("preprocess_tf") is not None
+    assert model.get_layer("probabilities").units == 2
+
+
+def test_a_users_own_keras_file_becomes_the_base(data: Path, tmp_path: Path) -> None:
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    path = tmp_path / "cats_vs_dogs.keras"
+    keras.Model(inputs, outputs).save(path)
+    report = run(data, tmp_path / "run", base=str(path), image_size=None, mode="frozen")
+    assert report["base"]["image_size"] == 24
+    model = keras.models.load_model(tmp_path / "run" / rundir.MODEL_FILE)
+    assert model.get_layer("base").outputs[0].shape[-1] == 16  # cut below the old classifier
+    assert model.get_layer("probabilities").units == 3

@@ -1,0 +1,3 @@
+"""tlserve: deep transfer learning, trained offline and served online."""
+
+__version__ = "0.1.0"

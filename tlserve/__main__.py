@@ -1,0 +1,5 @@
+import sys
+
+from tlserve.cli import main
+
+sys.exit(main())

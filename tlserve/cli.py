@@ -1,0 +1,245 @@
+"""The ``tlserve`` command line. Parsing only: each subcommand imports its heavy work lazily, so
+``tlserve --help`` and ``tlserve bases`` answer at once without TensorFlow."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tlserve.errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and appends "(default: X)" where a default says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, False, True, argparse.SUPPRESS)
+            or "%(default)" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+def _unfreeze(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of layers or 'all'; got {value!r}") from None
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a classifier on a folder of labelled images (feature extraction, fine-tuning or scratch)",
+        formatter_class=_Formatter,
+        description=(
+            "Train an image classifier on DATA_DIR (one subfolder per class; JPEG, PNG, BMP, GIF)\n"
+            "and write a run dir: model.keras, labels.txt, run.json, history.png, confusion.png.\n\n"
+            "modes:\n"
+            "  frozen    feature extraction: the base stays frozen, a new head is trained on its\n"
+            "            outputs (computed once and cached when augmentation is off).\n"
+            "            Best with little data.\n"
+            "  finetune  frozen first until the head converges, then the top --unfreeze layers of the\n"
+            "            base (whole blocks, BatchNorm kept in inference mode) train at --fine-tune-lr.\n"
+            "  scratch   every layer trains from the given initialisation: the baseline to compare\n"
+            "            transfer against, and the way to make a first base offline.\n\n"
+            "examples:\n"
+            "  tlserve train photos/ --out runs/pets --base mobilenet_v2\n"
+            "  tlserve train photos/ --out runs/pets-ft --mode finetune --unfreeze 40\n"
+            "  tlserve train bears/ --out runs/bears --base runs/cats-vs-dogs   # reuse your own net"
+        ),
+    )
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with one subfolder per class")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="RUN_DIR", help="run dir to write (new or empty)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out when the run succeeds")
+    g = p.add_argument_group("base network")
+    g.add_argument(
+        "--base",
+        default="mobilenet_v2",
+        help="a base from `tlserve bases`, or the path of an earlier run dir or .keras file "
+        "(its network without the classification layer becomes the base)",
+    )
+    g.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (Keras downloads and caches them), none (random init) or PATH to a *_no_top.h5 file",
+    )
+    g.add_argument("--image-size", type=int, help="square input size in pixels (default: the base's own)")
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--mode", choices=["frozen", "finetune", "scratch"], default="frozen", help="see modes above"
+    )
+    g.add_argument("--epochs", type=int, default=10, help="epochs of the head (or scratch) phase")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (or scratch) phase")
+    g.add_argument("--fine-tune-epochs", type=int, default=10, help="epochs of the fine-tuning phase")
+    g.add_argument("--fine-tune-lr", type=float, default=1e-5, help="learning rate of the fine-tuning phase")
+    g.add_argument(
+        "--unfreeze",
+        type=_unfreeze,
+        default=30,
+        metavar="N|all",
+        help="layers to unfreeze from the top of the base in finetune mode, rounded up to whole blocks",
+    )
+    g.add_argument("--batch-size", type=int, default=32, help="images per training step")
+    g.add_argument("--dropout", type=float, default=0.2, help="dropout before the classification layer")
+    g.add_argument(
+        "--hidden", type=int, default=0, help="width of an extra ReLU dense layer in the head; 0 = none"
+    )
+    g.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val loss")
+    g.add_argument(
+        "--class-weight", choices=["none", "auto"], default="none", help="auto: balance imbalanced classes"
+    )
+    g.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="turn off random flip/rotation/zoom"
+    )
+    g.add_argument(
+        "--feature-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: run a frozen base once and train the head on cached features when augmentation is off",
+    )
+    g.add_argument(
+        "--cache-memory-mb", type=int, default=2048, help="cached features/images beyond this spill to disk"
+    )
+    g.add_argument("--bn-momentum", type=float, default=0.9, help="BatchNorm momentum in scratch mode")
+    g.add_argument(
+        "--mixed-precision", choices=["auto", "on", "off"], default="auto", help="auto: on with a GPU"
+    )
+    g.add_argument("--seed", type=int, default=42, help="seeds the split, shuffling, augmentation and init")
+    g = p.add_argument_group("validation")
+    g.add_argument("--val-split", type=float, default=0.2, help="stratified fraction of DATA_DIR held out")
+    g.add_argument(
+        "--val-data", type=Path, metavar="DIR", help="a separate validation folder (overrides --val-split)"
+    )
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tlserve.training.config import TrainConfig
+    from tlserve.training.trainer import train
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
+    train(TrainConfig(**fields))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a run's model on another labelled image folder",
+        formatter_class=_Formatter,
+        description=(
+            "Score RUN_DIR's model on DATA_DIR (class subfolders named like the run's labels).\n"
+            "Prints per-class precision/recall/F1 and writes evaluation.json and confusion.png."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where to write the report (default: RUN_DIR/evaluations/<DATA_DIR name>)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per prediction step")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from tlserve.training.evaluate import evaluate
+
+    evaluate(args.run_dir, args.data_dir, out=args.out, batch_size=args.batch_size)
+    return 0
+
+
+def _add_bases(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bases", help="list the pretrained bases --base accepts", formatter_class=_Formatter)
+    p.set_defaults(handler=_run_bases)
+
+
+def _run_bases(args: argparse.Namespace) -> int:
+    from tlserve.training.bases import format_table
+
+    print(format_table())
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="offline end-to-end demo: train a base from scratch, transfer it, compare with scratch",
+        formatter_class=_Formatter,
+        description=(
+            "Uses the handwritten digits that scikit-learn ships (no download): trains a MobileNetV2\n"
+            "from scratch on digits 0-4 (the source task), then transfers it to digits 5-9 with a few\n"
+            "images per class (frozen and finetune) and trains scratch on the same few images."
+        ),
+    )
+    p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and run dirs go")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        nargs="+",
+        default=[5, 20],
+        metavar="N",
+        help="target-task training images per class (one row per value and mode)",
+    )
+    p.add_argument("--source-epochs", type=int, default=15, help="epochs of the scratch source model")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from tlserve.demo import run_demo
+
+    run_demo(args.workdir, per_class=args.per_class, source_epochs=args.source_epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tlserve import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tlserve",
+        description="Deep transfer learning from training to production serving.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tlserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_bases(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # NOTE: quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except UsageError as exc:
+        print(f"tlserve {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"tlserve {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

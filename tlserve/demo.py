@@ -1,0 +1,159 @@
+"""``tlserve demo``: the whole transfer-learning story, offline, in a few minutes on 2 CPU cores.
+
+Data: the 1,797 handwritten digits (8x8 grayscale) that scikit-learn ships, upscaled to 32x32 PNGs.
+1. source task, digits 0-4: a MobileNetV2 trained from scratch (the "cat-vs-dog net" of the story);
+2. target task, digits 5-9, with only a few training images per class: that network reused as the
+   base (frozen, then finetune), against MobileNetV2 from scratch on the same few images.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SOURCE_CLASSES = (0, 1, 2, 3, 4)
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+IMAGE_SIZE = 32
+TARGET_VAL_PER_CLASS = 60
+
+
+def write_digits(root: Path, digits: dict[int, list[np.ndarray]]) -> None:
+    from PIL import Image
+
+    for digit, images in digits.items():
+        folder = root / f"digit_{digit}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, pixels in enumerate(images):
+            gray = Image.fromarray(np.uint8(np.clip(pixels * (255.0 / 16.0), 0, 255)), mode="L")
+            gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR).save(folder / f"{i:04d}.png")
+
+
+def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str, Path]:
+    """Write source/, target_val/ and target_train_<n>/ image folders; return their paths."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    rng = np.random.default_rng(seed)
+    by_digit = {d: rng.permutation(data.images[data.target == d]) for d in range(10)}
+    paths = {"source": workdir / "data" / "source", "target_val": workdir / "data" / "target_val"}
+    write_digits(paths["source"], {d: list(by_digit[d]) for d in SOURCE_CLASSES})
+    write_digits(paths["target_val"], {d: list(by_digit[d][:TARGET_VAL_PER_CLASS]) for d in TARGET_CLASSES})
+    for n in per_class:
+        key = f"target_train_{n}"
+        paths[key] = workdir / "data" / key
+        pool = {d: by_digit[d][TARGET_VAL_PER_CLASS:] for d in TARGET_CLASSES}
+        write_digits(paths[key], {d: list(pool[d][:n]) for d in TARGET_CLASSES})
+    return paths
+
+
+@dataclass
+class Row:
+    task: str
+    mode: str
+    base: str
+    per_class: int | str
+    accuracy: float
+    seconds: float
+
+
+def _train(data: Path, out: Path, **options: object) -> tuple[float, float]:
+    from tlserve.training.config import TrainConfig
+    from tlserve.training.trainer import train
+
+    started = time.perf_counter()
+    report = train(TrainConfig(data_dir=data, out=out, overwrite=True, augment=False, **options))  # type: ignore[arg-type]
+    return float(report["metrics"]["accuracy"]), time.perf_counter() - started
+
+
+def format_rows(rows: list[Row]) -> str:
+    header = ("task", "mode", "base", "images/class", "val accuracy", "train time (s)")
+    body = [(r.task, r.mode, r.base, str(r.per_class), f"{r.accuracy:.3f}", f"{r.seconds:.1f}") for r in rows]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(x, widths, strict=False)) for x in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> list[Row]:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    paths = prepare_data(workdir, per_class)
+    runs = workdir / "runs"
+    runs.mkdir()
+    rows: list[Row] = []
+    common = {"image_size": IMAGE_SIZE, "batch_size": 32, "seed": 42}
+    print("== source task: digits 0-4, MobileNetV2 from scratch ==", flush=True)
+    source_run = runs / "source-scratch"
+    acc, sec = _train(
+        paths["source"],
+        source_run,
+        base="mobilenet_v2",
+        weights="none",
+        mode="scratch",
+        epochs=source_epochs,
+        lr=1e-3,
+        patience=4,
+        **common,
+    )
+    n_source = len(list(paths["source"].rglob("*.png"))) // len(SOURCE_CLASSES)
+    rows.append(Row("source 0-4", "scratch", "mobilenet_v2", f"~{int(n_source * 0.8)}", acc, sec))
+    for n in per_class:
+        data = paths[f"target_train_{n}"]
+        val = {"val_data": paths["target_val"]}
+        print(f"== target task: digits 5-9, {n} images per class ==", flush=True)
+        for mode in ("frozen", "finetune"):
+            acc, sec = _train(
+                data,
+                runs / f"target-{n}-{mode}",
+                base=str(source_run),
+                mode=mode,
+                epochs=60,
+                lr=3e-3,
+                patience=8,
+                fine_tune_epochs=30,
+                # NOTE: 1e-3, not the 1e-5 meant for ImageNet bases: this base is small, was trained
+                # from scratch minutes ago on similar images, and 1e-4 left it short (0.78 vs 0.84
+                # at 20 images per class, measured).
+                fine_tune_lr=1e-3,
+                unfreeze=None,
+                **val,
+                batch_size=16,
+                seed=42,
+            )
+            rows.append(Row("target 5-9", mode, "source net", n, acc, sec))
+        # NOTE: the baseline gets more epochs and patience than the source run: with few images its
+        # validation loss stays flat for longer before (if ever) it drops.
+        acc, sec = _train(
+            data,
+            runs / f"target-{n}-scratch",
+            base="mobilenet_v2",
+            weights="none",
+            mode="scratch",
+            epochs=2 * source_epochs,
+            lr=1e-3,
+            patience=10,
+            **val,
+            image_size=IMAGE_SIZE,
+            batch_size=16,
+            seed=42,
+        )
+        rows.append(Row("target 5-9", "scratch", "mobilenet_v2", n, acc, sec))
+    print()
+    print(format_rows(rows))
+    print()
+    for n in per_class:
+        at_n = [r for r in rows if r.per_class == n]
+        best = max((r for r in at_n if r.mode != "scratch"), key=lambda r: r.accuracy)
+        scratch = next(r for r in at_n if r.mode == "scratch")
+        verdict = "ahead of" if best.accuracy > scratch.accuracy else "NOT ahead of"
+        print(
+            f"{n} images/class: transfer ({best.mode}) {best.accuracy:.3f} is {verdict} "
+            f"scratch {scratch.accuracy:.3f} ({best.accuracy - scratch.accuracy:+.3f})"
+        )
+    print(f"\nrun dirs under {runs}; open their history.png and confusion.png")
+    return rows

@@ -1,0 +1,141 @@
+"""Build a classifier: baked-in preprocessing -> base -> pooling -> dropout -> [hidden] -> softmax.
+
+The base is a nested functional model named ``base``: a Keras Application without its top, or the
+network of an earlier run (or any ``.keras`` file) without its classification layer. The head layers
+are built once and shared between the full model and the head-only model that trains on cached
+features, so training either trains both.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from tlserve.errors import UsageError
+from tlserve.training import preprocessing
+from tlserve.training.bases import BaseSpec
+from tlserve.training.rundir import load_run_model
+
+# Layers stripped from the end of an earlier network to leave its features.
+_HEAD_LAYER_TYPES = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax)
+
+
+@dataclass
+class Classifier:
+    model: keras.Model
+    """The full model: RGB pixels 0..255 -> probabilities. This is what is saved."""
+    base: keras.Model
+    features: keras.Model
+    """Pixels -> pooled features (preprocessing and base included): the feature-cache extractor."""
+    head: keras.Model
+    """Pooled features -> probabilities, sharing its layers with ``model``."""
+
+
+def build_application(spec: BaseSpec, image_size: int, weights: str | None) -> keras.Model:
+    """A Keras Application without top, with ``weights`` None, 'imagenet' or a path to a .h5 file."""
+    builder = getattr(keras.applications, spec.builder)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base = builder(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+        # NOTE: Keras only warns when a weights file leaves layers "freshly-initialized"; a base
+        # that is partly random is not what the user asked for.
+        partial = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
+        if partial and weights not in (None, "imagenet"):
+            raise ValueError(partial[0])
+    except Exception as exc:
+        if weights == "imagenet" and _is_download_failure(exc):
+            raise UsageError(
+                f"could not download the ImageNet weights of {spec.name} (no network?): "
+                f"pass --weights PATH to a local {spec.builder} *_no_top.h5 file, or --weights none"
+            ) from exc
+        if weights not in (None, "imagenet"):
+            raise UsageError(
+                f"weights file {weights} does not fit base {spec.name} at {image_size}px: {_first_line(exc)}"
+            ) from exc
+        if isinstance(exc, ValueError):
+            raise UsageError(f"cannot build {spec.name} at {image_size}px: {_first_line(exc)}") from exc
+        raise
+    return keras.Model(base.inputs, base.outputs[0], name="base")
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    # NOTE: keras.utils.get_file wraps URLError/HTTPError in a bare Exception("URL fetch failure ...").
+    return isinstance(exc, urllib.error.URLError) or "URL fetch failure" in str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def build_from_earlier(path: Path) -> tuple[keras.Model, int]:
+    """The network of an earlier run dir or ``.keras`` file without its classification layer.
+
+    Returns the base (pixels -> features, its own preprocessing included) and its input size.
+    """
+    earlier = load_run_model(path)
+    shape = earlier.inputs[0].shape
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]:
+        raise UsageError(
+            f"{path}: the earlier network must take square RGB images [N, S, S, 3]; got {tuple(shape)}"
+        )
+    tensor = earlier.outputs[0]
+    node_layer = tensor._keras_history.operation
+    stripped = 0
+    while isinstance(node_layer, _HEAD_LAYER_TYPES):
+        if isinstance(node_layer, keras.layers.Dense):
+            stripped += 1
+            if stripped > 1:
+                break
+        parents = node_layer._inbound_nodes[0].input_tensors
+        if len(parents) != 1:
+            break
+        tensor = parents[0]
+        node_layer = tensor._keras_history.operation
+    if stripped == 0:
+        raise UsageError(f"{path}: the earlier network has no Dense classification layer to replace")
+    base = keras.Model(earlier.inputs, tensor, name="base")
+    return base, int(shape[1])
+
+
+def build_classifier(
+    base: keras.Model,
+    *,
+    image_size: int,
+    num_classes: int,
+    preprocess: list[keras.layers.Layer],
+    dropout: float,
+    hidden: int,
+    base_in_inference_mode: bool,
+) -> Classifier:
+    inputs = keras.Input((image_size, image_size, 3), name="image", dtype="float32")
+    x = preprocessing.apply(preprocess, inputs)
+    # NOTE: training=False keeps BatchNormalization in inference mode even once layers are unfrozen;
+    # scratch mode leaves it to fit() so the statistics are learnt.
+    x = base(x, training=False) if base_in_inference_mode else base(x)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    elif len(x.shape) != 2:
+        raise UsageError(f"the base must output a feature map or a vector; got shape {tuple(x.shape)}")
+    head_layers: list[keras.layers.Layer] = [keras.layers.Dropout(dropout, name="dropout")]
+    if hidden:
+        head_layers.append(keras.layers.Dense(hidden, activation="relu", name="hidden"))
+    head_layers.append(
+        keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")
+    )
+    features = keras.Model(inputs, x, name="features")
+    feature_input = keras.Input((x.shape[-1],), name="features")
+    y, z = x, feature_input
+    for layer in head_layers:
+        y, z = layer(y), layer(z)
+    return Classifier(
+        model=keras.Model(inputs, y, name="classifier"),
+        base=base,
+        features=features,
+        head=keras.Model(feature_input, z, name="head"),
+    )

@@ -1,0 +1,110 @@
+"""The run-dir contract (what ``tlserve train`` writes) and writing it atomically.
+
+    RUN_DIR/model.keras      loads with plain keras.models.load_model (built-in layers only)
+            labels.txt       one label a line, in class-index order
+            run.json         config, dataset, per-phase history, metrics, timings, versions
+            history.png      loss and accuracy per epoch
+            confusion.png    validation confusion matrix
+
+A run is written into a hidden sibling directory and renamed into place when complete, so an
+interrupted or failed run leaves nothing half-written at ``RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tlserve.errors import UsageError
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+RUN_FILE = "run.json"
+HISTORY_PLOT = "history.png"
+CONFUSION_PLOT = "confusion.png"
+REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, RUN_FILE)
+
+
+def check_run_dir(path: Path) -> None:
+    """Raise UsageError unless ``path`` is a complete run dir."""
+    if not path.is_dir():
+        raise UsageError(f"run dir {path} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise UsageError(
+            f"run dir {path} is incomplete: missing {', '.join(missing)} "
+            f"(a complete run dir holds {', '.join(REQUIRED_FILES)})"
+        )
+
+
+def read_labels(path: Path) -> list[str]:
+    return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    return data
+
+
+def load_run_model(path: Path) -> Any:
+    """Load the Keras model of a run dir, or a ``.keras`` file, with a clear error otherwise."""
+    import keras
+
+    if path.is_dir():
+        check_run_dir(path)
+        file = path / MODEL_FILE
+    elif path.suffix == ".keras" and path.is_file():
+        file = path
+    else:
+        raise UsageError(f"{path} is neither a run dir nor a .keras file")
+    try:
+        return keras.models.load_model(file, compile=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"cannot load {file}: {first}") from exc
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``; refuse a file or an unwritable parent."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} is not empty; choose a new directory or pass --overwrite")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot create {out}: {parent} is not a writable directory")
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a fresh hidden directory beside ``out``; on success it replaces ``out`` in one rename.
+
+    On any exception (KeyboardInterrupt included) the temporary directory is removed and ``out`` is
+    left as it was.
+    """
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the run dir should look like any other dir
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "run")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""``tlserve train``: check everything, then plan data, build, fit in phases, report, publish.
+
+All checks that can fail on user input run before TensorFlow does any work, and the run dir is
+written through ``rundir.atomic_dir``: an error or Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve.errors import UsageError
+from tlserve.training import rundir
+from tlserve.training.bases import BaseSpec, get_base
+from tlserve.training.config import MODES, TrainConfig
+from tlserve.training.data import RESIZE_METHOD, DatasetPlan, plan_dataset
+
+
+@dataclass
+class ResolvedBase:
+    spec: BaseSpec | None
+    """The Keras Application, or None for an earlier network."""
+    earlier: Path | None
+    image_size: int
+
+
+def resolve_base(config: TrainConfig) -> ResolvedBase:
+    """Check --base, --weights and --image-size without building anything."""
+    looks_like_path = "/" in config.base or config.base.endswith(".keras") or Path(config.base).exists()
+    if looks_like_path:
+        path = Path(config.base)
+        if path.is_dir():
+            rundir.check_run_dir(path)
+        elif not (path.is_file() and path.suffix == ".keras"):
+            raise UsageError(f"--base {path}: no such run dir or .keras file")
+        if config.image_size is not None:
+            raise UsageError(
+                "--image-size cannot be used with an earlier network as base; it keeps its input size"
+            )
+        return ResolvedBase(None, path, 0)
+    try:
+        spec = get_base(config.base)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    size = config.image_size or spec.default_size
+    if size < spec.min_size:
+        raise UsageError(
+            f"--image-size {size} is below the minimum of {spec.name} ({spec.min_size}px); "
+            f"use {spec.min_size} or more (default {spec.default_size})"
+        )
+    weights = config.weights
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: expected imagenet, none or an existing .h5 file")
+    return ResolvedBase(spec, None, size)
+
+
+def check_config(config: TrainConfig) -> None:
+    if config.mode not in MODES:
+        raise UsageError(f"--mode {config.mode!r}: expected one of {', '.join(MODES)}")
+    positive = {"--epochs": config.epochs, "--batch-size": config.batch_size}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1; got {value}")
+    if config.fine_tune_epochs < 0 or config.patience < 0:
+        raise UsageError("--fine-tune-epochs and --patience must not be negative")
+    if config.unfreeze is not None and config.unfreeze < 1:
+        raise UsageError(f"--unfreeze must be a positive number of layers or 'all'; got {config.unfreeze}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1); got {config.dropout}")
+    if config.lr <= 0 or config.fine_tune_lr <= 0:
+        raise UsageError("--lr and --fine-tune-lr must be positive")
+    if config.hidden < 0:
+        raise UsageError(f"--hidden must be 0 (none) or a positive width; got {config.hidden}")
+    rundir.check_output_dir(config.out, config.overwrite)
+
+
+def class_weights(plan: DatasetPlan) -> dict[int, float]:
+    """Balanced weights n / (k * n_c), as scikit-learn's class_weight='balanced'."""
+    counts = np.asarray(plan.train.counts(len(plan.class_names)), dtype=np.float64)
+    total, k = counts.sum(), len(counts)
+    return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run a training job end to end; return the run.json content."""
+    started = time.perf_counter()
+    check_config(config)
+    resolved = resolve_base(config)
+    plan = plan_dataset(config.data_dir, config.val_split, config.val_data, config.seed)
+    print(
+        f"data: {len(plan.class_names)} classes, {len(plan.train)} train / {len(plan.val)} val images"
+        f", {len(plan.skipped)} non-image files skipped, {len(plan.corrupt)} corrupt images skipped",
+        flush=True,
+    )
+    scan_seconds = time.perf_counter() - started
+    with rundir.atomic_dir(config.out) as work:
+        from tlserve.training.session import TrainingSession
+
+        session = TrainingSession(config, resolved, plan, work)
+        report = session.run()
+        report["timings"]["scan_seconds"] = round(scan_seconds, 3)
+        report["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
+        report["config"]["resize"] = f"{RESIZE_METHOD}, no antialias, aspect ratio not kept"
+        session.write(report)
+    metrics = report["metrics"]
+    print(
+        f"wrote {config.out}: val accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+        f"{report['timings']['total_seconds']:.1f}s",
+        file=sys.stdout,
+        flush=True,
+    )
+    return report
