@@ -97,6 +97,15 @@ def test_augmentation_turns_the_cache_off(data: Path, tmp_path: Path) -> None:
     assert "feature_extraction_seconds" not in report["timings"]
 
 
+def test_mixed_precision_runs_and_keeps_float32_probabilities(data: Path, tmp_path: Path) -> None:
+    report = run(data, tmp_path / "mixed", mode="frozen", epochs=1, mixed_precision="on")
+    assert report["timings"]["devices"]["mixed_precision"] is True
+    model = keras.models.load_model(tmp_path / "mixed" / rundir.MODEL_FILE)
+    assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("preprocess_tf").dtype_policy.compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+
+
 def test_seed_makes_a_run_repeatable(data: Path, tmp_path: Path) -> None:
     a = run(data, tmp_path / "a", mode="frozen", epochs=2, seed=3)
     b = run(data, tmp_path / "b", mode="frozen", epochs=2, seed=3)

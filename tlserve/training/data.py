@@ -9,6 +9,7 @@ decoder, so corrupt files are listed in run.json and left out instead of failing
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,11 @@ def list_classes(root: Path, what: str = "data dir") -> tuple[list[str], dict[st
 
 
 def find_corrupt(paths: list[Path]) -> set[Path]:
-    """Decode every file with TensorFlow (in parallel) and return those that fail."""
+    """Decode every file with TensorFlow (in parallel) and return those that fail.
+
+    A progress bar shows on a terminal: this is one full decoding pass over the data.
+    """
+    import keras
     import tensorflow as tf
 
     if not paths:
@@ -112,7 +117,17 @@ def find_corrupt(paths: list[Path]) -> set[Path]:
         return index + 0 * tf.size(image, out_type=tf.int64)  # depends on the decode, so it runs
 
     ok = indices.map(probe, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    good = {int(i) for i in ok.as_numpy_iterator()}
+    bar = None
+    if sys.stdout.isatty():
+        print(f"checking that {len(paths)} images decode", flush=True)
+        bar = keras.utils.Progbar(len(paths), unit_name="image")
+    good: set[int] = set()
+    for i in ok.as_numpy_iterator():
+        good.add(int(i))
+        if bar is not None and len(good) % 64 == 0:
+            bar.update(len(good))
+    if bar is not None:
+        bar.update(len(paths), finalize=True)
     return {p for i, p in enumerate(paths) if i not in good}
 
 

@@ -106,6 +106,11 @@ class TrainingSession:
         if self._use_feature_cache():
             started = time.perf_counter()
             limit = config.cache_memory_mb * 2**20
+            print(
+                f"feature cache: running the frozen base once over {len(self.plan.train)} train and "
+                f"{len(self.plan.val)} val images",
+                flush=True,
+            )
             caches = {}
             for name, split in (("train", self.plan.train), ("val", self.plan.val)):
                 caches[name] = extract(
@@ -170,6 +175,13 @@ class TrainingSession:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        previous_policy = keras.mixed_precision.global_policy()
+        try:
+            return self._run()
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+    def _run(self) -> dict[str, Any]:
         from tlserve.training.trainer import class_weights
 
         config = self.config
