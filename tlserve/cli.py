@@ -76,7 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (Keras downloads and caches them), none (random init) or PATH to a *_no_top.h5 file",
+        help="imagenet (Keras downloads and caches them), none (random init) or PATH to a *_no_top.h5 "
+        "file; ignored when --base is an earlier network",
     )
     g.add_argument("--image-size", type=int, help="square input size in pixels (default: the base's own)")
     g = p.add_argument_group("training")

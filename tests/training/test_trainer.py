@@ -80,15 +80,56 @@ def test_frozen_mode_trains_head_on_cached_features(data: Path, tmp_path: Path) 
     assert phase["trainable_params"] == 1280 * 3 + 3
 
 
-def test_feature_cache_spills_to_disk_with_same_result(data: Path, tmp_path: Path) -> None:
-    memory = run(data, tmp_path / "mem", mode="frozen", epochs=2)
-    disk = run(data, tmp_path / "disk", mode="frozen", epochs=2, cache_memory_mb=0)
-    assert memory["timings"]["feature_cache"]["on_disk"] is False
-    assert disk["timings"]["feature_cache"]["on_disk"] is True
-    assert not list((tmp_path / "disk").glob("*.npy"))
-    np.testing.assert_allclose(
-        memory["phases"][0]["history"][-1]["loss"], disk["phases"][0]["history"][-1]["loss"], rtol=1e-4
+def test_feature_cache_spills_to_disk_with_the_same_features(data: Path, tmp_path: Path) -> None:
+    from tlserve.training.bases import get_base
+    from tlserve.training.data import image_dataset, plan_dataset
+    from tlserve.training.features import batches, extract
+    from tlserve.training.network import build_application, build_classifier
+    from tlserve.training.preprocessing import preprocessing_layers
+
+    plan = plan_dataset(data, 0.25, None, seed=0)
+    spec = get_base("mobilenet_v2")
+    clf = build_classifier(
+        build_application(spec, 32, None),
+        image_size=32,
+        num_classes=3,
+        preprocess=preprocessing_layers("tf"),
+        dropout=0.0,
+        hidden=0,
+        base_in_inference_mode=True,
     )
+    caches = [
+        extract(
+            clf.features,
+            image_dataset(plan.train, 32, 5, shuffle=False, seed=0, cache=None),
+            len(plan.train),
+            memory_limit_bytes=limit,
+            spill_dir=tmp_path,
+            name="train",
+            progress=False,
+        )
+        for limit in (2**30, 0)
+    ]
+    memory, disk = caches
+    assert not memory.on_disk and disk.on_disk and (tmp_path / "features-train.npy").is_file()
+    np.testing.assert_array_equal(memory.features, disk.features)
+    np.testing.assert_array_equal(memory.labels, np.asarray(plan.train.labels))
+    assert memory.features.shape == (len(plan.train), 1280)
+    pairs = [(f.tobytes(), int(y)) for f, y in zip(memory.features, memory.labels, strict=True)]
+    for cache in caches:  # every epoch sees every example once, features still paired with labels
+        seen = []
+        for features, labels in batches(cache, 4, shuffle=True, seed=1):
+            seen += [
+                (f.tobytes(), int(y)) for f, y in zip(np.asarray(features), np.asarray(labels), strict=True)
+            ]
+        assert sorted(seen) == sorted(pairs)
+
+
+def test_trainer_spills_the_cache_and_cleans_up(data: Path, tmp_path: Path) -> None:
+    report = run(data, tmp_path / "disk", mode="frozen", epochs=2, cache_memory_mb=0)
+    assert report["timings"]["feature_cache"]["on_disk"] is True
+    assert report["phases"][0]["used_feature_cache"] is True
+    assert not list((tmp_path / "disk").glob("*.npy"))
 
 
 def test_augmentation_turns_the_cache_off(data: Path, tmp_path: Path) -> None:

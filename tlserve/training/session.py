@@ -252,7 +252,9 @@ class TrainingSession:
         self.model.save(work / rundir.MODEL_FILE)
         (work / rundir.LABELS_FILE).write_text("\n".join(self.plan.class_names) + "\n", encoding="utf-8")
         report.write_json(work / rundir.RUN_FILE, run)
-        title = f"{run['base']['name'] or 'earlier network'} · {self.config.mode}"
+        earlier = self.resolved.earlier
+        base_name = run["base"]["name"] or f"earlier network {earlier.name if earlier else ''}"
+        title = f"{base_name} · {self.config.mode}"
         report.plot_history(run["phases"], work / rundir.HISTORY_PLOT, title)
         report.plot_confusion(
             self.metrics["confusion_matrix"],

@@ -16,7 +16,7 @@ import numpy as np
 
 from tlserve.errors import UsageError
 from tlserve.training import rundir
-from tlserve.training.bases import BaseSpec, get_base
+from tlserve.training.bases import BaseSpec, base_names, get_base
 from tlserve.training.config import MODES, TrainConfig
 from tlserve.training.data import RESIZE_METHOD, DatasetPlan, plan_dataset
 
@@ -31,8 +31,10 @@ class ResolvedBase:
 
 def resolve_base(config: TrainConfig) -> ResolvedBase:
     """Check --base, --weights and --image-size without building anything."""
+    # A table name wins over a same-named folder in the working directory; write ./NAME for that.
+    is_table_name = config.base in base_names()
     looks_like_path = "/" in config.base or config.base.endswith(".keras") or Path(config.base).exists()
-    if looks_like_path:
+    if looks_like_path and not is_table_name:
         path = Path(config.base)
         if path.is_dir():
             rundir.check_run_dir(path)
@@ -56,6 +58,13 @@ def resolve_base(config: TrainConfig) -> ResolvedBase:
     weights = config.weights
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: expected imagenet, none or an existing .h5 file")
+    if weights == "imagenet" and spec.imagenet_sizes and size not in spec.imagenet_sizes:
+        sizes = "/".join(map(str, spec.imagenet_sizes))
+        print(
+            f"note: {spec.name}'s ImageNet weights exist for {sizes} px; at {size} px Keras loads "
+            f"the {spec.default_size} px ones (the convolutions fit any size)",
+            flush=True,
+        )
     return ResolvedBase(spec, None, size)
 
 
