@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--base", default="mobilenet_v2")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per variant (first is warm-up)")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is warm-up and is not timed")
     keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
@@ -80,7 +82,7 @@ def main() -> None:
             base_in_inference_mode=True,
         )
         # end to end: decoded images cached in memory, so only the network's work is timed
-        images = image_dataset(plan.train, args.size, 32, shuffle=True, seed=0, cache="")
+        images = image_dataset(plan.train, args.size, 32, shuffle=True, seed=0, cache=True)
         compile_for(clf.model, 1e-3)
         full = EpochTimes()
         clf.model.fit(images, epochs=args.epochs, callbacks=[full], verbose=0, shuffle=False)
@@ -88,7 +90,7 @@ def main() -> None:
         started = time.perf_counter()
         cache = extract(
             clf.features,
-            image_dataset(plan.train, args.size, 32, shuffle=False, seed=0, cache=None),
+            image_dataset(plan.train, args.size, 32, shuffle=False, seed=0, cache=False),
             len(plan.train),
             memory_limit_bytes=2**31,
             spill_dir=Path(tmp),

@@ -99,6 +99,68 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--seed", "-1"], ["--seed must be at least 0", "-1"]),
+        (["--seed", str(2**32)], ["--seed must be below 2**32"]),
+        (["--image-size", "0"], ["--image-size", "got 0"]),
+        (["--bn-momentum", "1.5"], ["--bn-momentum must be in [0, 1)", "1.5"]),
+        (["--lr", "nan"], ["--lr must be a positive number", "nan"]),
+        (["--cache-memory-mb", "-5"], ["--cache-memory-mb must be at least 0"]),
+    ],
+)
+def test_option_values_are_checked(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    image_folder: Path,
+    extra: list[str],
+    fragments: list[str],
+) -> None:
+    out = tmp_path / "run"
+    assert_usage_error(capsys, ["train", str(image_folder), "--out", str(out), *extra], *fragments)
+    assert not out.exists()
+
+
+def test_out_may_not_replace_an_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = sorted(p.name for p in image_folder.rglob("*"))
+    argv = ["train", str(image_folder), "--overwrite", *TINY]
+    assert_usage_error(capsys, [*argv, "--out", str(image_folder)], "would replace DATA_DIR")
+    assert_usage_error(capsys, [*argv, "--out", str(tmp_path)], "would replace DATA_DIR")
+    monkeypatch.chdir(image_folder / "red")
+    assert_usage_error(capsys, [*argv, "--out", "."], "would replace")
+    assert sorted(p.name for p in image_folder.rglob("*")) == before
+
+
+def test_an_earlier_network_with_the_wrong_input_is_refused_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+) -> None:
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(pooled)).save(tmp_path / "dynamic.keras")
+    argv = [
+        "train",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "run"),
+        "--base",
+        str(tmp_path / "dynamic.keras"),
+    ]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and "square RGB images" in err
+    assert "data:" not in out  # refused before scanning the data
+
+
+def test_demo_refuses_a_workdir_it_did_not_make(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep")
+    assert_usage_error(capsys, ["demo", "--workdir", str(tmp_path)], "not made by tlserve demo")
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
 def test_non_empty_out_is_refused_unless_overwrite(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
 ) -> None:
@@ -174,6 +236,19 @@ def test_evaluate_prints_and_saves_metrics(
     assert saved["images"] == 6 and len(saved["corrupt_files"]) == 1
     assert saved["metrics"]["per_class"]["green"]["support"] == 0
     assert (run_dir / "evaluations" / "other" / "confusion.png").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    assert_usage_error(capsys, ["evaluate", str(run_dir), str(other), "--out", str(mine)], "not empty")
+    assert (mine / "keep.txt").read_text() == "keep"
+    assert run_cli(capsys, "evaluate", str(run_dir), str(other), "--out", str(mine), "--overwrite")[0] == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["confusion.png", "evaluation.json"]
+    assert_usage_error(
+        capsys,
+        ["evaluate", str(run_dir), str(other), "--out", str(run_dir), "--overwrite"],
+        "would replace RUN_DIR",
+    )
+    assert (run_dir / "model.keras").is_file()
     unknown = write_folder(
         tmp_path / "unknown", per_class=2, classes={"purple": (90, 0, 90), "red": (200, 0, 0)}
     )

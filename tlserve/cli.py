@@ -154,8 +154,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         metavar="DIR",
-        help="where to write the report (default: RUN_DIR/evaluations/<DATA_DIR name>)",
+        help="where to write the report (default: RUN_DIR/evaluations/<DATA_DIR name>, replaced on a re-run)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--batch-size", type=int, default=32, help="images per prediction step")
     p.set_defaults(handler=_run_evaluate)
 
@@ -163,7 +164,67 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from tlserve.training.evaluate import evaluate
 
-    evaluate(args.run_dir, args.data_dir, out=args.out, batch_size=args.batch_size)
+    evaluate(args.run_dir, args.data_dir, out=args.out, batch_size=args.batch_size, overwrite=args.overwrite)
+    return 0
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="turn a run dir into a new, verified version in a model repository (SavedModel, ONNX)",
+        formatter_class=_Formatter,
+        description=(
+            "Write RUN_DIR's model as REPO/NAME/VERSION/: a TF Serving SavedModel (signatures\n"
+            "serving_default for float pixels and predict_images for encoded images, with warmup\n"
+            "requests), model.onnx (fp32), optionally model.fp16.onnx and model.int8.onnx, labels.txt\n"
+            "and manifest.json. Every artifact is checked against the Keras model on the run's\n"
+            "validation images (at least 32) and carries its figures in the manifest. The version is\n"
+            "assembled elsewhere and renamed into place; existing versions are never overwritten.\n\n"
+            "examples:\n"
+            "  tlserve export runs/pets --repository models --name pets\n"
+            "  tlserve export runs/pets --repository models --name pets --int8 --fp16"
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--repository", type=Path, required=True, metavar="REPO", help="model repository root")
+    p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
+    p.add_argument("--version", type=int, help="version number (default: the next free integer)")
+    p.add_argument(
+        "--formats", type=_formats, default=("savedmodel", "onnx"), metavar="LIST",
+        help="comma-separated: savedmodel, onnx (default: savedmodel,onnx)",
+    )  # fmt: skip
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for CUDA/TensorRT)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, for CPU)")
+    p.add_argument(
+        "--calibration-data", type=Path, metavar="DIR",
+        help="images for int8 calibration (default: the run's training images)",
+    )  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..18")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from tlserve.exporters.export import ExportOptions, export, summary_table
+
+    result = export(
+        ExportOptions(
+            run_dir=args.run_dir,
+            repository=args.repository,
+            name=args.name,
+            version=args.version,
+            formats=args.formats,
+            fp16=args.fp16,
+            int8=args.int8,
+            calibration_data=args.calibration_data,
+            opset=args.opset,
+        )
+    )
+    print(f"\npublished {result.path}")
+    print(summary_table(result))
     return 0
 
 
@@ -222,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     _add_bases(sub)
     _add_demo(sub)
     return parser

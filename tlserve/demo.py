@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tlserve.errors import UsageError
+
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 IMAGE_SIZE = 32
@@ -78,10 +80,29 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> list[Row]:
+MARKER = ".tlserve-demo"
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Start from an empty workdir; only a folder an earlier demo made (it holds MARKER) is wiped."""
     if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+        if not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} is a file")
+        if any(workdir.iterdir()):
+            if not (workdir / MARKER).is_file():
+                raise UsageError(
+                    f"--workdir {workdir} is not empty and was not made by tlserve demo; "
+                    "give a new or empty directory"
+                )
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by tlserve demo; the next demo run may delete this folder\n")
+
+
+def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> list[Row]:
+    if not per_class or min(per_class) < 1:
+        raise UsageError(f"--per-class takes positive numbers; got {per_class}")
+    prepare_workdir(workdir)
     paths = prepare_data(workdir, per_class)
     runs = workdir / "runs"
     runs.mkdir()

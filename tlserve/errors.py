@@ -13,3 +13,9 @@ class TlserveError(Exception):
 
 class UsageError(TlserveError):
     """The user asked for something that cannot be done; the message says what and what is allowed."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's error message, for a one-line error of our own."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]

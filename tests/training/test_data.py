@@ -86,3 +86,35 @@ def test_val_data_with_unknown_class(image_folder: Path, tmp_path: Path) -> None
 def test_val_split_bounds(image_folder: Path) -> None:
     with pytest.raises(UsageError, match="--val-split"):
         plan_dataset(image_folder, 1.0, None, seed=0)
+
+
+def test_bmps_tensorflow_would_misread_are_skipped_with_the_reason(image_folder: Path) -> None:
+    from PIL import Image
+
+    red = image_folder / "red"
+    Image.new("RGB", (8, 8), (200, 40, 40)).convert("P", palette=Image.Palette.ADAPTIVE).save(red / "pal.bmp")
+    Image.new("1", (8, 8), 1).save(red / "bw.bmp")
+    Image.new("L", (8, 8), 90).save(red / "gray.bmp")  # grey ramp palette: decoded right
+    plan = plan_dataset(image_folder, 0.25, None, seed=0)
+    assert plan.skipped == [
+        "red/bw.bmp (unsupported: 1-bit BMP; convert to PNG)",
+        "red/pal.bmp (unsupported: colour-palette BMP; convert to PNG)",
+    ]
+    assert any(p.name == "gray.bmp" for p in plan.train.paths + plan.val.paths)
+
+
+def test_uppercase_extensions_and_unicode_class_names(tmp_path: Path) -> None:
+    root = write_folder(
+        tmp_path / "d", per_class=4, classes={"ours é 🐻": (120, 60, 20), "b c": (1, 90, 200)}
+    )
+    for path in list((root / "b c").iterdir()):
+        path.rename(path.with_suffix(path.suffix.upper()))
+    plan = plan_dataset(root, 0.25, None, seed=0)
+    assert plan.class_names == ["b c", "ours é 🐻"]
+    assert len(plan.train) + len(plan.val) == 8 and plan.skipped == []
+
+
+def test_class_names_must_be_one_line(image_folder: Path) -> None:
+    (image_folder / "red").rename(image_folder / "re\u2028d")
+    with pytest.raises(UsageError, match="one line"):
+        plan_dataset(image_folder, 0.2, None, seed=0)

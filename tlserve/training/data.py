@@ -72,8 +72,35 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def bmp_problem(path: Path) -> str | None:
+    """Why TensorFlow's BMP decoder would get this file wrong, or None.
+
+    It reads an 8-bit palette image as grey palette indices (right only when the palette is the
+    grey ramp, as for grayscale BMPs) and cannot read 1- or 4-bit images at all.
+    """
+    try:
+        with path.open("rb") as f:
+            header = f.read(54)
+            if len(header) < 54 or header[:2] != b"BM":
+                return None  # not a BMP at all: the decoder will call it corrupt
+            dib_size = int.from_bytes(header[14:18], "little")
+            bits = int.from_bytes(header[28:30], "little")
+            if bits > 8 or dib_size < 40:
+                return None
+            if bits < 8:
+                return f"{bits}-bit BMP"
+            used = int.from_bytes(header[46:50], "little") or 256
+            f.seek(14 + dib_size)
+            palette = f.read(4 * used)
+    except OSError:
+        return None
+    grey = all(palette[4 * i : 4 * i + 3] == bytes([i, i, i]) for i in range(len(palette) // 4))
+    return None if grey else "colour-palette BMP"
+
+
 def list_classes(root: Path, what: str = "data dir") -> tuple[list[str], dict[str, list[Path]], list[str]]:
-    """Class names (sorted), their image files, and the relative paths of skipped non-image files."""
+    """Class names (sorted), their image files, and the relative paths of skipped files (not images,
+    or BMP variants TensorFlow would decode wrongly, with the reason)."""
     if not root.exists():
         raise UsageError(f"{what} {root} does not exist")
     if not root.is_dir():
@@ -84,6 +111,9 @@ def list_classes(root: Path, what: str = "data dir") -> tuple[list[str], dict[st
             f"{what} {root} has no class folders; expected one subfolder per class holding "
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
         )
+    bad_names = [repr(n) for n in classes if len(n.splitlines()) != 1 or n != n.strip("\n\r")]
+    if bad_names:
+        raise UsageError(f"class folder names must be one line; rename {', '.join(bad_names)} in {root}")
     files: dict[str, list[Path]] = {}
     skipped: list[str] = []
     for name in classes:
@@ -92,7 +122,10 @@ def list_classes(root: Path, what: str = "data dir") -> tuple[list[str], dict[st
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                problem = bmp_problem(path) if path.suffix.lower() == ".bmp" else None
+                if problem:
+                    skipped.append(f"{_relative(path, root)} (unsupported: {problem}; convert to PNG)")
+                elif path.suffix.lower() in IMAGE_EXTENSIONS:
                     found.append(path)
                 else:
                     skipped.append(_relative(path, root))
@@ -205,12 +238,13 @@ def image_dataset(
     shuffle: bool,
     seed: int,
     augment: Any = None,
-    cache: str | None = "",
+    cache: bool = True,
 ) -> Any:
     """A batched tf.data pipeline of (float32 RGB 0..255 images, int labels).
 
-    ``cache`` is "" for memory, a file prefix for disk, or None for no cache. ``augment`` is a Keras
-    layer applied to training batches.
+    ``cache`` keeps the decoded images in memory after the first pass; without it every epoch
+    decodes again and nothing but a few batches is held. ``augment`` is a Keras layer applied to
+    training batches.
     """
     import tensorflow as tf
 
@@ -223,11 +257,16 @@ def image_dataset(
         image = tf.image.resize(image, (image_size, image_size), method=RESIZE_METHOD)
         return image, label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache is not None:
-        ds = ds.cache(cache)
-    if shuffle:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    if cache:
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        if shuffle:
+            ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    else:
+        # NOTE: shuffle the file names, not the decoded images: a full shuffle buffer of decoded
+        # images would hold the whole set in memory, which is what not caching is meant to avoid.
+        if shuffle:
+            ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -17,8 +17,11 @@ REPORT_FILE = "evaluation.json"
 
 
 def evaluate(
-    run_dir: Path, data_dir: Path, *, out: Path | None = None, batch_size: int = 32
+    run_dir: Path, data_dir: Path, *, out: Path | None = None, batch_size: int = 32, overwrite: bool = False
 ) -> dict[str, Any]:
+    """Score the run on ``data_dir``; the report goes to ``out`` (default: an ``evaluations/`` folder
+    in the run dir, replaced on a re-run). A non-empty ``out`` of the user's is kept unless
+    ``overwrite``."""
     rundir.check_run_dir(run_dir)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {batch_size}")
@@ -40,13 +43,14 @@ def evaluate(
     if not split.paths:
         raise UsageError(f"data dir {data_dir} has no readable image")
     target = out or run_dir / "evaluations" / data_dir.resolve().name
-    rundir.check_output_dir(target, overwrite=True)
+    rundir.check_output_dir(target, overwrite=overwrite or out is None)
+    rundir.check_not_replacing(target, {"RUN_DIR": run_dir, "DATA_DIR": data_dir})
 
     model = rundir.load_run_model(run_dir)
     size = int(model.inputs[0].shape[1])
     started = time.perf_counter()
     probabilities = model.predict(
-        image_dataset(split, size, batch_size, shuffle=False, seed=0, cache=None), verbose=0
+        image_dataset(split, size, batch_size, shuffle=False, seed=0, cache=False), verbose=0
     )
     metrics = classification_metrics(np.asarray(split.labels), probabilities, labels)
     result = {

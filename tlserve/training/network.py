@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 
-from tlserve.errors import UsageError
+from tlserve.errors import UsageError, first_line
 from tlserve.training import preprocessing
 from tlserve.training.bases import BaseSpec
 from tlserve.training.rundir import load_run_model
@@ -55,10 +55,10 @@ def build_application(spec: BaseSpec, image_size: int, weights: str | None) -> k
             ) from exc
         if weights not in (None, "imagenet"):
             raise UsageError(
-                f"weights file {weights} does not fit base {spec.name} at {image_size}px: {_first_line(exc)}"
+                f"weights file {weights} does not fit base {spec.name} at {image_size}px: {first_line(exc)}"
             ) from exc
         if isinstance(exc, ValueError):
-            raise UsageError(f"cannot build {spec.name} at {image_size}px: {_first_line(exc)}") from exc
+            raise UsageError(f"cannot build {spec.name} at {image_size}px: {first_line(exc)}") from exc
         raise
     return keras.Model(base.inputs, base.outputs[0], name="base")
 
@@ -66,11 +66,6 @@ def build_application(spec: BaseSpec, image_size: int, weights: str | None) -> k
 def _is_download_failure(exc: BaseException) -> bool:
     # NOTE: keras.utils.get_file wraps URLError/HTTPError in a bare Exception("URL fetch failure ...").
     return isinstance(exc, urllib.error.URLError) or "URL fetch failure" in str(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def build_from_earlier(path: Path) -> tuple[keras.Model, int]:

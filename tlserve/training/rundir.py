@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tlserve.errors import UsageError
+from tlserve.errors import UsageError, first_line
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -44,7 +45,8 @@ def check_run_dir(path: Path) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
-    return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").splitlines() if line]
+    # NOTE: split on "\n" only: str.splitlines() also splits on \x85, \u2028 and other separators.
+    return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").split("\n") if line]
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -52,22 +54,54 @@ def read_run(path: Path) -> dict[str, Any]:
     return data
 
 
+def model_file(path: Path) -> Path:
+    """The .keras file of a run dir, or ``path`` itself when it is a .keras file."""
+    if path.is_dir():
+        check_run_dir(path)
+        return path / MODEL_FILE
+    if path.suffix == ".keras" and path.is_file():
+        return path
+    raise UsageError(f"{path} is neither a run dir nor a .keras file")
+
+
+def declared_input_shape(path: Path) -> list[int | None] | None:
+    """The input shape a .keras file declares, read from its config without TensorFlow (None if
+    the file does not say)."""
+    try:
+        with zipfile.ZipFile(model_file(path)) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path} is not a readable .keras model: {first_line(exc)}") from exc
+
+    def find(node: Any) -> list[int | None] | None:
+        children: list[Any]
+        if isinstance(node, dict):
+            if node.get("class_name") == "InputLayer":
+                shape = node.get("config", {}).get("batch_shape")
+                return list(shape) if shape is not None else None
+            children = list(node.values())
+        elif isinstance(node, list):
+            children = node
+        else:
+            return None
+        for child in children:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+
+    return find(config)
+
+
 def load_run_model(path: Path) -> Any:
     """Load the Keras model of a run dir, or a ``.keras`` file, with a clear error otherwise."""
     import keras
 
-    if path.is_dir():
-        check_run_dir(path)
-        file = path / MODEL_FILE
-    elif path.suffix == ".keras" and path.is_file():
-        file = path
-    else:
-        raise UsageError(f"{path} is neither a run dir nor a .keras file")
+    file = model_file(path)
     try:
         return keras.models.load_model(file, compile=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UsageError(f"cannot load {file}: {first}") from exc
+        raise UsageError(f"cannot load {file}: {first_line(exc)}") from exc
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -81,6 +115,18 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"cannot create {out}: {parent} is not a writable directory")
+
+
+def check_not_replacing(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output dir that is, or contains, one of the inputs (or the working directory):
+    replacing it on success would delete that input."""
+    target = out.resolve()
+    for what, path in {**inputs, "the current directory": Path.cwd()}.items():
+        if path is None:
+            continue
+        source = path.resolve()
+        if source == target or target in source.parents:
+            raise UsageError(f"--out {out} would replace {what} ({path}); choose another directory")
 
 
 @contextmanager

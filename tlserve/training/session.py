@@ -74,13 +74,10 @@ class TrainingSession:
         )
 
     def _images(self, split: Split, *, train: bool, cache: bool = True) -> Any:
+        """Decoded images are cached in memory when they fit under --cache-memory-mb."""
         config = self.config
         size = self.resolved.image_size
-        cache_arg: str | None = None
-        if cache:
-            bytes_needed = len(split) * size * size * 3 * 4
-            in_memory = bytes_needed <= config.cache_memory_mb * 2**20
-            cache_arg = "" if in_memory else str(self.work / f".images-{'train' if train else 'val'}")
+        fits = len(split) * size * size * 3 * 4 <= config.cache_memory_mb * 2**20
         return image_dataset(
             split,
             size,
@@ -88,7 +85,7 @@ class TrainingSession:
             shuffle=train,
             seed=config.seed,
             augment=build_augmentation(config.seed) if train and config.augment else None,
-            cache=cache_arg,
+            cache=cache and fits,
         )
 
     def _use_feature_cache(self) -> bool:
@@ -262,5 +259,3 @@ class TrainingSession:
             work / rundir.CONFUSION_PLOT,
             f"{title} · val accuracy {self.metrics['accuracy']:.3f}",
         )
-        for leftover in work.glob(".images-*"):
-            leftover.unlink()

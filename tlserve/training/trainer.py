@@ -6,6 +6,7 @@ written through ``rundir.atomic_dir``: an error or Ctrl-C leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -44,12 +45,19 @@ def resolve_base(config: TrainConfig) -> ResolvedBase:
             raise UsageError(
                 "--image-size cannot be used with an earlier network as base; it keeps its input size"
             )
+        shape = rundir.declared_input_shape(path)
+        if shape is not None and (
+            len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]
+        ):
+            raise UsageError(
+                f"--base {path}: the earlier network must take square RGB images [N, S, S, 3]; got {shape}"
+            )
         return ResolvedBase(None, path, 0)
     try:
         spec = get_base(config.base)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
-    size = config.image_size or spec.default_size
+    size = config.image_size if config.image_size is not None else spec.default_size
     if size < spec.min_size:
         raise UsageError(
             f"--image-size {size} is below the minimum of {spec.name} ({spec.min_size}px); "
@@ -71,21 +79,40 @@ def resolve_base(config: TrainConfig) -> ResolvedBase:
 def check_config(config: TrainConfig) -> None:
     if config.mode not in MODES:
         raise UsageError(f"--mode {config.mode!r}: expected one of {', '.join(MODES)}")
-    positive = {"--epochs": config.epochs, "--batch-size": config.batch_size}
-    for flag, value in positive.items():
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1; got {value}")
-    if config.fine_tune_epochs < 0 or config.patience < 0:
-        raise UsageError("--fine-tune-epochs and --patience must not be negative")
+    at_least = {
+        "--epochs": (config.epochs, 1),
+        "--batch-size": (config.batch_size, 1),
+        "--fine-tune-epochs": (config.fine_tune_epochs, 0),
+        "--patience": (config.patience, 0),
+        "--hidden": (config.hidden, 0),
+        "--cache-memory-mb": (config.cache_memory_mb, 0),
+        "--seed": (config.seed, 0),
+    }
+    for flag, (value, low) in at_least.items():
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}; got {value}")
+    if config.seed >= 2**32:
+        raise UsageError(f"--seed must be below 2**32; got {config.seed}")
+    if config.image_size is not None and config.image_size < 1:
+        raise UsageError(f"--image-size must be a positive number of pixels; got {config.image_size}")
     if config.unfreeze is not None and config.unfreeze < 1:
         raise UsageError(f"--unfreeze must be a positive number of layers or 'all'; got {config.unfreeze}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise UsageError(f"--dropout must be in [0, 1); got {config.dropout}")
-    if config.lr <= 0 or config.fine_tune_lr <= 0:
-        raise UsageError("--lr and --fine-tune-lr must be positive")
-    if config.hidden < 0:
-        raise UsageError(f"--hidden must be 0 (none) or a positive width; got {config.hidden}")
+    in_range = {
+        "--dropout": (config.dropout, 0.0, 1.0),
+        "--bn-momentum": (config.bn_momentum, 0.0, 1.0),
+        "--val-split": (config.val_split, 0.0, 1.0),
+    }
+    for flag, (fraction, floor, ceiling) in in_range.items():
+        if not floor <= fraction < ceiling:
+            raise UsageError(f"{flag} must be in [{floor:g}, {ceiling:g}); got {fraction}")
+    for flag, rate in {"--lr": config.lr, "--fine-tune-lr": config.fine_tune_lr}.items():
+        if not (math.isfinite(rate) and rate > 0):
+            raise UsageError(f"{flag} must be a positive number; got {rate}")
     rundir.check_output_dir(config.out, config.overwrite)
+    base_path = Path(config.base) if config.base not in base_names() else None
+    rundir.check_not_replacing(
+        config.out, {"DATA_DIR": config.data_dir, "--val-data": config.val_data, "--base": base_path}
+    )
 
 
 def class_weights(plan: DatasetPlan) -> dict[int, float]:

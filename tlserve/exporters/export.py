@@ -1,0 +1,433 @@
+"""``tlserve export``: a run dir -> a new, complete, verified version in a model repository.
+
+Every artifact is checked against the Keras model before the version is published, and carries its
+measured figures in ``manifest.json``. The version is assembled in a hidden staging directory beside
+it and renamed into place: a server polling the repository never sees half of one, and an existing
+version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve import __version__
+from tlserve import repository as repo
+from tlserve.errors import UsageError
+from tlserve.training import rundir
+
+FORMATS = ("savedmodel", "onnx")
+
+
+@dataclass
+class ExportOptions:
+    run_dir: Path
+    repository: Path
+    name: str
+    version: int | None = None
+    formats: tuple[str, ...] = FORMATS
+    fp16: bool = False
+    int8: bool = False
+    calibration_data: Path | None = None
+    opset: int = 17
+    parity_images: int = 32
+    """At least this many images for every parity check (validation images, topped up at random)."""
+    validation_limit: int = 1000
+    calibration_limit: int = 200
+    tolerance: float = 1e-4
+    """fp32 ONNX: max abs difference of probabilities allowed against Keras."""
+    fp16_tolerance: float = 5e-2
+    int8_max_drop_points: float = 1.0
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: repo.Manifest
+    warnings: list[str]
+
+
+def check_options(options: ExportOptions) -> None:
+    """Everything that can be wrong with the request, before any work."""
+    try:
+        repo.check_model_name(options.name)
+    except ValueError as exc:
+        raise UsageError(f"--name: {exc}") from None
+    unknown = [f for f in options.formats if f not in FORMATS]
+    if unknown or not options.formats:
+        raise UsageError(
+            f"unknown format(s) {', '.join(unknown) or '(none given)'}; --formats takes a comma-separated "
+            f"list of {', '.join(FORMATS)}"
+        )
+    if (options.fp16 or options.int8) and "onnx" not in options.formats:
+        raise UsageError("--fp16 and --int8 make ONNX variants: include onnx in --formats")
+    if options.calibration_data is not None and not options.int8:
+        raise UsageError("--calibration-data is only used with --int8")
+    from tlserve.exporters.onnx_export import check_opset
+
+    check_opset(options.opset)
+    if options.version is not None and options.version < 1:
+        raise UsageError(f"--version must be a positive integer; got {options.version}")
+    rundir.check_run_dir(options.run_dir)
+    target = options.repository
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"repository {target} is not writable ({existing} does not let us create files)")
+    model_dir = target / options.name
+    if options.version is not None and (model_dir / str(options.version)).exists():
+        raise UsageError(
+            f"version {options.version} of {options.name} already exists in {target}; versions are never "
+            f"overwritten (next free: {repo.next_version(model_dir)})"
+        )
+
+
+class _Steps:
+    """Numbered progress lines with elapsed times, for the slow steps."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.started = 0.0
+
+    def start(self, text: str) -> None:
+        self.done += 1
+        self.started = time.perf_counter()
+        print(f"[{self.done}/{self.total}] {text} ...", end="", flush=True)
+
+    def end(self, note: str = "") -> None:
+        print(f" {time.perf_counter() - self.started:.1f}s{('  ' + note) if note else ''}", flush=True)
+
+
+def _parity(reference: np.ndarray, got: np.ndarray, tolerance: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "images": len(reference),
+        "max_abs_diff": float(np.max(np.abs(reference - got))),
+        "top1_agreement": float(np.mean(np.argmax(reference, 1) == np.argmax(got, 1))),
+        "tolerance": tolerance,
+        **extra,
+    }
+
+
+def export(options: ExportOptions) -> ExportResult:
+    check_options(options)
+    # NOTE: heavy imports only once the request is known to be sound.
+    from tlserve.exporters import images as imgs
+    from tlserve.exporters import onnx_export, savedmodel
+    from tlserve.exporters.quantize import quantize_int8
+
+    run = rundir.read_run(options.run_dir)
+    labels = rundir.read_labels(options.run_dir)
+    model = rundir.load_run_model(options.run_dir)
+    size = int(model.inputs[0].shape[1])
+    model_dir = options.repository / options.name
+    created = [d for d in (model_dir, *model_dir.parents) if not d.exists()]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=repo.STAGING_PREFIX, dir=model_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a server may run as another user
+    scratch = Path(tempfile.mkdtemp(prefix="tlserve-export-"))
+    warnings: list[str] = []
+    steps = _Steps(2 + ("onnx" in options.formats) + options.fp16 + options.int8)
+    try:
+        steps.start("loading validation images")
+        validation = imgs.validation_images(run, labels, size, options.validation_limit)
+        check = imgs.parity_images(validation, size, options.parity_images)
+        reference = model.predict(check.pixels, verbose=0, batch_size=32)
+        steps.end(f"{len(check.pixels)} images for parity ({check.source})")
+        artifacts: list[repo.Artifact] = []
+
+        saved_model_dir = staging if "savedmodel" in options.formats else scratch / "saved_model"
+        steps.start("writing the SavedModel (serving_default, predict_images, warmup requests)")
+        savedmodel.export_savedmodel(model, saved_model_dir, options.name)
+        if "savedmodel" in options.formats:
+            artifacts.append(_check_savedmodel(saved_model_dir, check, reference, options))
+            steps.end(_describe(artifacts[-1]))
+        else:
+            steps.end("(for the ONNX conversion only)")
+
+        if "onnx" in options.formats:
+            steps.start(f"converting to ONNX fp32 (tf2onnx, opset {options.opset})")
+            fp32 = staging / repo.ONNX_FILES["fp32"]
+            onnx_export.convert_fp32(saved_model_dir, fp32, options.opset)
+            session = onnx_export.cpu_session(fp32)
+            got = onnx_export.run(session, check.pixels)
+            parity = _parity(reference, got, options.tolerance, providers=session.get_providers())
+            if parity["max_abs_diff"] > options.tolerance or parity["top1_agreement"] < 1.0:
+                raise UsageError(
+                    f"ONNX fp32 parity failed on {parity['images']} images: max abs diff "
+                    f"{parity['max_abs_diff']:.3g} (allowed {options.tolerance:g}), top-1 agreement "
+                    f"{parity['top1_agreement']:.4f} (required 1.0); nothing was published"
+                )
+            artifacts.append(_onnx_artifact(staging, "fp32", options.opset, parity, session, check))
+            steps.end(_describe(artifacts[-1]))
+
+        if options.fp16:
+            steps.start("converting to ONNX fp16 (float32 inputs/outputs kept)")
+            fp16 = staging / repo.ONNX_FILES["fp16"]
+            onnx_export.convert_fp16(staging / repo.ONNX_FILES["fp32"], fp16)
+            session = onnx_export.cpu_session(fp16)
+            parity = _parity(
+                reference, onnx_export.run(session, check.pixels), options.fp16_tolerance,
+                providers=session.get_providers(),
+                note="measured on the CPU provider; fp16 is meant for CUDA/TensorRT",
+            )  # fmt: skip
+            artifacts.append(_onnx_artifact(staging, "fp16", options.opset, parity, session, check))
+            if parity["max_abs_diff"] > options.fp16_tolerance:
+                warnings.append(
+                    f"fp16 max abs diff {parity['max_abs_diff']:.3g} exceeds the stated "
+                    f"{options.fp16_tolerance:g}"
+                )
+            steps.end(_describe(artifacts[-1]))
+
+        if options.int8:
+            steps.start("quantizing to ONNX int8 (static QDQ, calibrated)")
+            calibration = imgs.calibration_images(
+                run, options.calibration_data, size, options.calibration_limit
+            )
+            artifact, notes = _int8(
+                staging, calibration, validation, check, reference, options, quantize_int8
+            )
+            artifacts.append(artifact)
+            warnings += notes
+            steps.end(_describe(artifact))
+
+        (staging / repo.LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
+        manifest = _manifest(options, run, labels, size, artifacts, validation)
+        manifest.write(staging)  # last: a version with a manifest is a complete version
+        final = _publish(staging, model_dir, options.version)
+        manifest.version = int(final.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:  # innermost first: leave the repository as it was
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    return ExportResult(final, manifest, warnings)
+
+
+def _publish(staging: Path, model_dir: Path, version: int | None) -> Path:
+    """Rename the staging dir to the version; with no version given, take the next free one."""
+    for _ in range(100):
+        number = version if version is not None else repo.next_version(model_dir)
+        final = model_dir / str(number)
+        if final.exists():
+            if version is not None:
+                raise UsageError(f"version {version} of {model_dir.name} appeared meanwhile; not overwritten")
+            continue
+        manifest = repo.Manifest.read(staging)
+        manifest.version = number
+        manifest.write(staging)
+        try:
+            os.rename(staging, final)  # NOTE: fails on an existing non-empty dir: no overwrite
+        except OSError:
+            if version is not None:
+                raise
+            continue
+        return final
+    raise RuntimeError("could not find a free version number")
+
+
+def _check_savedmodel(path: Path, check: Any, reference: np.ndarray, options: ExportOptions) -> repo.Artifact:
+    import tensorflow as tf
+
+    from tlserve.exporters import onnx_export, savedmodel
+
+    signatures = savedmodel.load_signatures(path)
+    pixels_fn = signatures[repo.SIGNATURE_PIXELS]
+    got = np.concatenate(
+        [
+            pixels_fn(**{repo.INPUT_NAME: tf.constant(check.pixels[i : i + 32])})[repo.OUTPUT_NAME].numpy()
+            for i in range(0, len(check.pixels), 32)
+        ]
+    )
+    parity = _parity(reference, got, options.tolerance, signature=repo.SIGNATURE_PIXELS)
+    if check.files:
+        encoded = tf.constant([p.read_bytes() for p in check.files[:32]])
+        from_files = signatures[repo.SIGNATURE_IMAGES](**{repo.IMAGES_INPUT_NAME: encoded})
+        parity[repo.SIGNATURE_IMAGES] = _parity(
+            reference[: len(check.files[:32])], from_files[repo.OUTPUT_NAME].numpy(), options.tolerance
+        )
+    if parity["max_abs_diff"] > options.tolerance or parity["top1_agreement"] < 1.0:
+        raise UsageError(f"SavedModel parity failed: {parity}; nothing was published")
+    files = savedmodel.savedmodel_files(path)
+    latency = onnx_export.latency_ms(lambda x: pixels_fn(**{repo.INPUT_NAME: tf.constant(x)}), check.pixels)
+    return repo.Artifact(
+        kind="savedmodel",
+        files=files,
+        sha256=repo.sha256_tree(path, files),
+        bytes=sum((path / f).stat().st_size for f in files),
+        parity=parity,
+        latency_ms={"batch1_p50": round(latency, 3), "runtime": f"tensorflow {tf.__version__} CPU"},
+    )
+
+
+def _onnx_artifact(
+    staging: Path, precision: str, opset: int, parity: dict[str, Any], session: Any, check: Any
+) -> repo.Artifact:
+    from tlserve.exporters import onnx_export
+
+    file = repo.ONNX_FILES[precision]
+    latency = onnx_export.latency_ms(lambda x: session.run(None, {repo.INPUT_NAME: x}), check.pixels)
+    return repo.Artifact(
+        kind="onnx",
+        files=[file],
+        sha256=repo.sha256_file(staging / file),
+        bytes=(staging / file).stat().st_size,
+        precision=precision,
+        opset=opset,
+        recommended_providers=list(repo.RECOMMENDED_PROVIDERS[precision]),
+        parity=parity,
+        latency_ms={"batch1_p50": round(latency, 3), "providers": session.get_providers()},
+    )
+
+
+def _int8(
+    staging: Path,
+    calibration: Any,
+    validation: Any,
+    check: Any,
+    reference: np.ndarray,
+    options: ExportOptions,
+    quantize: Any,
+) -> tuple[repo.Artifact, list[str]]:
+    from tlserve.exporters import onnx_export
+
+    fp32_path, int8_path = staging / repo.ONNX_FILES["fp32"], staging / repo.ONNX_FILES["int8"]
+    fp32 = onnx_export.cpu_session(fp32_path)
+    notes: list[str] = []
+    accuracy: dict[str, Any] = {
+        "calibration": {"images": len(calibration.pixels), "source": calibration.source}
+    }
+    int8 = None
+    for per_channel in (False, True):
+        quantize(fp32_path, int8_path, calibration.pixels, per_channel=per_channel)
+        int8 = onnx_export.cpu_session(int8_path)
+        accuracy["per_channel"] = per_channel
+        if validation is None:
+            accuracy["validation"] = "not measured: the run's validation images are not available"
+            break
+        fp32_top1 = np.argmax(onnx_export.run(fp32, validation.pixels), 1)
+        int8_top1 = np.argmax(onnx_export.run(int8, validation.pixels), 1)
+        acc32 = float(np.mean(fp32_top1 == validation.labels))
+        acc8 = float(np.mean(int8_top1 == validation.labels))
+        accuracy.update(
+            images=len(validation.pixels),
+            fp32_top1=acc32,
+            int8_top1=acc8,
+            delta_points=round(100 * (acc8 - acc32), 3),
+            top1_agreement_with_fp32=float(np.mean(fp32_top1 == int8_top1)),
+        )
+        if 100 * (acc32 - acc8) <= options.int8_max_drop_points:
+            break
+    assert int8 is not None
+    parity = _parity(
+        reference, onnx_export.run(int8, check.pixels), float("nan"), providers=int8.get_providers()
+    )
+    parity.pop("tolerance")
+    artifact = _onnx_artifact(staging, "int8", options.opset, parity, int8, check)
+    fp32_ms = onnx_export.latency_ms(lambda x: fp32.run(None, {repo.INPUT_NAME: x}), check.pixels)
+    int8_ms = artifact.latency_ms["batch1_p50"]
+    artifact.latency_ms.update(fp32_batch1_p50=round(fp32_ms, 3), speedup_vs_fp32=round(fp32_ms / int8_ms, 3))
+    artifact.accuracy = accuracy
+    drop = -accuracy.get("delta_points", 0.0)
+    if drop > options.int8_max_drop_points:
+        notes.append(
+            f"int8 loses {drop:.2f} accuracy points against fp32 "
+            f"(more than {options.int8_max_drop_points:g}); prefer model.onnx"
+        )
+    if fp32_ms / int8_ms < 1.0:
+        notes.append(
+            f"int8 is not faster than fp32 on this machine ({int8_ms:.2f} ms vs {fp32_ms:.2f} ms "
+            "at batch 1): serve model.onnx on CPU"
+        )
+    return artifact, notes
+
+
+def _manifest(
+    options: ExportOptions,
+    run: dict[str, Any],
+    labels: list[str],
+    size: int,
+    artifacts: list[repo.Artifact],
+    validation: Any,
+) -> repo.Manifest:
+    metrics = run.get("metrics", {})
+    signatures = {
+        repo.SIGNATURE_PIXELS: {
+            "inputs": {repo.INPUT_NAME: {"dtype": "float32", "shape": [-1, size, size, 3]}},
+            "outputs": {repo.OUTPUT_NAME: {"dtype": "float32", "shape": [-1, len(labels)]}},
+        },
+        repo.SIGNATURE_IMAGES: {
+            "inputs": {repo.IMAGES_INPUT_NAME: {"dtype": "string", "shape": [-1]}},
+            "outputs": {repo.OUTPUT_NAME: {"dtype": "float32", "shape": [-1, len(labels)]}},
+        },
+    }
+    versions = dict(run.get("versions", {}))
+    import onnxruntime
+
+    versions.update(tlserve_export=__version__, onnxruntime=onnxruntime.__version__)
+    return repo.Manifest(
+        name=options.name,
+        version=options.version or 0,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        labels=labels,
+        input=repo.InputSpec(name=repo.INPUT_NAME, shape=[-1, size, size, 3], dtype="float32"),
+        outputs=[repo.TensorSpec(name=repo.OUTPUT_NAME, shape=[-1, len(labels)], dtype="float32")],
+        base={**run.get("base", {}), "mode": run.get("config", {}).get("mode")},
+        validation={
+            "accuracy": metrics.get("accuracy"),
+            "loss": metrics.get("loss"),
+            "images": metrics.get("images"),
+            "macro_f1": metrics.get("macro_f1"),
+        },
+        signatures=signatures,
+        artifacts=artifacts,
+        source={"run_dir": str(options.run_dir.resolve()), "versions": versions},
+    )
+
+
+def _describe(artifact: repo.Artifact) -> str:
+    parts = [f"{artifact.bytes / 2**20:.1f} MiB"]
+    if "max_abs_diff" in artifact.parity:
+        parts.append(f"max |diff| {artifact.parity['max_abs_diff']:.2g}")
+    if "delta_points" in artifact.accuracy:
+        parts.append(f"accuracy {artifact.accuracy['delta_points']:+.2f} pts")
+    if artifact.latency_ms:
+        parts.append(f"{artifact.latency_ms['batch1_p50']:.2f} ms")
+    return ", ".join(parts)
+
+
+def summary_table(result: ExportResult) -> str:
+    header = ("artifact", "file", "size (MiB)", "parity max|diff| / top-1", "accuracy delta", "batch-1 ms")
+    rows = []
+    for a in result.manifest.artifacts:
+        name = "savedmodel" if a.kind == "savedmodel" else f"onnx {a.precision}"
+        parity = "-"
+        if "max_abs_diff" in a.parity:
+            parity = f"{a.parity['max_abs_diff']:.2e} / {a.parity['top1_agreement']:.3f}"
+        delta = f"{a.accuracy['delta_points']:+.2f} pts" if "delta_points" in a.accuracy else "-"
+        ms = f"{a.latency_ms['batch1_p50']:.2f}" if a.latency_ms else "-"
+        if "speedup_vs_fp32" in a.latency_ms:
+            ms += f" ({a.latency_ms['speedup_vs_fp32']:.2f}x fp32)"
+        rows.append((name, a.files[0], f"{a.bytes / 2**20:.2f}", parity, delta, ms))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""SavedModel -> ONNX (fp32 via tf2onnx, fp16 via onnxconverter-common), and running ONNX on CPU.
+
+tf2onnx runs as its own process on the SavedModel's ``serving_default`` signature: the path that
+converts all 18 bases (NOTES.md: ``from_keras``/``from_function`` add inputs on some bases).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from tlserve import repository as repo
+from tlserve.errors import UsageError
+
+OPSETS = range(13, 19)
+BATCH_DIM = "batch"
+
+
+def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
+    """Convert, then check the graph has exactly the one image input and the named output."""
+    command = [
+        sys.executable, "-m", "tf2onnx.convert",
+        "--saved-model", str(saved_model),
+        "--signature_def", repo.SIGNATURE_PIXELS,  # NOTE: without it tf2onnx takes the first one
+        "--tag", "serve",
+        "--opset", str(opset),
+        "--output", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"tf2onnx failed (exit {result.returncode}):\n{tail}")
+    model = onnx.load(str(out))
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != [repo.INPUT_NAME] or outputs != [repo.OUTPUT_NAME]:
+        raise RuntimeError(
+            f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}; "
+            f"expected [{repo.INPUT_NAME!r}] -> [{repo.OUTPUT_NAME!r}]"
+        )
+    # a readable name for the dynamic batch dimension instead of tf2onnx's "unk__N"
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    """Weights and compute in float16, float32 inputs and outputs kept (for CUDA/TensorRT)."""
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        # NOTE: it warns for every tiny constant it clamps to fp16's range; parity is measured instead.
+        warnings.filterwarnings("ignore", message=".*will be truncated to.*")
+        model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save(model, str(out))
+
+
+def check_opset(opset: int) -> int:
+    if opset not in OPSETS:
+        raise UsageError(
+            f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default 17)"
+        )
+    return opset
+
+
+def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=[repo.CPU])
+
+
+def run(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    outputs = [
+        session.run([repo.OUTPUT_NAME], {repo.INPUT_NAME: pixels[i : i + batch_size]})[0]
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def latency_ms(predict: Callable[[np.ndarray], object], pixels: np.ndarray, repeats: int = 30) -> float:
+    """Median wall time of ``predict(one image)`` after two warm-up calls."""
+    one = pixels[:1]
+    for _ in range(2):
+        predict(one)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(one)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)

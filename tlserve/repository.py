@@ -1,0 +1,211 @@
+"""The model repository: the one contract between the offline half (exporters) and the server.
+
+    REPO/NAME/VERSION/                  VERSION: a positive integer, no leading zeros
+        saved_model.pb, variables/      a TF Serving SavedModel (when exported)
+        assets.extra/tf_serving_warmup_requests
+        model.onnx                      fp32, dynamic batch
+        model.fp16.onnx                 optional, for CUDA/TensorRT
+        model.int8.onnx                 optional, for CPU
+        labels.txt                      one label a line, index order
+        manifest.json                   the one description of this version (``Manifest``)
+
+A version becomes visible complete: it is written in a hidden staging directory beside it
+(``REPO/NAME/.staging-*``) and renamed into place; ``manifest.json`` is the last file written.
+Readers list only integer directory names. This module imports neither TensorFlow nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+SAVED_MODEL_FILE = "saved_model.pb"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+STAGING_PREFIX = ".staging-"
+
+INPUT_NAME = "image"
+IMAGES_INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+SIGNATURE_PIXELS = "serving_default"
+SIGNATURE_IMAGES = "predict_images"
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+RECOMMENDED_PROVIDERS = {"fp32": [TENSORRT, CUDA, CPU], "fp16": [TENSORRT, CUDA], "int8": [CPU]}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION = re.compile(r"^[1-9][0-9]*$")
+
+
+class ManifestError(ValueError):
+    """A manifest that does not follow the schema."""
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a safe single path component; raise ValueError saying why not."""
+    if not _NAME.match(name) or name in {".", ".."}:
+        raise ValueError(
+            f"model name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (one path component, no '/' or '..')"
+        )
+    return name
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The published versions of a model, ascending; staging and other entries are ignored."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.match(p.name))
+
+
+def next_version(model_dir: Path) -> int:
+    existing = versions(model_dir)
+    return existing[-1] + 1 if existing else 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path, relative_paths: list[str]) -> str:
+    """One digest over several files: each relative path and its content's sha256, in sorted order."""
+    digest = hashlib.sha256()
+    for rel in sorted(relative_paths):
+        digest.update(rel.encode() + b"\0" + sha256_file(root / rel).encode() + b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]
+    """-1 marks a dynamic dimension (the batch)."""
+    dtype: str
+
+
+@dataclass
+class InputSpec(TensorSpec):
+    layout: str = "NHWC"
+    color: str = "RGB"
+    value_range: list[float] = field(default_factory=lambda: [0.0, 255.0])
+    preprocessing: str = "baked into the graph: feed raw pixels"
+    resize: str = "bilinear, no antialias, aspect ratio not kept"
+
+
+@dataclass
+class Artifact:
+    kind: str
+    """"savedmodel" or "onnx"."""
+    files: list[str]
+    """Paths relative to the version dir."""
+    sha256: str
+    bytes: int
+    precision: str = "fp32"
+    opset: int | None = None
+    recommended_providers: list[str] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)
+    """Measured against Keras: images, max_abs_diff, top1_agreement, tolerance, providers."""
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    """For int8: top-1 accuracy of fp32 and this artifact on the validation data, and the delta."""
+    latency_ms: dict[str, Any] = field(default_factory=dict)
+    """Batch-1 latency measured at export time: p50, and the providers or runtime used."""
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: int
+    created: str
+    labels: list[str]
+    input: InputSpec
+    outputs: list[TensorSpec]
+    base: dict[str, Any]
+    """The base network and the training mode."""
+    validation: dict[str, Any]
+    """Validation metrics of the run (accuracy, loss, images)."""
+    signatures: dict[str, Any]
+    artifacts: list[Artifact]
+    schema: int = SCHEMA_VERSION
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where it came from: run dir, tlserve and library versions."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input.shape[1], self.input.shape[2]
+
+    def artifact(self, kind: str, precision: str = "fp32") -> Artifact | None:
+        for artifact in self.artifacts:
+            if artifact.kind == kind and artifact.precision == precision:
+                return artifact
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, version_dir: Path) -> None:
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        (version_dir / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            if data.get("schema") != SCHEMA_VERSION:
+                raise ManifestError(f"unsupported manifest schema {data.get('schema')!r}")
+            manifest = cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                created=str(data["created"]),
+                labels=[str(x) for x in data["labels"]],
+                input=InputSpec(**data["input"]),
+                outputs=[TensorSpec(**o) for o in data["outputs"]],
+                base=dict(data["base"]),
+                validation=dict(data["validation"]),
+                signatures=dict(data["signatures"]),
+                artifacts=[Artifact(**a) for a in data["artifacts"]],
+                schema=int(data["schema"]),
+                source=dict(data.get("source", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
+            raise ManifestError(f"invalid manifest: {exc}") from exc
+        if len(manifest.input.shape) != 4 or manifest.input.shape[3] != 3:
+            raise ManifestError(f"input shape must be [N, H, W, 3]; got {manifest.input.shape}")
+        if manifest.outputs[0].shape[-1] != len(manifest.labels):
+            raise ManifestError("the output width differs from the number of labels")
+        return manifest
+
+    @classmethod
+    def read(cls, version_dir: Path) -> Manifest:
+        try:
+            data = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"cannot read {version_dir / MANIFEST_FILE}: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def verify_checksums(version_dir: Path, manifest: Manifest) -> list[str]:
+    """Artifacts whose files no longer match the recorded sha256 (empty when all match)."""
+    bad = []
+    for artifact in manifest.artifacts:
+        files = artifact.files
+        if not all((version_dir / f).is_file() for f in files):
+            bad.append(artifact.files[0])
+            continue
+        digest = sha256_file(version_dir / files[0]) if len(files) == 1 else sha256_tree(version_dir, files)
+        if digest != artifact.sha256:
+            bad.append(files[0])
+    return bad
