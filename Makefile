@@ -5,13 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck bench-cache clean
+.PHONY: help install demo test test-all lint typecheck bench-cache bench-export export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
 	@echo "make test       install, then ruff + mypy + the test suite CI runs"
 	@echo "make test-all   also the slow checks (all 18 bases)"
-	@echo "make bench-cache  feature-cache speed-up benchmark"
+	@echo "make bench-cache    feature-cache speed-up benchmark"
+	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
+	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,12 @@ test-all: lint typecheck
 
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py
+
+bench-export: install
+	$(BIN)/python benchmarks/export_speed.py
+
+export-matrix: install
+	$(BIN)/python benchmarks/export_matrix.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

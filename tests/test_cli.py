@@ -42,11 +42,11 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "evaluate", "bases", "demo"):
+    for command in ("train", "evaluate", "export", "bases", "demo"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "bases", "demo"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "bases", "demo"])
 def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], command: str) -> None:
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -248,7 +248,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description=(
             "Uses the handwritten digits that scikit-learn ships (no download): trains a MobileNetV2\n"
             "from scratch on digits 0-4 (the source task), then transfers it to digits 5-9 with a few\n"
-            "images per class (frozen and finetune) and trains scratch on the same few images."
+            "images per class (frozen and finetune), trains scratch on the same few images, and\n"
+            "exports the best target model to WORKDIR/models (SavedModel, ONNX fp32 and int8)."
         ),
     )
     p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and run dirs go")

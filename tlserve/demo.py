@@ -3,7 +3,8 @@
 Data: the 1,797 handwritten digits (8x8 grayscale) that scikit-learn ships, upscaled to 32x32 PNGs.
 1. source task, digits 0-4: a MobileNetV2 trained from scratch (the "cat-vs-dog net" of the story);
 2. target task, digits 5-9, with only a few training images per class: that network reused as the
-   base (frozen, then finetune), against MobileNetV2 from scratch on the same few images.
+   base (frozen, then finetune), against MobileNetV2 from scratch on the same few images;
+3. the best target model exported to a model repository: SavedModel, ONNX fp32 and int8.
 """
 
 from __future__ import annotations
@@ -177,4 +178,18 @@ def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> li
             f"scratch {scratch.accuracy:.3f} ({best.accuracy - scratch.accuracy:+.3f})"
         )
     print(f"\nrun dirs under {runs}; open their history.png and confusion.png")
+    export_best(workdir, rows, per_class)
     return rows
+
+
+def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> None:
+    """Publish the best transfer model of the largest target set: SavedModel, ONNX fp32 and int8."""
+    from tlserve.exporters.export import ExportOptions, export, summary_table
+
+    n = max(per_class)
+    best = max((r for r in rows if r.per_class == n and r.mode != "scratch"), key=lambda r: r.accuracy)
+    run_dir = workdir / "runs" / f"target-{n}-{best.mode}"
+    print(f"\n== exporting {run_dir.name} (val accuracy {best.accuracy:.3f}) to {workdir / 'models'} ==")
+    result = export(ExportOptions(run_dir=run_dir, repository=workdir / "models", name="digits", int8=True))
+    print(f"\npublished {result.path}")
+    print(summary_table(result))

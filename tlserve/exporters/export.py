@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tlserve import __version__
 from tlserve import repository as repo
 from tlserve.errors import UsageError
+from tlserve.exporters import checks
 from tlserve.training import rundir
 
 FORMATS = ("savedmodel", "onnx")
@@ -110,16 +109,6 @@ class _Steps:
         print(f" {time.perf_counter() - self.started:.1f}s{('  ' + note) if note else ''}", flush=True)
 
 
-def _parity(reference: np.ndarray, got: np.ndarray, tolerance: float, **extra: Any) -> dict[str, Any]:
-    return {
-        "images": len(reference),
-        "max_abs_diff": float(np.max(np.abs(reference - got))),
-        "top1_agreement": float(np.mean(np.argmax(reference, 1) == np.argmax(got, 1))),
-        "tolerance": tolerance,
-        **extra,
-    }
-
-
 def export(options: ExportOptions) -> ExportResult:
     check_options(options)
     # NOTE: heavy imports only once the request is known to be sound.
@@ -153,7 +142,7 @@ def export(options: ExportOptions) -> ExportResult:
         steps.start("writing the SavedModel (serving_default, predict_images, warmup requests)")
         savedmodel.export_savedmodel(model, saved_model_dir, options.name)
         if "savedmodel" in options.formats:
-            artifacts.append(_check_savedmodel(saved_model_dir, check, reference, options))
+            artifacts.append(checks.check_savedmodel(saved_model_dir, check, reference, options))
             steps.end(_describe(artifacts[-1]))
         else:
             steps.end("(for the ONNX conversion only)")
@@ -164,14 +153,16 @@ def export(options: ExportOptions) -> ExportResult:
             onnx_export.convert_fp32(saved_model_dir, fp32, options.opset)
             session = onnx_export.cpu_session(fp32)
             got = onnx_export.run(session, check.pixels)
-            parity = _parity(reference, got, options.tolerance, providers=session.get_providers())
+            parity = checks.measure_parity(
+                reference, got, options.tolerance, providers=session.get_providers()
+            )
             if parity["max_abs_diff"] > options.tolerance or parity["top1_agreement"] < 1.0:
                 raise UsageError(
                     f"ONNX fp32 parity failed on {parity['images']} images: max abs diff "
                     f"{parity['max_abs_diff']:.3g} (allowed {options.tolerance:g}), top-1 agreement "
                     f"{parity['top1_agreement']:.4f} (required 1.0); nothing was published"
                 )
-            artifacts.append(_onnx_artifact(staging, "fp32", options.opset, parity, session, check))
+            artifacts.append(checks.onnx_artifact(staging, "fp32", options.opset, parity, session, check))
             steps.end(_describe(artifacts[-1]))
 
         if options.fp16:
@@ -179,12 +170,12 @@ def export(options: ExportOptions) -> ExportResult:
             fp16 = staging / repo.ONNX_FILES["fp16"]
             onnx_export.convert_fp16(staging / repo.ONNX_FILES["fp32"], fp16)
             session = onnx_export.cpu_session(fp16)
-            parity = _parity(
+            parity = checks.measure_parity(
                 reference, onnx_export.run(session, check.pixels), options.fp16_tolerance,
                 providers=session.get_providers(),
                 note="measured on the CPU provider; fp16 is meant for CUDA/TensorRT",
             )  # fmt: skip
-            artifacts.append(_onnx_artifact(staging, "fp16", options.opset, parity, session, check))
+            artifacts.append(checks.onnx_artifact(staging, "fp16", options.opset, parity, session, check))
             if parity["max_abs_diff"] > options.fp16_tolerance:
                 warnings.append(
                     f"fp16 max abs diff {parity['max_abs_diff']:.3g} exceeds the stated "
@@ -197,7 +188,7 @@ def export(options: ExportOptions) -> ExportResult:
             calibration = imgs.calibration_images(
                 run, options.calibration_data, size, options.calibration_limit
             )
-            artifact, notes = _int8(
+            artifact, notes = checks.int8_artifact(
                 staging, calibration, validation, check, reference, options, quantize_int8
             )
             artifacts.append(artifact)
@@ -242,122 +233,6 @@ def _publish(staging: Path, model_dir: Path, version: int | None) -> Path:
             continue
         return final
     raise RuntimeError("could not find a free version number")
-
-
-def _check_savedmodel(path: Path, check: Any, reference: np.ndarray, options: ExportOptions) -> repo.Artifact:
-    import tensorflow as tf
-
-    from tlserve.exporters import onnx_export, savedmodel
-
-    signatures = savedmodel.load_signatures(path)
-    pixels_fn = signatures[repo.SIGNATURE_PIXELS]
-    got = np.concatenate(
-        [
-            pixels_fn(**{repo.INPUT_NAME: tf.constant(check.pixels[i : i + 32])})[repo.OUTPUT_NAME].numpy()
-            for i in range(0, len(check.pixels), 32)
-        ]
-    )
-    parity = _parity(reference, got, options.tolerance, signature=repo.SIGNATURE_PIXELS)
-    if check.files:
-        encoded = tf.constant([p.read_bytes() for p in check.files[:32]])
-        from_files = signatures[repo.SIGNATURE_IMAGES](**{repo.IMAGES_INPUT_NAME: encoded})
-        parity[repo.SIGNATURE_IMAGES] = _parity(
-            reference[: len(check.files[:32])], from_files[repo.OUTPUT_NAME].numpy(), options.tolerance
-        )
-    if parity["max_abs_diff"] > options.tolerance or parity["top1_agreement"] < 1.0:
-        raise UsageError(f"SavedModel parity failed: {parity}; nothing was published")
-    files = savedmodel.savedmodel_files(path)
-    latency = onnx_export.latency_ms(lambda x: pixels_fn(**{repo.INPUT_NAME: tf.constant(x)}), check.pixels)
-    return repo.Artifact(
-        kind="savedmodel",
-        files=files,
-        sha256=repo.sha256_tree(path, files),
-        bytes=sum((path / f).stat().st_size for f in files),
-        parity=parity,
-        latency_ms={"batch1_p50": round(latency, 3), "runtime": f"tensorflow {tf.__version__} CPU"},
-    )
-
-
-def _onnx_artifact(
-    staging: Path, precision: str, opset: int, parity: dict[str, Any], session: Any, check: Any
-) -> repo.Artifact:
-    from tlserve.exporters import onnx_export
-
-    file = repo.ONNX_FILES[precision]
-    latency = onnx_export.latency_ms(lambda x: session.run(None, {repo.INPUT_NAME: x}), check.pixels)
-    return repo.Artifact(
-        kind="onnx",
-        files=[file],
-        sha256=repo.sha256_file(staging / file),
-        bytes=(staging / file).stat().st_size,
-        precision=precision,
-        opset=opset,
-        recommended_providers=list(repo.RECOMMENDED_PROVIDERS[precision]),
-        parity=parity,
-        latency_ms={"batch1_p50": round(latency, 3), "providers": session.get_providers()},
-    )
-
-
-def _int8(
-    staging: Path,
-    calibration: Any,
-    validation: Any,
-    check: Any,
-    reference: np.ndarray,
-    options: ExportOptions,
-    quantize: Any,
-) -> tuple[repo.Artifact, list[str]]:
-    from tlserve.exporters import onnx_export
-
-    fp32_path, int8_path = staging / repo.ONNX_FILES["fp32"], staging / repo.ONNX_FILES["int8"]
-    fp32 = onnx_export.cpu_session(fp32_path)
-    notes: list[str] = []
-    accuracy: dict[str, Any] = {
-        "calibration": {"images": len(calibration.pixels), "source": calibration.source}
-    }
-    int8 = None
-    for per_channel in (False, True):
-        quantize(fp32_path, int8_path, calibration.pixels, per_channel=per_channel)
-        int8 = onnx_export.cpu_session(int8_path)
-        accuracy["per_channel"] = per_channel
-        if validation is None:
-            accuracy["validation"] = "not measured: the run's validation images are not available"
-            break
-        fp32_top1 = np.argmax(onnx_export.run(fp32, validation.pixels), 1)
-        int8_top1 = np.argmax(onnx_export.run(int8, validation.pixels), 1)
-        acc32 = float(np.mean(fp32_top1 == validation.labels))
-        acc8 = float(np.mean(int8_top1 == validation.labels))
-        accuracy.update(
-            images=len(validation.pixels),
-            fp32_top1=acc32,
-            int8_top1=acc8,
-            delta_points=round(100 * (acc8 - acc32), 3),
-            top1_agreement_with_fp32=float(np.mean(fp32_top1 == int8_top1)),
-        )
-        if 100 * (acc32 - acc8) <= options.int8_max_drop_points:
-            break
-    assert int8 is not None
-    parity = _parity(
-        reference, onnx_export.run(int8, check.pixels), float("nan"), providers=int8.get_providers()
-    )
-    parity.pop("tolerance")
-    artifact = _onnx_artifact(staging, "int8", options.opset, parity, int8, check)
-    fp32_ms = onnx_export.latency_ms(lambda x: fp32.run(None, {repo.INPUT_NAME: x}), check.pixels)
-    int8_ms = artifact.latency_ms["batch1_p50"]
-    artifact.latency_ms.update(fp32_batch1_p50=round(fp32_ms, 3), speedup_vs_fp32=round(fp32_ms / int8_ms, 3))
-    artifact.accuracy = accuracy
-    drop = -accuracy.get("delta_points", 0.0)
-    if drop > options.int8_max_drop_points:
-        notes.append(
-            f"int8 loses {drop:.2f} accuracy points against fp32 "
-            f"(more than {options.int8_max_drop_points:g}); prefer model.onnx"
-        )
-    if fp32_ms / int8_ms < 1.0:
-        notes.append(
-            f"int8 is not faster than fp32 on this machine ({int8_ms:.2f} ms vs {fp32_ms:.2f} ms "
-            "at batch 1): serve model.onnx on CPU"
-        )
-    return artifact, notes
 
 
 def _manifest(

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -36,6 +37,9 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel
         prepared = Path(tmp) / "prepared.onnx"
         # NOTE: skip_symbolic_shape: onnxruntime 1.32 does not install sympy, which that step needs.
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # NOTE: the final softmax stays float: quantized, its output moves in steps of 1/256 and the
+        # scores no longer sum to one.
+        softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
         quantize_static(
             str(prepared),
             str(out),
@@ -44,4 +48,5 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
+            nodes_to_exclude=softmax,
         )

@@ -1,0 +1,73 @@
+"""Bad export requests: one line, exit 2, and the repository exactly as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import assert_usage_error
+from tlserve.cli import main
+from tlserve.errors import UsageError
+from tlserve.exporters.export import ExportOptions, export
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_bad_requests_leave_the_repository_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    repository = tmp_path / "repo"
+    (repository / "colors" / "1").mkdir(parents=True)
+    (repository / "colors" / "1" / "manifest.json").write_text("{}")
+    before = listing(repository)
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "model.keras").write_text("")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    empty = tmp_path / "empty_calibration"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    common = ["--repository", str(repository)]
+    cases = [
+        ([str(tmp_path / "missing"), *common, "--name", "m"], ["does not exist"]),
+        ([str(incomplete), *common, "--name", "m"], ["incomplete", "labels.txt", "run.json"]),
+        ([str(run_dir), "--repository", str(blocker / "repo"), "--name", "m"], ["not writable"]),
+        ([str(run_dir), *common, "--name", "colors", "--version", "1"], ["already exists", "next free: 2"]),
+        ([str(run_dir), *common, "--name", "m", "--formats", "onnx,tflite"], ["unknown format", "tflite"]),
+        ([str(run_dir), *common, "--name", "m", "--formats", "savedmodel", "--int8"], ["include onnx"]),
+        ([str(run_dir), *common, "--name", "m", "--opset", "19"], ["--opset 19", "13..18"]),
+        ([str(run_dir), *common, "--name", "m", "--version", "0"], ["positive"]),
+        (
+            [str(run_dir), *common, "--name", "m", "--int8", "--calibration-data", str(empty)],
+            ["holds no images"],
+        ),
+        ([str(run_dir), *common, "--name", ".."], ["not allowed"]),
+        ([str(run_dir), *common, "--name", "a/b"], ["not allowed"]),
+        ([str(run_dir), *common, "--name", ""], ["not allowed"]),
+    ]
+    for argv, fragments in cases:
+        assert_usage_error(capsys, ["export", *argv], *fragments)
+        assert listing(repository) == before, argv
+
+
+def test_parity_failure_publishes_nothing(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repository = tmp_path / "repo"
+    options = ExportOptions(
+        run_dir=run_dir, repository=repository, name="strict", formats=("onnx",), tolerance=0.0
+    )
+    with pytest.raises(UsageError, match=r"ONNX fp32 parity failed on \d+ images: max abs diff"):
+        export(options)
+    assert listing(repository) == []  # not even the model or repository directory
+    assert (
+        main(["export", str(run_dir), "--repository", str(repository), "--name", "ok", "--formats", "onnx"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "published" in out and "onnx fp32" in out and "max|diff|" in out
+    assert listing(repository)[:2] == ["ok", "ok/1"]
