@@ -55,7 +55,7 @@ def minimal_manifest() -> dict[str, object]:
         "base": {},
         "validation": {},
         "signatures": {},
-        "artifacts": [{"kind": "onnx", "files": ["model.onnx"], "sha256": "0" * 64, "bytes": 1}],
+        "artifacts": [{"kind": "onnx", "files": {"model.onnx": "0" * 64}, "bytes": 1}],
     }
 
 
@@ -71,6 +71,23 @@ def test_manifest_round_trip_and_checks(tmp_path: Path) -> None:
         repo.Manifest.from_dict(minimal_manifest() | {"schema": 99})
     with pytest.raises(repo.ManifestError, match="invalid manifest"):
         repo.Manifest.from_dict({k: v for k, v in minimal_manifest().items() if k != "labels"})
+    broken_artifact = {"kind": "onnx", "files": {"../../etc/passwd": "0" * 64}, "bytes": 1}
+    for bad_value, message in [
+        ({"artifacts": [broken_artifact]}, "leaves the version dir"),
+        ({"artifacts": [{**broken_artifact, "files": {"model.onnx": "x"}}]}, "not a sha256"),
+        ({"artifacts": [{**broken_artifact, "files": {"m.onnx": "0" * 64}, "precision": "int9"}]}, "int9"),
+        ({"outputs": []}, "one output"),
+        ({"input": {"name": "image", "shape": 5, "dtype": "float32"}}, "invalid manifest"),
+        ({"artifacts": []}, "no artifacts"),
+    ]:
+        with pytest.raises(repo.ManifestError, match=message):
+            repo.Manifest.from_dict(minimal_manifest() | bad_value)
+    with pytest.raises(repo.ManifestError, match="JSON object"):
+        repo.Manifest.from_dict([1, 2])
+    (tmp_path / "7").mkdir()
+    manifest.write(tmp_path / "7")
+    with pytest.raises(repo.ManifestError, match="says version 1"):
+        repo.Manifest.read(tmp_path / "7")
     (tmp_path / "manifest.json").write_text("{ truncated")
     with pytest.raises(repo.ManifestError, match="cannot read"):
         repo.Manifest.read(tmp_path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tlserve.errors import UsageError
+from tlserve.errors import TlserveError, UsageError
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -290,19 +293,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # NOTE: quiet TensorFlow's C++ start-up chatter unless the user asked for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        # NOTE: SIGTERM (a pod being stopped) gets the clean-up of Ctrl-C: no half-written output.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code: int = args.handler(args)
         return code
     except UsageError as exc:
         print(f"tlserve {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TlserveError as exc:
+        print(f"tlserve {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"tlserve {args.command}: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

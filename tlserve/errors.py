@@ -15,6 +15,10 @@ class UsageError(TlserveError):
     """The user asked for something that cannot be done; the message says what and what is allowed."""
 
 
+class ExportError(TlserveError):
+    """A converter (tf2onnx, the quantizer) failed or produced something unexpected."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of a library's error message, for a one-line error of our own."""
     text = str(exc).strip() or type(exc).__name__

@@ -80,12 +80,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(root: Path, relative_paths: list[str]) -> str:
-    """One digest over several files: each relative path and its content's sha256, in sorted order."""
-    digest = hashlib.sha256()
-    for rel in sorted(relative_paths):
-        digest.update(rel.encode() + b"\0" + sha256_file(root / rel).encode() + b"\n")
-    return digest.hexdigest()
+def file_digests(root: Path, relative_paths: list[str]) -> dict[str, str]:
+    """``{relative path: sha256 of its content}``, the form every artifact records."""
+    return {rel: sha256_file(root / rel) for rel in relative_paths}
 
 
 @dataclass
@@ -105,17 +102,26 @@ class InputSpec(TensorSpec):
     resize: str = "bilinear, no antialias, aspect ratio not kept"
 
 
+KINDS = ("savedmodel", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 @dataclass
 class Artifact:
     kind: str
     """"savedmodel" or "onnx"."""
-    files: list[str]
-    """Paths relative to the version dir."""
-    sha256: str
+    files: dict[str, str]
+    """``{path relative to the version dir: sha256}``; the first entry is the artifact's main file."""
     bytes: int
     precision: str = "fp32"
     opset: int | None = None
     recommended_providers: list[str] = field(default_factory=list)
+    """Execution providers this artifact is meant for, best first; empty when ``recommended`` is
+    false. A server choosing among artifacts should only pick recommended ones."""
+    recommended: bool = True
+    notes: list[str] = field(default_factory=list)
+    """Why an artifact is not recommended, or what its figures mean."""
     parity: dict[str, Any] = field(default_factory=dict)
     """Measured against Keras: images, max_abs_diff, top1_agreement, tolerance, providers."""
     accuracy: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +145,7 @@ class Manifest:
     signatures: dict[str, Any]
     artifacts: list[Artifact]
     schema: int = SCHEMA_VERSION
+    labels_sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     """Where it came from: run dir, tlserve and library versions."""
 
@@ -160,10 +167,12 @@ class Manifest:
         (version_dir / MANIFEST_FILE).write_text(text, encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"invalid manifest: expected a JSON object, got {type(data).__name__}")
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ManifestError(f"unsupported manifest schema {data.get('schema')!r}")
         try:
-            if data.get("schema") != SCHEMA_VERSION:
-                raise ManifestError(f"unsupported manifest schema {data.get('schema')!r}")
             manifest = cls(
                 name=str(data["name"]),
                 version=int(data["version"]),
@@ -176,36 +185,60 @@ class Manifest:
                 signatures=dict(data["signatures"]),
                 artifacts=[Artifact(**a) for a in data["artifacts"]],
                 schema=int(data["schema"]),
+                labels_sha256=str(data.get("labels_sha256", "")),
                 source=dict(data.get("source", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ManifestError):
-                raise
-            raise ManifestError(f"invalid manifest: {exc}") from exc
-        if len(manifest.input.shape) != 4 or manifest.input.shape[3] != 3:
-            raise ManifestError(f"input shape must be [N, H, W, 3]; got {manifest.input.shape}")
-        if manifest.outputs[0].shape[-1] != len(manifest.labels):
-            raise ManifestError("the output width differs from the number of labels")
+            manifest.validate()
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ManifestError(f"invalid manifest: {type(exc).__name__}: {exc}") from exc
         return manifest
+
+    def validate(self) -> None:
+        """Raise ManifestError unless every field a reader relies on makes sense."""
+        shape = list(self.input.shape)
+        if len(shape) != 4 or shape[3] != 3 or not all(isinstance(d, int) for d in shape):
+            raise ManifestError(f"input shape must be [N, H, W, 3] integers; got {shape}")
+        if len(self.outputs) != 1 or self.outputs[0].shape[-1] != len(self.labels):
+            raise ManifestError("expected one output as wide as the number of labels")
+        if self.version < 1:
+            raise ManifestError(f"version must be a positive integer; got {self.version}")
+        if not self.artifacts:
+            raise ManifestError("no artifacts")
+        for artifact in self.artifacts:
+            if artifact.kind not in KINDS or artifact.precision not in PRECISIONS:
+                raise ManifestError(f"unknown artifact kind/precision {artifact.kind}/{artifact.precision}")
+            if not isinstance(artifact.files, dict) or not artifact.files:
+                raise ManifestError(f"{artifact.kind}: files must map paths to sha256")
+            for path, digest in artifact.files.items():
+                parts = Path(path).parts
+                if Path(path).is_absolute() or ".." in parts or not parts:
+                    raise ManifestError(f"artifact path {path!r} leaves the version dir")
+                if not _SHA256.match(str(digest)):
+                    raise ManifestError(f"artifact file {path}: {digest!r} is not a sha256 hex digest")
 
     @classmethod
     def read(cls, version_dir: Path) -> Manifest:
+        """Read and validate ``version_dir/manifest.json``; its version must match the dir name."""
         try:
             data = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ManifestError(f"cannot read {version_dir / MANIFEST_FILE}: {exc}") from exc
-        return cls.from_dict(data)
+        manifest = cls.from_dict(data)
+        if _VERSION.match(version_dir.name) and int(version_dir.name) != manifest.version:
+            raise ManifestError(f"{version_dir}: the manifest says version {manifest.version}")
+        return manifest
 
 
 def verify_checksums(version_dir: Path, manifest: Manifest) -> list[str]:
-    """Artifacts whose files no longer match the recorded sha256 (empty when all match)."""
+    """Files (labels.txt included) missing or not matching their recorded sha256; empty when all do."""
+    expected = {path: digest for a in manifest.artifacts for path, digest in a.files.items()}
+    if manifest.labels_sha256:
+        expected[LABELS_FILE] = manifest.labels_sha256
     bad = []
-    for artifact in manifest.artifacts:
-        files = artifact.files
-        if not all((version_dir / f).is_file() for f in files):
-            bad.append(artifact.files[0])
-            continue
-        digest = sha256_file(version_dir / files[0]) if len(files) == 1 else sha256_tree(version_dir, files)
-        if digest != artifact.sha256:
-            bad.append(files[0])
+    for path, digest in expected.items():
+        file = version_dir / path
+        if not file.is_file() or sha256_file(file) != digest:
+            bad.append(path)
     return bad

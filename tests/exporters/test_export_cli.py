@@ -54,6 +54,53 @@ def test_bad_requests_leave_the_repository_untouched(
         assert listing(repository) == before, argv
 
 
+def test_inconsistent_or_corrupt_run_dirs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    import shutil
+
+    repository = tmp_path / "repo"
+    fewer_labels = tmp_path / "fewer_labels"
+    shutil.copytree(run_dir, fewer_labels)
+    (fewer_labels / "labels.txt").write_text("blue\ngreen\n")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(run_dir, corrupt)
+    (corrupt / "run.json").write_text("{ not json")
+    (repository).mkdir()
+    (repository / "taken").write_text("a file where the model dir would go")
+    common = ["--repository", str(repository), "--formats", "onnx"]
+    assert_usage_error(capsys, ["export", str(fewer_labels), *common, "--name", "m"], "2 labels", "outputs 3")
+    assert_usage_error(
+        capsys, ["export", str(corrupt), *common, "--name", "m"], "run.json is not readable JSON"
+    )
+    assert_usage_error(capsys, ["export", str(run_dir), *common, "--name", "taken"], "is not a directory")
+    assert listing(repository) == ["taken"]
+
+
+def test_int8_without_validation_images_is_not_recommended(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    moved = tmp_path / "moved_run"
+    shutil.copytree(run_dir, moved)
+    run = json.loads((moved / "run.json").read_text())
+    calibration = Path(run["dataset"]["data_dir"])
+    run["dataset"]["data_dir"] = str(tmp_path / "gone")
+    (moved / "run.json").write_text(json.dumps(run))
+    options = ExportOptions(
+        run_dir=moved, repository=tmp_path / "repo", name="m", int8=True, calibration_data=calibration
+    )
+    result = export(options)
+    int8 = result.manifest.artifact("onnx", "int8")
+    assert int8 is not None and not int8.recommended and int8.recommended_providers == []
+    assert any("accuracy not measured" in note for note in int8.notes)
+    assert "not recommend int8" in capsys.readouterr().err
+    fp32 = result.manifest.artifact("onnx", "fp32")
+    assert fp32 is not None and fp32.parity["images"] == 32  # seeded random pixels stand in
+
+
 def test_parity_failure_publishes_nothing(
     tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 from tlserve import __version__
 from tlserve import repository as repo
-from tlserve.errors import UsageError
+from tlserve.errors import ExportError, UsageError
 from tlserve.exporters import checks
 from tlserve.training import rundir
 
@@ -85,6 +86,20 @@ def check_options(options: ExportOptions) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"repository {target} is not writable ({existing} does not let us create files)")
     model_dir = target / options.name
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UsageError(f"{model_dir} exists and is not a directory; cannot hold versions of {options.name}")
+    if options.calibration_data is not None:
+        from tlserve.training.data import IMAGE_EXTENSIONS
+
+        folder = options.calibration_data
+        if not folder.is_dir():
+            raise UsageError(f"--calibration-data {folder} is not a directory")
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file()):
+            raise UsageError(
+                f"--calibration-data {folder} holds no images "
+                f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively)"
+            )
+    rundir.read_run(options.run_dir)  # a corrupt run.json is bad input, found before any work
     if options.version is not None and (model_dir / str(options.version)).exists():
         raise UsageError(
             f"version {options.version} of {options.name} already exists in {target}; versions are never "
@@ -120,6 +135,12 @@ def export(options: ExportOptions) -> ExportResult:
     labels = rundir.read_labels(options.run_dir)
     model = rundir.load_run_model(options.run_dir)
     size = int(model.inputs[0].shape[1])
+    width = int(model.outputs[0].shape[-1])
+    if width != len(labels):
+        raise UsageError(
+            f"{options.run_dir}: labels.txt has {len(labels)} labels but the model outputs {width} "
+            "scores; the run dir is inconsistent"
+        )
     model_dir = options.repository / options.name
     created = [d for d in (model_dir, *model_dir.parents) if not d.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +197,7 @@ def export(options: ExportOptions) -> ExportResult:
                 note="measured on the CPU provider; fp16 is meant for CUDA/TensorRT",
             )  # fmt: skip
             artifacts.append(checks.onnx_artifact(staging, "fp16", options.opset, parity, session, check))
+            artifacts[-1].latency_ms["note"] = "CPU provider; fp16 is meant for CUDA/TensorRT"
             if parity["max_abs_diff"] > options.fp16_tolerance:
                 warnings.append(
                     f"fp16 max abs diff {parity['max_abs_diff']:.3g} exceeds the stated "
@@ -188,15 +210,15 @@ def export(options: ExportOptions) -> ExportResult:
             calibration = imgs.calibration_images(
                 run, options.calibration_data, size, options.calibration_limit
             )
-            artifact, notes = checks.int8_artifact(
+            artifact = checks.int8_artifact(
                 staging, calibration, validation, check, reference, options, quantize_int8
             )
             artifacts.append(artifact)
-            warnings += notes
+            warnings += [f"{note} (so the manifest does not recommend int8)" for note in artifact.notes]
             steps.end(_describe(artifact))
 
-        (staging / repo.LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
-        manifest = _manifest(options, run, labels, size, artifacts, validation)
+        (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
         manifest.write(staging)  # last: a version with a manifest is a complete version
         final = _publish(staging, model_dir, options.version)
         manifest.version = int(final.name)
@@ -214,25 +236,44 @@ def export(options: ExportOptions) -> ExportResult:
 
 
 def _publish(staging: Path, model_dir: Path, version: int | None) -> Path:
-    """Rename the staging dir to the version; with no version given, take the next free one."""
-    for _ in range(100):
-        number = version if version is not None else repo.next_version(model_dir)
+    """Make the staging dir durable, then rename it to the version: the given one, or the next free
+    number (retrying upwards when another export or a stray file takes it first)."""
+    for path in [*staging.rglob("*"), staging]:
+        _fsync(path)
+    number = version if version is not None else repo.next_version(model_dir)
+    for _ in range(1000):
         final = model_dir / str(number)
-        if final.exists():
-            if version is not None:
-                raise UsageError(f"version {version} of {model_dir.name} appeared meanwhile; not overwritten")
-            continue
-        manifest = repo.Manifest.read(staging)
-        manifest.version = number
-        manifest.write(staging)
-        try:
-            os.rename(staging, final)  # NOTE: fails on an existing non-empty dir: no overwrite
-        except OSError:
-            if version is not None:
-                raise
-            continue
-        return final
-    raise RuntimeError("could not find a free version number")
+        if not final.exists():
+            _set_version(staging, number)
+            try:
+                os.rename(staging, final)  # NOTE: fails on an existing non-empty dir: no overwrite
+            except OSError:
+                if not final.exists():
+                    raise
+            else:
+                _fsync(model_dir)
+                return final
+        if version is not None:
+            raise UsageError(
+                f"version {version} of {model_dir.name} appeared while exporting; it was not overwritten"
+            )
+        number += 1
+    raise ExportError(f"no free version number found in {model_dir}")
+
+
+def _set_version(staging: Path, number: int) -> None:
+    data = json.loads((staging / repo.MANIFEST_FILE).read_text(encoding="utf-8"))
+    data["version"] = number
+    (staging / repo.MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _fsync(staging / repo.MANIFEST_FILE)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _manifest(
@@ -241,7 +282,7 @@ def _manifest(
     labels: list[str],
     size: int,
     artifacts: list[repo.Artifact],
-    validation: Any,
+    labels_file: Path,
 ) -> repo.Manifest:
     metrics = run.get("metrics", {})
     signatures = {
@@ -260,7 +301,8 @@ def _manifest(
     versions.update(tlserve_export=__version__, onnxruntime=onnxruntime.__version__)
     return repo.Manifest(
         name=options.name,
-        version=options.version or 0,
+        version=options.version or repo.next_version(options.repository / options.name),
+        labels_sha256=repo.sha256_file(labels_file),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         labels=labels,
         input=repo.InputSpec(name=repo.INPUT_NAME, shape=[-1, size, size, 3], dtype="float32"),
@@ -290,7 +332,15 @@ def _describe(artifact: repo.Artifact) -> str:
 
 
 def summary_table(result: ExportResult) -> str:
-    header = ("artifact", "file", "size (MiB)", "parity max|diff| / top-1", "accuracy delta", "batch-1 ms")
+    header = (
+        "artifact",
+        "file",
+        "size (MiB)",
+        "parity max|diff| / top-1",
+        "accuracy delta",
+        "batch-1 ms",
+        "use",
+    )
     rows = []
     for a in result.manifest.artifacts:
         name = "savedmodel" if a.kind == "savedmodel" else f"onnx {a.precision}"
@@ -301,7 +351,12 @@ def summary_table(result: ExportResult) -> str:
         ms = f"{a.latency_ms['batch1_p50']:.2f}" if a.latency_ms else "-"
         if "speedup_vs_fp32" in a.latency_ms:
             ms += f" ({a.latency_ms['speedup_vs_fp32']:.2f}x fp32)"
-        rows.append((name, a.files[0], f"{a.bytes / 2**20:.2f}", parity, delta, ms))
+        use = ", ".join(p.removesuffix("ExecutionProvider") for p in a.recommended_providers)
+        if a.kind == "savedmodel":
+            use = "TF Serving / tensorflow backend"
+        elif not a.recommended:
+            use = "not recommended (see notes)"
+        rows.append((name, next(iter(a.files)), f"{a.bytes / 2**20:.2f}", parity, delta, ms, use))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

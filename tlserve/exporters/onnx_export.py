@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from tlserve import repository as repo
-from tlserve.errors import UsageError
+from tlserve.errors import ExportError, UsageError
 
 OPSETS = range(13, 19)
 BATCH_DIM = "batch"
@@ -37,12 +37,12 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"tf2onnx failed (exit {result.returncode}):\n{tail}")
+        raise ExportError(f"tf2onnx failed (exit {result.returncode}); its last lines:\n{tail}")
     model = onnx.load(str(out))
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs != [repo.INPUT_NAME] or outputs != [repo.OUTPUT_NAME]:
-        raise RuntimeError(
+        raise ExportError(
             f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}; "
             f"expected [{repo.INPUT_NAME!r}] -> [{repo.OUTPUT_NAME!r}]"
         )
@@ -88,13 +88,22 @@ def run(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int = 32)
 
 
 def latency_ms(predict: Callable[[np.ndarray], object], pixels: np.ndarray, repeats: int = 30) -> float:
-    """Median wall time of ``predict(one image)`` after two warm-up calls."""
+    """Median wall time of ``predict(one image)``, in ms, after three warm-up calls."""
+    return paired_latency_ms(predict, predict, pixels, repeats)[0]
+
+
+def paired_latency_ms(
+    a: Callable[[np.ndarray], object], b: Callable[[np.ndarray], object], pixels: np.ndarray, repeats: int
+) -> tuple[float, float]:
+    """Median batch-1 latencies of ``a`` and ``b`` in ms, timed in alternation after warm-up."""
     one = pixels[:1]
-    for _ in range(2):
-        predict(one)
-    times = []
+    for _ in range(3):
+        a(one)
+        b(one)
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        started = time.perf_counter()
-        predict(one)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
+        for predict, bucket in ((a, times[0]), (b, times[1])):
+            started = time.perf_counter()
+            predict(one)
+            bucket.append(time.perf_counter() - started)
+    return float(np.median(times[0]) * 1000), float(np.median(times[1]) * 1000)

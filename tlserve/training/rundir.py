@@ -50,7 +50,12 @@ def read_labels(path: Path) -> list[str]:
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    try:
+        data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path / RUN_FILE} is not readable JSON: {first_line(exc)}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path / RUN_FILE} does not hold a JSON object")
     return data
 
 
