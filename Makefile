@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
 	@echo "make test       install, then ruff + mypy + the test suite CI runs"
-	@echo "make test-all   also the slow checks (all 18 bases)"
+	@echo "make test-all   also the slow checks: all 18 bases, and the export matrix (docs/bases.md)"
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
@@ -40,6 +40,7 @@ test: lint typecheck
 
 test-all: lint typecheck
 	$(BIN)/pytest
+	$(BIN)/python benchmarks/export_matrix.py
 
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py
