@@ -34,7 +34,10 @@ from tlserve.training.network import build_application, build_classifier
 from tlserve.training.preprocessing import preprocessing_layers
 
 CLASSES = 5
+GATE = 1e-2
+STRICT = 1e-4
 UNIFORM_BELOW = 0.25
+SATURATED_ABOVE = 0.98
 """Mean top probability under which a 5-class output is near uniform (0.2)."""
 
 
@@ -68,14 +71,16 @@ def make_run_dir(spec: BaseSpec, size: int, root: Path) -> tuple[Path, float]:
         hidden=0,
         base_in_inference_mode=True,
     )
-    # NOTE: random features have any scale; set the head so that logits are about N(0, 1), as in a
-    # trained model, rather than saturating the softmax (which would make parity trivially exact).
+    # NOTE: random features have any scale; scale the head so that logits are O(1), as in a trained
+    # model, rather than saturating the softmax (which would make parity trivially exact). Scale by
+    # the features' RMS, not their spread around a mean subtracted in the bias: that cancellation
+    # would amplify float32 rounding and fail parity for a reason no trained model has.
     probe = np.random.default_rng(2).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     features = np.asarray(clf.features.predict(probe, verbose=0))
     head = clf.model.get_layer("probabilities")
     kernel = np.random.default_rng(3).normal(size=(features.shape[1], CLASSES))
-    kernel /= max(float(features.std()), 1e-12) * np.sqrt(features.shape[1])
-    head.set_weights([kernel.astype(np.float32), (-features.mean(0) @ kernel).astype(np.float32)])
+    kernel *= 3.0 / (max(float(np.sqrt(np.mean(features**2))), 1e-12) * np.sqrt(features.shape[1]))
+    head.set_weights([kernel.astype(np.float32), np.zeros(CLASSES, np.float32)])
     run_dir = root / spec.name
     run_dir.mkdir(parents=True)
     clf.model.save(run_dir / "model.keras")
@@ -90,12 +95,17 @@ def make_run_dir(spec: BaseSpec, size: int, root: Path) -> tuple[Path, float]:
 def measure(spec: BaseSpec, size: int, root: Path) -> dict[str, object]:
     started = time.perf_counter()
     run_dir, top = make_run_dir(spec, size, root / "runs")
-    result = export(ExportOptions(run_dir=run_dir, repository=root / "repo", name=spec.name))
+    # NOTE: the 1e-4 gate of `tlserve export` is meant for trained models; deep random networks are
+    # ill-conditioned (TF's own SavedModel differs from Keras by up to ~4e-4 on ResNet152), so the
+    # matrix exports with a loose gate and reports each measured figure against 1e-4.
+    options = ExportOptions(run_dir=run_dir, repository=root / "repo", name=spec.name, tolerance=GATE)
+    result = export(options)
     manifest = result.manifest
     onnx_artifact = manifest.artifact("onnx", "fp32")
     saved = manifest.artifact("savedmodel")
     assert onnx_artifact is not None and saved is not None
     row = {
+        "savedmodel_max_abs_diff": saved.parity["max_abs_diff"],
         "base": spec.name,
         "size": size,
         "onnx_mb": onnx_artifact.bytes / 2**20,
@@ -110,6 +120,17 @@ def measure(spec: BaseSpec, size: int, root: Path) -> dict[str, object]:
     shutil.rmtree(result.path.parent)
     keras.backend.clear_session()
     return row
+
+
+def _uninformative(row: dict[str, object]) -> bool:
+    top = float(str(row["mean_top_p"]))
+    return top < UNIFORM_BELOW or top > SATURATED_ABOVE
+
+
+def _diff(value: object) -> str:
+    """The figure, in bold with a dagger when it would fail the 1e-4 gate of a real export."""
+    number = float(str(value))
+    return f"**{number:.1e}** †" if number > STRICT else f"{number:.1e}"
 
 
 def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) -> None:
@@ -129,27 +150,41 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"tensorflow {tf.__version__}, onnxruntime {onnxruntime.__version__}, keras {keras.__version__}.",
         "",
-        "| Base | Input | ONNX size (MB) | Parity max abs diff | Top-1 agreement | Mean top p "
-        "| ORT ms | TF ms | TF / ORT |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Base | Input | ONNX size (MB) | ONNX vs Keras max abs diff | SavedModel vs Keras | "
+        "Top-1 agreement | Mean top p | ORT ms | TF ms | TF / ORT |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['base']} | {r['size']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['base']} | {r['size']} | failed: {r['error']} | | | | | | | |")
             continue
-        flag = " ¹" if float(str(r["mean_top_p"])) < UNIFORM_BELOW else ""
+        flag = " ¹" if _uninformative(r) else ""
         lines.append(
-            f"| {r['base']}{flag} | {r['size']} | {r['onnx_mb']:.1f} | {r['max_abs_diff']:.1e} "
+            f"| {r['base']}{flag} | {r['size']} | {r['onnx_mb']:.1f} | {_diff(r['max_abs_diff'])} "
+            f"| {_diff(r['savedmodel_max_abs_diff'])} "
             f"| {r['top1']:.3f} | {r['mean_top_p']:.2f} | {r['ort_ms']:.1f} | {r['tf_ms']:.1f} "
             f"| {float(r['tf_ms']) / float(r['ort_ms']):.1f}x |"
         )
-    if any(float(str(r.get("mean_top_p", 1.0))) < UNIFORM_BELOW for r in rows):
+    if any(
+        float(str(r.get("max_abs_diff", 0))) > STRICT
+        or float(str(r.get("savedmodel_max_abs_diff", 0))) > STRICT
+        for r in rows
+    ):
         lines += [
             "",
-            "¹ With random weights and no BatchNorm, VGG's features hardly depend on the input, so its "
-            "outputs are near uniform and its parity figure says little; the other rows have "
-            "informative outputs. `tests/exporters/test_all_bases.py` (make test-all) repeats the "
-            "check at each base's minimum size.",
+            "† Above the 1e-4 that `tlserve export` requires (and enforces: such an export fails with "
+            "these figures). With random weights, deep networks amplify float32 rounding: even "
+            "TensorFlow's own SavedModel differs from Keras by this much, so it reflects the random "
+            "network's conditioning, not the converter. Trained models are checked at export time "
+            "and carry their own figure in manifest.json.",
+        ]
+    if any(_uninformative(r) for r in rows if "error" not in r):
+        lines += [
+            "",
+            "¹ With these random weights the outputs are near uniform or saturated (mean top p below "
+            f"{UNIFORM_BELOW} or above {SATURATED_ABOVE}), so the parity figure says little for this "
+            "row. `tests/exporters/test_all_bases.py` (make test-all) checks every base again at "
+            "its minimum size.",
         ]
     path.write_text("\n".join(lines) + "\n")
 
