@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,7 +163,7 @@ def test_demo_refuses_a_workdir_it_did_not_make(capsys: pytest.CaptureFixture[st
 
 
 def test_non_empty_out_is_refused_unless_overwrite(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -171,10 +172,12 @@ def test_non_empty_out_is_refused_unless_overwrite(
         capsys, ["train", str(image_folder), "--out", str(out), *TINY], "not empty", "--overwrite"
     )
     assert (out / "keep.txt").read_text() == "precious"
-    code, stdout, err = run_cli(capsys, "train", str(image_folder), "--out", str(out), "--overwrite", *TINY)
+    monkeypatch.chdir(tmp_path)  # relative paths on the command line, absolute ones in run.json
+    code, stdout, err = run_cli(capsys, "train", "data", "--out", "run", "--overwrite", *TINY)
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "model.keras").is_file()
     assert "val accuracy" in stdout
+    assert json.loads((out / "run.json").read_text())["dataset"]["data_dir"] == str(image_folder.resolve())
     assert leftovers(tmp_path) == []
 
 

@@ -204,7 +204,7 @@ def test_an_earlier_run_becomes_the_base(vgg_run: Path, tmp_path: Path, mode: st
     overrides = {"base": str(vgg_run), "image_size": None, "unfreeze": 3, "lr": 3e-2, "epochs": 15}
     overrides |= {"patience": 15, "fine_tune_lr": 1e-4}
     report = run(target, out, mode=mode, **overrides)
-    assert report["base"]["earlier"] == str(vgg_run)
+    assert report["base"]["earlier"] == str(vgg_run.resolve())
     assert report["metrics"]["accuracy"] >= 0.75, report["metrics"]  # chance is 0.5
     model = check_run_dir(out, ["cyan", "yellow"])
     # the earlier network brings its own preprocessing and trunk; only its classifier is replaced

@@ -50,8 +50,9 @@ class DatasetPlan:
     def summary(self) -> dict[str, Any]:
         n = len(self.class_names)
         return {
-            "data_dir": str(self.root),
-            "val_data_dir": str(self.val_root) if self.val_root else None,
+            # NOTE: absolute, so that an export from another working directory finds the images
+            "data_dir": str(self.root.resolve()),
+            "val_data_dir": str(self.val_root.resolve()) if self.val_root else None,
             "classes": self.class_names,
             "train_per_class": dict(zip(self.class_names, self.train.counts(n), strict=False)),
             "val_per_class": dict(zip(self.class_names, self.val.counts(n), strict=False)),

@@ -219,7 +219,7 @@ class TrainingSession:
             "base": {
                 "name": spec.name if spec else None,
                 "builder": spec.builder if spec else None,
-                "earlier": str(self.resolved.earlier) if self.resolved.earlier else None,
+                "earlier": str(self.resolved.earlier.resolve()) if self.resolved.earlier else None,
                 "preprocessing": spec.preprocessing if spec else "from the earlier network",
                 "image_size": self.resolved.image_size,
                 "layers": len(freezing.flatten(clf.base).leaves),
