@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck bench-cache bench-export export-matrix clean
+.PHONY: help install demo test test-all lint typecheck protos bench-cache bench-export bench-server export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -14,13 +14,15 @@ help:
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
+	@echo "make bench-server   gRPC server vs in-process onnxruntime (MobileNetV2 224)"
+	@echo "make protos     regenerate tlserve/service/wire from protos/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[train,export,dev]"
+	$(BIN)/pip install --quiet -e ".[train,export,serve,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +31,8 @@ demo: install
 	$(BIN)/tlserve demo --workdir demo-output
 
 lint: install
-	$(BIN)/ruff check tlserve tests benchmarks
-	$(BIN)/ruff format --check tlserve tests benchmarks
+	$(BIN)/ruff check tlserve tests benchmarks protos
+	$(BIN)/ruff format --check tlserve tests benchmarks protos
 
 typecheck: install
 	$(BIN)/mypy tlserve
@@ -41,6 +43,9 @@ test: lint typecheck
 test-all: lint typecheck
 	$(BIN)/pytest
 	$(BIN)/python benchmarks/export_matrix.py
+
+protos: install
+	$(BIN)/python protos/generate.py
 
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py

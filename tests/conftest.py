@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,3 +48,33 @@ def _clean_tlserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("TLSERVE_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run that has learnt something (so parity compares informative outputs):
+    a frozen VGG16 (random init, no BatchNorm) at 32 px on three colours, 12 images each."""
+    from tlserve.training import rundir
+    from tlserve.training.config import TrainConfig
+    from tlserve.training.trainer import train
+
+    root = tmp_path_factory.mktemp("export-run")
+    data = write_folder(root / "data", per_class=12)
+    out = root / "run"
+    train(
+        TrainConfig(
+            data_dir=data, out=out, base="vgg16", weights="none", image_size=32, epochs=12, lr=2e-2,
+            batch_size=8, augment=False, val_split=0.25,
+        )
+    )  # fmt: skip
+    assert rundir.read_run(out)["metrics"]["accuracy"] >= 0.8
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``run_dir`` exported by the real exporter (SavedModel, ONNX fp32/fp16/int8): an ExportResult."""
+    from tlserve.exporters.export import ExportOptions, export
+
+    repository = tmp_path_factory.mktemp("repo")
+    return export(ExportOptions(run_dir=run_dir, repository=repository, name="colors", fp16=True, int8=True))

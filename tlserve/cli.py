@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bases(sub)
     _add_demo(sub)
+    from tlserve.service.commands import add_predict, add_serve
+
+    add_serve(sub, _Formatter)
+    add_predict(sub, _Formatter)
     return parser
 
 

@@ -1,0 +1,162 @@
+"""The batcher with a fake backend function that records the batches it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tlserve.service.batching import Batcher
+from tlserve.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+
+class Recorder:
+    """predict(): returns each row's first pixel value as its 'probability'; records batch sizes."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.batches.append(len(pixels))
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("backend exploded")
+        return pixels.reshape(len(pixels), -1)[:, :1].copy()
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.asarray(values, np.float32).reshape(-1, 1, 1, 1)
+
+
+def make(recorder: Recorder, **kw: object) -> Batcher:
+    options = {"enabled": True, "max_batch_size": 8, "max_batch_delay_s": 0.05, "max_queue_size": 100, **kw}
+    return Batcher(recorder, ThreadPoolExecutor(1), **options)  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
+    recorder = Recorder()
+
+    async def main() -> list[np.ndarray]:
+        batcher = make(recorder)
+        return await asyncio.gather(*(batcher.submit(rows(i, i + 0.5)) for i in range(4)))
+
+    results = asyncio.run(main())
+    assert recorder.batches == [8]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result[:, 0], [i, i + 0.5])
+
+
+def test_batches_never_exceed_the_maximum() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        batcher = make(recorder, max_batch_size=4)
+        await asyncio.gather(*(batcher.submit(rows(i, i, i)) for i in range(5)))
+
+    asyncio.run(main())
+    assert max(recorder.batches) <= 4 and sum(recorder.batches) == 15
+
+
+def test_batching_off_runs_each_request_alone() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        batcher = make(recorder, enabled=False)
+        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(5)))
+
+    asyncio.run(main())
+    assert recorder.batches == [1, 1, 1, 1, 1]
+
+
+def test_a_full_queue_rejects_at_once() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()  # the backend blocks: requests pile up
+
+    async def main() -> tuple[list[object], float]:
+        batcher = make(recorder, enabled=False, max_queue_size=2)
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)  # taken by the worker, blocked in the backend
+        queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        with pytest.raises(ResourceExhausted, match="queue of this model is full"):
+            await batcher.submit(rows(3))
+        rejected_in = time.perf_counter() - start
+        recorder.gate.set()
+        return list(await asyncio.gather(first, *queued)), rejected_in
+
+    done, rejected_in = asyncio.run(main())
+    assert len(done) == 3 and rejected_in < 1.0
+
+
+def test_expired_requests_are_dropped_before_compute() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+
+    async def main() -> None:
+        batcher = make(recorder, enabled=False)
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit(rows(1), deadline=time.monotonic() + 0.01))
+        await asyncio.sleep(0.05)  # its deadline passes while it waits
+        recorder.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await late
+
+    asyncio.run(main())
+    assert recorder.batches == [1]  # the expired request never reached the backend
+
+
+def test_cancelled_requests_do_not_take_a_batch_slot() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+
+    async def main() -> None:
+        batcher = make(recorder, enabled=False)
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit(rows(1)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        recorder.gate.set()
+        await first
+
+    asyncio.run(main())
+    assert recorder.batches == [1]
+
+
+def test_a_failing_batch_fails_every_waiter() -> None:
+    recorder = Recorder(fail=True)
+
+    async def main() -> list[object]:
+        batcher = make(recorder)
+        return await asyncio.gather(*(batcher.submit(rows(i)) for i in range(3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert recorder.batches == [3]
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_close_finishes_queued_work_then_refuses() -> None:
+    recorder = Recorder(delay_s=0.05)
+
+    async def main() -> list[np.ndarray]:
+        batcher = make(recorder, enabled=False)
+        pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        with pytest.raises(Unavailable):
+            await batcher.submit(rows(9))
+        return [p.result() for p in pending]
+
+    assert len(asyncio.run(main())) == 3

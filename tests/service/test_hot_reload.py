@@ -1,0 +1,89 @@
+"""Publishing versions while clients call: zero failed calls, the new version answers promptly, a
+broken version leaves the previous one serving."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from tests.service.conftest import ServerProcess
+from tests.service.images import encoded
+from tests.service.tiny import copy_version
+
+POLL_S = 0.2
+SLACK_S = 2.0  # scheduling on a loaded 2-core CI machine; the bound itself is poll interval + load time
+
+
+class Traffic:
+    """Client threads calling Classify until stopped, recording which version answered, and errors."""
+
+    def __init__(self, server: ServerProcess, threads: int = 4) -> None:
+        self.server = server
+        self.versions: Counter[int] = Counter()
+        self.first_seen: dict[int, float] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        image = encoded("red")
+        with self.server.client() as client:
+            while not self._stop.is_set():
+                try:
+                    version = client.classify("colors", [image]).version
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        self.errors.append(f"{exc.code().name}: {exc.details()}")
+                    continue
+                with self._lock:
+                    self.versions[version] += 1
+                    self.first_seen.setdefault(version, time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+
+def load_seconds(log: str, version: int) -> float:
+    match = re.search(rf"loaded colors version {version} in ([0-9.]+) s", log)
+    assert match, log
+    return float(match.group(1))
+
+
+def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
+    server = ServerProcess(tiny_repo, "--poll-interval-s", str(POLL_S))
+    try:
+        with server.client() as client:
+            client.wait_ready("colors")
+        traffic = Traffic(server)
+        time.sleep(1.0)
+        published = time.monotonic()
+        copy_version(tiny_repo, "colors", 1, 2)
+        server.wait_for("unloaded colors version 1")
+        time.sleep(0.5)
+        broken = copy_version(tiny_repo, "colors", 1, 3)
+        (broken / "model.onnx").write_bytes(b"garbage")  # its sha256 no longer matches the manifest
+        server.wait_for("colors version 3 failed to load")
+        time.sleep(1.0)
+        traffic.stop()
+        assert traffic.errors == []
+        assert traffic.versions[1] > 0 and traffic.versions[2] > 0 and 3 not in traffic.versions
+        took = traffic.first_seen[2] - published
+        assert took <= POLL_S + load_seconds(server.log, 2) + SLACK_S, took
+        with server.client() as client:
+            assert client.classify("colors", [encoded("red")]).version == 2
+            states = {v.version: (v.state, v.error) for v in client.list_models()["colors"]}
+        assert states[1][0] == "UNLOADED" and states[2][0] == "AVAILABLE"
+        assert states[3][0] == "FAILED" and "model.onnx" in states[3][1]
+        print(f"calls: {dict(traffic.versions)}, errors: 0, v2 answered {took:.2f} s after publishing")
+    finally:
+        assert server.stop() == 0, server.log

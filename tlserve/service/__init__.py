@@ -1,0 +1,1 @@
+"""The serving half: gRPC server, model repository watcher, backends, batcher, client."""

@@ -1,0 +1,165 @@
+"""Dynamic batching: requests for one model version share backend calls.
+
+Each request gets a future. One worker task takes the oldest request, then collects more until the
+batch holds ``max_batch_size`` images or ``max_batch_delay_s`` has passed, runs the backend once in a
+worker thread, and hands every request its rows. While the backend computes, new requests queue up and
+form the next batch, so under load batches grow by themselves. If the backend fails, every request of
+that batch fails with the same error.
+
+- A full queue (``max_queue_size`` requests waiting) rejects new requests at once with
+  RESOURCE_EXHAUSTED: under overload a client learns immediately instead of timing out.
+- Requests whose deadline has passed, or whose caller gave up (cancelled future), are dropped before
+  compute and never take a batch slot.
+- ``enabled=False`` (setting ``batching``) runs each request as its own batch, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tlserve.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+
+@dataclass
+class _Request:
+    pixels: np.ndarray
+    deadline: float | None
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        *,
+        enabled: bool,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self._executor = executor
+        self.enabled = enabled
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._queue: deque[_Request] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._computing = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Probabilities for ``pixels`` [N, H, W, 3], N <= max_batch_size; ``deadline`` is a
+        ``time.monotonic()`` value."""
+        if self._closed:
+            raise Unavailable("this model version is being unloaded; retry")
+        if len(self._queue) >= self.max_queue_size:
+            raise ResourceExhausted(
+                f"the queue of this model is full ({self.max_queue_size} requests waiting); retry later"
+            )
+        if self._worker is None:  # NOTE: asyncio primitives are made inside the running loop
+            self._wakeup = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        request = _Request(pixels, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await request.future
+
+    def _take(self, now: float) -> _Request | None:
+        """The oldest live request, failing expired ones and skipping abandoned ones on the way."""
+        while self._queue:
+            request = self._queue.popleft()
+            if request.future.done():
+                continue
+            if request.expired(now):
+                request.future.set_exception(
+                    DeadlineExceeded("the deadline passed while the request was queued")
+                )
+                continue
+            return request
+        return None
+
+    async def _collect(self) -> list[_Request]:
+        assert self._wakeup is not None
+        while True:
+            first = self._take(time.monotonic())
+            if first is not None:
+                break
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch, rows = [first], len(first.pixels)
+        if not self.enabled:
+            return batch
+        until = time.monotonic() + self.max_batch_delay_s
+        while rows < self.max_batch_size:
+            if self._queue:
+                if rows + len(self._queue[0].pixels) > self.max_batch_size:
+                    break
+                request = self._take(time.monotonic())
+                if request is not None:
+                    batch.append(request)
+                    rows += len(request.pixels)
+                continue
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
+            if self._on_batch is not None:
+                self._on_batch(len(pixels))
+            self._computing = True
+            try:
+                result = await loop.run_in_executor(self._executor, self._predict, pixels)
+            except Exception as exc:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            finally:
+                self._computing = False
+            start = 0
+            for request in batch:
+                end = start + len(request.pixels)
+                if not request.future.done():
+                    request.future.set_result(result[start:end])
+                start = end
+
+    async def close(self) -> None:
+        """Refuse new requests, let queued ones finish, stop the worker."""
+        self._closed = True
+        while self._computing or any(not r.future.done() for r in self._queue):
+            await asyncio.sleep(0.005)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker

@@ -1,0 +1,171 @@
+"""``tlserve serve`` and ``tlserve predict``: argument parsing only; the work is imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tlserve.errors import UsageError
+
+# Flags of `tlserve serve`: (flag, setting, type, help). Flags left out keep the config file's,
+# the environment's or the default value; the help shows the default.
+SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
+    (
+        "--repository",
+        "repository",
+        Path,
+        "model repository root (REPO/NAME/VERSION/, as tlserve export writes)",
+    ),
+    ("--host", "host", str, "address to bind"),
+    (
+        "--grpc-port",
+        "grpc_port",
+        int,
+        "gRPC port: TF Serving API, native API, health, reflection; 0 = pick one",
+    ),
+    ("--metrics-port", "metrics_port", int, "Prometheus /metrics port; 0 = pick one"),
+    ("--backend", "backend", str, "default runtime: onnxruntime or tensorflow"),
+    (
+        "--providers",
+        "providers",
+        lambda s: s.split(","),
+        "onnxruntime providers, best first (tensorrt,cuda,cpu)",
+    ),
+    ("--precision", "precision", str, "ONNX artifact: auto, fp32, fp16 or int8"),
+    ("--intra-op-threads", "intra_op_threads", int, "threads per op; 0 = one per core"),
+    ("--inter-op-threads", "inter_op_threads", int, "threads across ops; 0 = runtime default"),
+    ("--version-policy", "version_policy", str, "latest, latest:N, all or versions:A,B"),
+    ("--poll-interval-s", "poll_interval_s", float, "seconds between repository scans"),
+    ("--max-batch-size", "max_batch_size", int, "most images per backend call"),
+    ("--max-batch-delay-s", "max_batch_delay_s", float, "how long a batch waits for more requests"),
+    ("--max-queue-size", "max_queue_size", int, "waiting requests per model before RESOURCE_EXHAUSTED"),
+    ("--shutdown-grace-s", "shutdown_grace_s", float, "time in-flight calls get on SIGTERM"),
+    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def add_serve(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    from tlserve.service.settings import ServerSettings
+
+    p = sub.add_parser(
+        "serve",
+        help="serve every model of a repository over gRPC (TF Serving API, native API, health)",
+        formatter_class=formatter,
+        description=(
+            "Serve every model in REPO over gRPC: TensorFlow Serving's PredictionService/ModelService\n"
+            "(Predict by signature serving_default or predict_images, Classify, GetModelMetadata,\n"
+            "GetModelStatus), the native tlserve.v1.Inference API (Classify, ListModels), grpc.health.v1\n"
+            "(one service per model) and server reflection, all on one port; Prometheus metrics on\n"
+            "another. New versions published into REPO are loaded, warmed up and swapped in while\n"
+            "serving; a version that fails to load leaves the previous one serving.\n\n"
+            "Settings: flags > TLSERVE_* environment > --config file > defaults, e.g.\n"
+            "  TLSERVE_MAX_BATCH_SIZE=16  TLSERVE_MODELS__FLOWERS__BACKEND=tensorflow\n\n"
+            "examples:\n"
+            "  tlserve serve --repository models\n"
+            "  tlserve serve --repository models --grpc-port 0 --metrics-port 0 --version-policy latest:2\n"
+            "  grpcurl -plaintext localhost:8500 list"
+        ),
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="settings file, JSON or TOML (TLSERVE_CONFIG)")
+    p.add_argument("--no-batching", dest="batching", action="store_false", default=argparse.SUPPRESS,
+                   help="run every request on its own (dynamic batching is on by default)")  # fmt: skip
+    fields = ServerSettings.model_fields
+    for flag, setting, kind, text in SERVE_FLAGS:
+        default = fields[setting].get_default(call_default_factory=True)
+        default = ",".join(default) if isinstance(default, list) else default
+        metavar = "REPO" if setting == "repository" else setting.split("_")[-1].upper()
+        p.add_argument(flag, dest=setting, type=kind, default=argparse.SUPPRESS, metavar=metavar,
+                       help=f"{text} (default: {default})")  # fmt: skip
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import pydantic
+
+    from tlserve.service.settings import ServerSettings, load_settings
+
+    overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"invalid settings: {problems}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not settings.repository.is_dir():
+        raise UsageError(f"model repository {settings.repository} is not a directory (export a model into it "
+                         "with: tlserve export RUN_DIR --repository DIR --name NAME)")  # fmt: skip
+    from tlserve.service.transport.server import serve
+
+    try:
+        serve(settings)
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def add_predict(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a running server",
+        formatter_class=formatter,
+        description=(
+            "Send IMAGE files to a tlserve server and print the top labels of each.\n\n"
+            "examples:\n"
+            "  tlserve predict rose.jpg tulip.png --model flowers\n"
+            "  tlserve predict *.jpg --model flowers --api tfs --server 10.0.0.5:8500 --top-k 3"
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    p.add_argument("--model", required=True, help="model name in the server's repository")
+    p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address")
+    p.add_argument("--api", choices=["native", "tfs"], default="native",
+                   help="native: tlserve.v1 Classify; tfs: TF Serving Predict (predict_images)")  # fmt: skip
+    p.add_argument("--version", type=int, default=0, help="model version; 0 = the newest serving")
+    p.add_argument("--top-k", type=int, default=3, help="labels to print per image")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of the call")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import time
+
+    import grpc
+    import numpy as np
+
+    from tlserve.errors import TlserveError
+    from tlserve.service.client import Client
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1; got {args.top_k}")
+    images = []
+    for path in args.images:
+        try:
+            images.append(path.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with Client(args.server, timeout_s=args.timeout_s) as client:
+        start = time.perf_counter()
+        try:
+            if args.api == "native":
+                result = client.classify(args.model, images, top_k=args.top_k, version=args.version)
+                version, rows = result.version, [[(x.label, x.score) for x in p] for p in result.predictions]
+            else:
+                version, probabilities = client.predict_images(args.model, images, version=args.version)
+                labels = next(v.labels for v in client.list_models()[args.model] if v.version == version)
+                order = np.argsort(-probabilities, axis=1)[:, : args.top_k]
+                rows = [
+                    [(labels[i], float(p[i])) for i in o] for p, o in zip(probabilities, order, strict=True)
+                ]
+        except grpc.RpcError as exc:
+            raise TlserveError(f"{args.server}: {exc.code().name}: {exc.details()}") from None
+        elapsed = (time.perf_counter() - start) * 1000
+    width = max(len(str(p)) for p in args.images)
+    print(
+        f"{'image':<{width}}  top {args.top_k} "
+        f"(model {args.model} v{version}, {args.api} API, {elapsed:.1f} ms)"
+    )
+    for path, row in zip(args.images, rows, strict=True):
+        print(f"{path!s:<{width}}  " + "  ".join(f"{label} {score:.3f}" for label, score in row))
+    return 0

@@ -1,0 +1,157 @@
+"""The transport-free inference core: every API's requests end up here.
+
+Model lookup (name, version or label), validation against the manifest, image decoding off the event
+loop, batching, the backend call and post-processing (top-k labels). No gRPC types: transports convert
+their protos to these calls and map ``ServiceError.code`` to their own statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlserve.service.errors import DeadlineExceeded, InvalidArgument
+from tlserve.service.images import decode_batch
+from tlserve.service.metrics import current_model
+from tlserve.service.settings import ServerSettings
+from tlserve.service.watcher import Model, Repository, ServedVersion
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a request asks for; ``version`` and ``label`` are optional (newest by default)."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    name: str
+    version: int
+    probabilities: np.ndarray
+    """float32 [N, classes]."""
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    name: str
+    version: int
+    top: list[list[LabelScore]]
+    """One list per image, best first."""
+
+
+class InferenceCore:
+    def __init__(self, repository: Repository, settings: ServerSettings, decoder: Executor) -> None:
+        self.repository = repository
+        self.settings = settings
+        self._decoder = decoder
+
+    # --- inference --------------------------------------------------------------------------------
+    async def predict(self, ref: ModelRef, pixels: np.ndarray, deadline: float | None = None) -> Prediction:
+        """Probabilities for float32 pixels [N, H, W, 3] (RGB 0..255) at the model's input size."""
+        with self._lease(ref) as served:
+            self._check_pixels(served, pixels)
+            return await self._run(served, pixels, deadline)
+
+    async def predict_images(
+        self, ref: ModelRef, images: Sequence[bytes], deadline: float | None = None
+    ) -> Prediction:
+        """Probabilities for encoded images, decoded and resized as the exported signature does."""
+        with self._lease(ref) as served:
+            return await self._images(served, images, deadline)
+
+    async def classify(
+        self, ref: ModelRef, images: Sequence[bytes], top_k: int = 0, deadline: float | None = None
+    ) -> Classification:
+        """Top-k labels per encoded image; ``top_k`` 0 means DEFAULT_TOP_K, capped at the class count."""
+        if top_k < 0:
+            raise InvalidArgument(f"top_k must be 0 (default {DEFAULT_TOP_K}) or positive; got {top_k}")
+        with self._lease(ref) as served:
+            prediction = await self._images(served, images, deadline)
+            assert served.manifest is not None
+            top = top_labels(prediction.probabilities, served.manifest.labels, top_k or DEFAULT_TOP_K)
+            return Classification(served.name, served.version, top)
+
+    async def _images(
+        self, served: ServedVersion, images: Sequence[bytes], deadline: float | None
+    ) -> Prediction:
+        self._check_batch(len(images))
+        assert served.manifest is not None
+        height, width = served.manifest.image_size
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            self._decoder, decode_batch, images, height, width,
+            self.settings.allowed_image_formats, self.settings.max_image_pixels,
+        )  # fmt: skip
+        return await self._run(served, pixels, deadline)
+
+    @contextmanager
+    def _lease(self, ref: ModelRef) -> Iterator[ServedVersion]:
+        with self.repository.lease(ref.name, ref.version, ref.label) as served:
+            current_model.set((served.name, str(served.version)))
+            yield served
+
+    async def _run(self, served: ServedVersion, pixels: np.ndarray, deadline: float | None) -> Prediction:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed before the request reached the model")
+        assert served.batcher is not None
+        probabilities = await served.batcher.submit(pixels, deadline)
+        return Prediction(served.name, served.version, probabilities)
+
+    # --- validation -------------------------------------------------------------------------------
+    def _check_batch(self, size: int) -> None:
+        if size == 0:
+            raise InvalidArgument("empty batch: send at least one image")
+        if size > self.settings.max_batch_size:
+            raise InvalidArgument(
+                f"batch of {size} images is above the maximum of {self.settings.max_batch_size} "
+                "(setting max_batch_size); split it"
+            )
+
+    def _check_pixels(self, served: ServedVersion, pixels: np.ndarray) -> None:
+        assert served.manifest is not None
+        height, width = served.manifest.image_size
+        if pixels.dtype != np.float32:
+            raise InvalidArgument(f"pixels must be float32; got {pixels.dtype}")
+        if pixels.ndim != 4 or pixels.shape[1:] != (height, width, 3):
+            raise InvalidArgument(
+                f"pixels must have shape [N, {height}, {width}, 3] (RGB 0..255); got {list(pixels.shape)}"
+            )
+        self._check_batch(pixels.shape[0])
+        if not np.isfinite(pixels).all():
+            raise InvalidArgument("pixels must be finite; got NaN or Inf")
+
+    # --- model information ------------------------------------------------------------------------
+    def models(self) -> list[Model]:
+        return [self.repository.models[name] for name in sorted(self.repository.models)]
+
+    def model(self, name: str) -> Model:
+        return self.repository.model(name)
+
+    def resolve(self, ref: ModelRef) -> ServedVersion:
+        return self.repository.resolve(ref.name, ref.version, ref.label)
+
+
+def top_labels(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[LabelScore]]:
+    k = min(k, len(labels))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [
+        [LabelScore(labels[i], int(i), float(row[i])) for i in idx]
+        for row, idx in zip(probabilities, order, strict=True)
+    ]

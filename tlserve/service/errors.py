@@ -1,0 +1,60 @@
+"""Errors the serving core raises on purpose, each carrying the status a client receives.
+
+ServiceError                    the message is safe to send to the client
+├── InvalidArgument             the request is malformed or does not fit the model
+├── NotFound                    unknown model, version or version label
+├── ResourceExhausted           a queue is full (the request was rejected at once, not queued)
+├── DeadlineExceeded            the deadline passed before the request reached the model
+├── Unavailable                 the model has no version ready, or the server is shutting down
+└── Internal                    a backend failed; the client gets a generic message and a request id
+
+The core knows nothing of gRPC: ``Code`` names match gRPC's status codes, and the transports map them
+(tlserve.service.grpc.errors). Anything that is not a ServiceError is a bug or a backend failure and is
+sent as INTERNAL with a generic message; the traceback goes to the server log only.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    CANCELLED = "CANCELLED"
+
+
+class ServiceError(Exception):
+    code = Code.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = Code.NOT_FOUND
+
+
+class ResourceExhausted(ServiceError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServiceError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Unavailable(ServiceError):
+    code = Code.UNAVAILABLE
+
+
+class Internal(ServiceError):
+    code = Code.INTERNAL

@@ -1,0 +1,189 @@
+"""One typed settings object for the server.
+
+Sources, highest priority first: command-line flags, ``TLSERVE_*`` environment variables, a config
+file (``--config FILE`` or ``TLSERVE_CONFIG``, JSON or TOML), the defaults below. Nested fields use
+``__`` in the environment: ``TLSERVE_MODELS__FLOWERS__BACKEND=tensorflow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tlserve import repository as repo
+
+Backend = Literal["onnxruntime", "tensorflow"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+_POLICY = re.compile(r"^(latest(:[1-9][0-9]*)?|all|versions:[1-9][0-9]*(,[1-9][0-9]*)*)$")
+PROVIDER_ALIASES = {"tensorrt": repo.TENSORRT, "cuda": repo.CUDA, "cpu": repo.CPU}
+
+
+class VersionPolicy:
+    """Which versions on disk to serve: ``latest[:N]`` (default N=1), ``all``, ``versions:1,3``."""
+
+    def __init__(self, text: str) -> None:
+        if not _POLICY.match(text):
+            raise ValueError(f"version policy {text!r} is not one of latest, latest:N, all, versions:A,B,...")
+        self.text = text
+        kind, _, arg = text.partition(":")
+        self.kind = kind
+        self.latest = int(arg) if kind == "latest" and arg else 1
+        self.versions = {int(v) for v in arg.split(",")} if kind == "versions" else set()
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among ``available`` (ascending), ascending."""
+        if self.kind == "all":
+            return sorted(available)
+        if self.kind == "versions":
+            return sorted(v for v in available if v in self.versions)
+        return sorted(available)[-self.latest :]
+
+
+class ModelSettings(BaseModel):
+    """Per-model overrides, keyed by model name under ``models`` (config file or env)."""
+
+    backend: Backend | None = None
+    """Runtime for this model; default: the server-wide ``backend``."""
+    precision: Precision | None = None
+    version_policy: str | None = None
+    version_labels: dict[str, int] = Field(default_factory=dict)
+    """Names clients may use instead of a number, e.g. ``{"stable": 3, "canary": 4}``."""
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        if value is not None:
+            VersionPolicy(value)
+        return value
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TLSERVE_", env_nested_delimiter="__", extra="forbid")
+
+    repository: Path = Path("models")
+    """Model repository root: REPO/NAME/VERSION/ as `tlserve export` writes it."""
+    host: str = "0.0.0.0"
+    """Address to bind the gRPC and metrics ports to."""
+    grpc_port: int = Field(8500, ge=0, le=65535)
+    """gRPC port (TF Serving API, native API, health, reflection); 0 picks a free port."""
+    metrics_port: int | None = Field(8502, ge=0, le=65535)
+    """Prometheus /metrics port; 0 picks a free port; unset (null) disables it."""
+
+    backend: Backend = "onnxruntime"
+    """Default runtime. TensorFlow is imported only if a model uses the "tensorflow" backend."""
+    providers: list[str] = Field(default_factory=lambda: [repo.TENSORRT, repo.CUDA, repo.CPU])
+    """onnxruntime execution providers in priority order; those not installed are skipped (and the
+    providers really obtained are logged and reported by ListModels). Aliases: tensorrt, cuda, cpu."""
+    precision: Precision = "auto"
+    """Which ONNX artifact: auto = fp16 on a GPU provider, int8 on CPU when the manifest recommends
+    it, fp32 otherwise."""
+    intra_op_threads: int = Field(0, ge=0)
+    """Threads one onnxruntime/TensorFlow op may use; 0 = the runtime's default (one per core)."""
+    inter_op_threads: int = Field(0, ge=0)
+    """Threads for independent ops; 0 = the runtime's default."""
+
+    batching: bool = True
+    """Dynamic batching; off, every request runs on its own (still one at a time per model)."""
+    max_batch_size: int = Field(32, ge=1)
+    """Most images in one backend call; larger requests get INVALID_ARGUMENT."""
+    max_batch_delay_s: float = Field(0.002, ge=0)
+    """How long a batch waits for more requests once the model is idle and one arrived."""
+    max_queue_size: int = Field(256, ge=1)
+    """Requests waiting per model version beyond which new ones get RESOURCE_EXHAUSTED at once."""
+
+    version_policy: str = "latest"
+    """Default version policy: latest, latest:N, all, versions:A,B,..."""
+    poll_interval_s: float = Field(2.0, gt=0)
+    """How often the repository is scanned for new, removed or changed versions."""
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    """Per-model overrides (backend, precision, version_policy, version_labels)."""
+
+    allowed_image_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG"])
+    """Pillow format names accepted as encoded images."""
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Larger images are rejected before decoding (decompression bombs)."""
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent."""
+    decode_threads: int = Field(0, ge=0)
+    """Threads decoding images; 0 = one per CPU."""
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM/SIGINT: how long in-flight calls may take to finish."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        VersionPolicy(value)
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, value: list[str]) -> list[str]:
+        return [PROVIDER_ALIASES.get(p.lower(), p) for p in value]
+
+    @field_validator("allowed_image_formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [f.upper().replace("JPG", "JPEG") for f in value]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings
+
+    def for_model(self, name: str) -> ModelSettings:
+        """This model's settings with server-wide defaults filled in."""
+        own = self.models.get(name, ModelSettings())
+        return ModelSettings(
+            backend=own.backend or self.backend,
+            precision=own.precision or self.precision,
+            version_policy=own.version_policy or self.version_policy,
+            version_labels=own.version_labels,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What to log at start (JSON-friendly)."""
+        return json.loads(self.model_dump_json())
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a JSON or TOML file; ValueError says what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: "
+                         f"{exc}") from exc  # fmt: skip
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold an object of settings")
+    return data
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Defaults < config file < environment < ``overrides`` (flags that were given). Raises
+    pydantic.ValidationError or ValueError naming the bad setting."""
+    config = config or (Path(os.environ["TLSERVE_CONFIG"]) if os.environ.get("TLSERVE_CONFIG") else None)
+    file_values = read_config_file(config) if config else {}
+    unknown = sorted(set(file_values) - set(ServerSettings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {config}: {', '.join(unknown)}")
+    from_env = ServerSettings()  # environment over defaults
+    env_set = from_env.model_fields_set
+    merged = {**file_values, **{k: getattr(from_env, k) for k in env_set}, **overrides}
+    return ServerSettings.model_validate(merged)

@@ -1,0 +1,1 @@
+"""gRPC transports: thin servicers converting protos to core calls and back, one error map, the server."""

@@ -1,0 +1,98 @@
+"""The one place where errors become gRPC statuses, calls are timed and request ids assigned.
+
+ServiceError -> its code and message. Anything else -> INTERNAL with a generic message carrying the
+request id; the traceback goes to the log with the same id. The request id is the client's
+``x-request-id`` metadata when sent (else a new one) and is echoed in the response's initial metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from tlserve.service.errors import Code, ServiceError
+from tlserve.service.metrics import Metrics, current_model
+
+log = logging.getLogger(__name__)
+REQUEST_ID = "x-request-id"
+_UNTIMED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+API_NAMES = {
+    "tensorflow.serving.PredictionService": "tfs",
+    "tensorflow.serving.ModelService": "tfs",
+    "tlserve.v1.Inference": "native",
+}
+
+
+def grpc_code(code: Code) -> grpc.StatusCode:
+    return grpc.StatusCode[code.name]
+
+
+def request_id(context: aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_UNTIMED):
+            return handler
+        service, _, name = method.strip("/").partition("/")
+        api = API_NAMES.get(service, service)
+        behaviour = handler.unary_unary
+        metrics = self.metrics
+
+        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            rid = request_id(context)
+            await context.send_initial_metadata(((REQUEST_ID, rid),))
+            start = time.perf_counter()
+            current_model.set(("", ""))
+            code = grpc.StatusCode.OK
+            metrics.in_flight.labels(api).inc()
+            try:
+                return await behaviour(request, context)
+            except ServiceError as exc:
+                code = grpc_code(exc.code)
+                log.debug("%s %s [%s]: %s", name, code.name, rid, exc.message)
+                await context.abort(code, exc.message)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed [request id %s]", method, rid)
+                await context.abort(
+                    code, f"internal error (request id {rid}); the server log has the details"
+                )
+            finally:
+                metrics.in_flight.labels(api).dec()
+                model, version = current_model.get()
+                labels = (model, version, api, name, code.name)
+                metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+                metrics.requests.labels(*labels).inc()
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

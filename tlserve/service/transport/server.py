@@ -1,0 +1,178 @@
+"""The gRPC server: TF Serving API, native API, health and reflection on one port; metrics on another.
+
+Lifecycle: bind the ports (port 0 picks a free one; the chosen ports are logged), start answering at
+once (health says NOT_SERVING while models load), load the repository, then poll it. On SIGTERM or
+SIGINT: health turns NOT_SERVING, new calls are refused, in-flight calls get ``shutdown_grace_s`` to
+finish, every version is drained and unloaded, exit code 0.
+
+Health: the overall service ("") is SERVING once the first repository scan is done and at least one
+model serves; each model name is its own service, SERVING while a version of it is loaded and warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from tlserve.service.core import InferenceCore
+from tlserve.service.metrics import Metrics
+from tlserve.service.settings import ServerSettings
+from tlserve.service.transport.errors import ErrorInterceptor
+from tlserve.service.transport.native import InferenceService
+from tlserve.service.transport.tfs import ModelService, PredictionService
+from tlserve.service.watcher import Repository
+from tlserve.service.wire import _pool
+from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
+from tlserve.service.wire.tlserve.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    serving_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    """Every server channel option in one place."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # NOTE: else a second server silently shares the port
+    ]
+
+
+@dataclass
+class Ports:
+    grpc: int
+    metrics: int | None
+
+
+class Server:
+    """One server; ``start()`` then ``run_until(stop)``, or ``serve()`` for the CLI."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = health.aio.HealthServicer()
+        self._compute = ThreadPoolExecutor(4, thread_name_prefix="tlserve-compute")
+        self._decoder = ThreadPoolExecutor(
+            settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="tlserve-decode"
+        )
+        self.repository = Repository(
+            settings, self._compute, on_change=self._model_changed, on_batch=self.metrics.observe_batch
+        )
+        self.core = InferenceCore(self.repository, settings, self._decoder)
+        self._grpc = aio.server(
+            interceptors=[ErrorInterceptor(self.metrics)], options=channel_options(settings)
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics_http: Any = None
+        self._scanned = False
+
+    def _model_changed(self, name: str, serving: bool) -> None:
+        self.metrics.set_ready(name, serving)
+        self._set_health(name, serving)
+        overall = self._scanned and any(m.serving for m in self.repository.models.values())
+        self._set_health("", overall)
+
+    def _set_health(self, service: str, serving: bool) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.health.set(service, SERVING if serving else NOT_SERVING)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> Ports:
+        """Bind, start answering, load the repository. Raises OSError when a port cannot be bound."""
+        serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.core), self._grpc)
+        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.core), self._grpc)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(self.core), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(SERVICE_NAMES, self._grpc, pool=_pool.POOL)
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        try:
+            port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC to {address}: {exc}") from exc
+        await self.health.set("", NOT_SERVING)
+        await self._grpc.start()
+        metrics_port = None
+        if self.settings.metrics_port is not None:
+            self._metrics_http, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+            )
+            metrics_port = int(self._metrics_http.server_port)
+        ports = Ports(port, metrics_port)
+        log.info("listening: grpc=%s:%d metrics=%s", self.settings.host, port,
+                 f"{self.settings.host}:{metrics_port}" if metrics_port is not None else "off")  # fmt: skip
+        await self.repository.poll()
+        self._scanned = True
+        ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
+        self._set_health("", bool(ready))
+        log.info(
+            "ready: serving %s", ", ".join(ready) if ready else "no model yet (waiting for the repository)"
+        )
+        return ports
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Poll the repository until ``stop`` is set, then shut down gracefully."""
+        watcher = asyncio.get_running_loop().create_task(self.repository.watch(stop))
+        await stop.wait()
+        await self.shutdown()
+        await watcher
+
+    async def shutdown(self) -> None:
+        log.info(
+            "shutting down: refusing new calls, %.1f s for in-flight ones", self.settings.shutdown_grace_s
+        )
+        await self.health.enter_graceful_shutdown()
+        await self._grpc.stop(self.settings.shutdown_grace_s)
+        await self.repository.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self._compute.shutdown(wait=False)
+        self._decoder.shutdown(wait=False)
+        log.info("stopped")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(settings)
+    ports = await server.start()
+    if on_ports is not None:
+        on_ports(ports)
+    await server.run_until(stop)
+
+
+def serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None = None) -> None:
+    """Run a server until SIGTERM/SIGINT (the CLI's ``tlserve serve``)."""
+    configure_logging(settings.log_level)
+    log.info("settings: %s", settings.public())
+    asyncio.run(_serve(settings, on_ports))

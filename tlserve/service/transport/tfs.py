@@ -1,0 +1,195 @@
+"""TensorFlow Serving's gRPC API (PredictionService, ModelService) over the core.
+
+Signatures, as the exporter writes them into the SavedModel (and GetModelMetadata reports):
+``serving_default`` (input ``image``: DT_FLOAT [N, H, W, 3]), ``predict_images`` (input ``images``:
+DT_STRING [N] encoded images); both output ``probabilities`` DT_FLOAT [N, classes]. Classify takes
+tf.Examples with the encoded image in the ``image/encoded`` bytes feature and returns every class with
+its score, best first (real TF Serving cannot Classify a TF2 export; this server can).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from grpc import aio
+
+from tlserve import repository as repo
+from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.errors import InvalidArgument, NotFound
+from tlserve.service.transport import tfs_codec
+from tlserve.service.transport.deadline import deadline_of
+from tlserve.service.watcher import ServedVersion, State
+from tlserve.service.wire.tfs import error_pb2, serving_pb2, serving_pb2_grpc
+from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+IMAGE_FEATURE = "image/encoded"
+CLASSIFY_SIGNATURE = "classify"
+SIGNATURE_DEF = "signature_def"
+ALL_CLASSES = 1 << 30  # top-k is capped at the number of classes
+METHOD_PREDICT = "tensorflow/serving/predict"
+METHOD_CLASSIFY = "tensorflow/serving/classify"
+SIGNATURE_INPUTS = {repo.SIGNATURE_PIXELS: repo.INPUT_NAME, repo.SIGNATURE_IMAGES: repo.IMAGES_INPUT_NAME}
+STATE = {
+    State.LOADING: serving_pb2.ModelVersionStatus.LOADING,
+    State.AVAILABLE: serving_pb2.ModelVersionStatus.AVAILABLE,
+    State.UNLOADING: serving_pb2.ModelVersionStatus.UNLOADING,
+    State.UNLOADED: serving_pb2.ModelVersionStatus.END,
+    State.FAILED: serving_pb2.ModelVersionStatus.END,
+}
+
+
+def model_ref(spec: serving_pb2.ModelSpec) -> ModelRef:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        if spec.version.value < 1:
+            raise InvalidArgument(f"model_spec.version must be a positive integer; got {spec.version.value}")
+        return ModelRef(spec.name, version=spec.version.value)
+    return ModelRef(spec.name, label=spec.version_label or None)
+
+
+def answered_spec(name: str, version: int, signature: str) -> serving_pb2.ModelSpec:
+    spec = serving_pb2.ModelSpec(name=name, signature_name=signature)
+    spec.version.value = version
+    return spec
+
+
+class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+        self.max_elements = core.settings.max_message_bytes // 4
+
+    async def Predict(
+        self, request: serving_pb2.PredictRequest, context: Context
+    ) -> serving_pb2.PredictResponse:
+        ref = model_ref(request.model_spec)
+        signature = request.model_spec.signature_name or repo.SIGNATURE_PIXELS
+        if signature not in SIGNATURE_INPUTS:
+            raise InvalidArgument(
+                f"signature {signature!r} not found; this model has {', '.join(SIGNATURE_INPUTS)} "
+                f"(and {CLASSIFY_SIGNATURE} for the Classify method)"
+            )
+        expected = SIGNATURE_INPUTS[signature]
+        if set(request.inputs) != {expected}:
+            got = ", ".join(sorted(request.inputs)) or "none"
+            raise InvalidArgument(f"signature {signature} takes exactly one input {expected!r}; got: {got}")
+        outputs = list(request.output_filter)
+        if len(set(outputs)) != len(outputs) or any(o != repo.OUTPUT_NAME for o in outputs):
+            raise InvalidArgument(
+                f"output_filter {outputs}: the only output is {repo.OUTPUT_NAME!r}, each name at most once"
+            )
+        tensor = request.inputs[expected]
+        deadline = deadline_of(context)
+        if signature == repo.SIGNATURE_PIXELS:
+            pixels = tfs_codec.to_array(tensor, expected, self.max_elements)
+            result = await self.core.predict(ref, pixels, deadline)
+        else:
+            result = await self.core.predict_images(ref, tfs_codec.to_strings(tensor, expected), deadline)
+        response = serving_pb2.PredictResponse(
+            model_spec=answered_spec(result.name, result.version, signature)
+        )
+        response.outputs[repo.OUTPUT_NAME].CopyFrom(tfs_codec.from_array(result.probabilities))
+        return response
+
+    async def Classify(
+        self, request: serving_pb2.ClassificationRequest, context: Context
+    ) -> serving_pb2.ClassificationResponse:
+        ref = model_ref(request.model_spec)
+        signature = request.model_spec.signature_name or CLASSIFY_SIGNATURE
+        if signature not in (CLASSIFY_SIGNATURE, repo.SIGNATURE_PIXELS):
+            raise InvalidArgument(f"Classify uses the {CLASSIFY_SIGNATURE!r} signature; got {signature!r}")
+        kind = request.input.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument("input must hold example_list or example_list_with_context")
+        examples = getattr(request.input, kind).examples
+        images = []
+        for index, example in enumerate(examples):
+            feature = example.features.feature.get(IMAGE_FEATURE)
+            values = feature.bytes_list.value if feature is not None else []
+            if len(values) != 1:
+                raise InvalidArgument(
+                    f"example {index}: needs exactly one encoded image in bytes feature {IMAGE_FEATURE!r}"
+                )
+            images.append(values[0])
+        result = await self.core.classify(ref, images, ALL_CLASSES, deadline_of(context))
+        response = serving_pb2.ClassificationResponse(
+            model_spec=answered_spec(result.name, result.version, signature)
+        )
+        for top in result.top:
+            classes = response.result.classifications.add().classes
+            classes.extend(serving_pb2.Class(label=s.label, score=s.score) for s in top)
+        return response
+
+    async def GetModelMetadata(
+        self, request: serving_pb2.GetModelMetadataRequest, context: Context
+    ) -> serving_pb2.GetModelMetadataResponse:
+        fields = list(request.metadata_field)
+        if fields != [SIGNATURE_DEF]:
+            raise InvalidArgument(
+                f"metadata_field must be [{SIGNATURE_DEF!r}] (the only metadata served); got {fields}"
+            )
+        served = self.core.resolve(model_ref(request.model_spec))
+        response = serving_pb2.GetModelMetadataResponse(
+            model_spec=answered_spec(served.name, served.version, "")
+        )
+        response.model_spec.ClearField("signature_name")
+        packed = response.metadata[SIGNATURE_DEF]
+        packed.type_url = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+        packed.value = signature_defs(served).SerializeToString()
+        return response
+
+
+def _info(name: str, dtype: int, shape: list[int]) -> tf_pb.TensorInfo:
+    info = tf_pb.TensorInfo(name=name, dtype=dtype)  # type: ignore[arg-type]
+    info.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in shape)
+    return info
+
+
+def signature_defs(served: ServedVersion) -> serving_pb2.SignatureDefMap:
+    """The signatures of a version, packed as TF Serving packs a SavedModel's."""
+    assert served.manifest is not None
+    height, width = served.manifest.image_size
+    classes = len(served.manifest.labels)
+    result = serving_pb2.SignatureDefMap()
+    probabilities = _info(f"{repo.OUTPUT_NAME}:0", tf_pb.DT_FLOAT, [-1, classes])
+    for signature, input_name in SIGNATURE_INPUTS.items():
+        sig = result.signature_def[signature]
+        sig.method_name = METHOD_PREDICT
+        shape, dtype = (
+            ([-1, height, width, 3], tf_pb.DT_FLOAT)
+            if input_name == repo.INPUT_NAME
+            else ([-1], tf_pb.DT_STRING)
+        )
+        sig.inputs[input_name].CopyFrom(_info(f"{signature}_{input_name}:0", dtype, shape))
+        sig.outputs[repo.OUTPUT_NAME].CopyFrom(probabilities)
+    sig = result.signature_def[CLASSIFY_SIGNATURE]
+    sig.method_name = METHOD_CLASSIFY
+    sig.inputs["inputs"].CopyFrom(_info("tf_example:0", tf_pb.DT_STRING, [-1]))
+    sig.outputs["classes"].CopyFrom(_info("classes:0", tf_pb.DT_STRING, [-1, classes]))
+    sig.outputs["scores"].CopyFrom(_info("scores:0", tf_pb.DT_FLOAT, [-1, classes]))
+    return result
+
+
+class ModelService(serving_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    async def GetModelStatus(
+        self, request: serving_pb2.GetModelStatusRequest, context: Context
+    ) -> serving_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        model = self.core.model(spec.name)
+        versions = sorted(model.versions.values(), key=lambda v: v.version)
+        if spec.WhichOneof("version_choice") == "version":
+            versions = [v for v in versions if v.version == spec.version.value]
+        elif spec.version_label:
+            versions = [self.core.resolve(ModelRef(spec.name, label=spec.version_label))]
+        if not versions:
+            raise NotFound(f"model {spec.name!r} has no version {spec.version.value}")
+        response = serving_pb2.GetModelStatusResponse()
+        for served in versions:
+            status = response.model_version_status.add(version=served.version, state=STATE[served.state])
+            if served.state is State.FAILED:
+                status.status.error_code = error_pb2.UNKNOWN
+                status.status.error_message = served.error
+        return response

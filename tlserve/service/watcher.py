@@ -1,0 +1,284 @@
+"""The repository watcher: which versions are served, loading, warm-up, atomic swap and drain.
+
+Every ``poll_interval_s`` the repository is scanned. For each model the version policy picks versions
+among those on disk that have not failed; new ones are loaded and warmed up in a worker thread while the
+current ones keep serving, then the set of serving versions is replaced in one assignment. A version
+that leaves the set is drained — it finishes every request already holding it — then unloaded.
+A version that fails to load is logged, reported (ListModels, GetModelStatus) and left out of the
+policy, so the previous version keeps serving; it is retried only if its directory changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tlserve import repository as repo
+from tlserve.service.backends import Backend, create_backend
+from tlserve.service.batching import Batcher
+from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
+from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    UNLOADED = "UNLOADED"
+    FAILED = "FAILED"
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    name: str
+    version: int
+    path: Path
+    stamp: int
+    """The version dir's manifest mtime (ns) when it was loaded or failed."""
+    state: State = State.LOADING
+    error: str = ""
+    manifest: repo.Manifest | None = None
+    backend: Backend | None = None
+    batcher: Batcher | None = None
+    in_flight: int = 0
+    load_seconds: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.AVAILABLE
+
+
+@dataclass(eq=False)
+class Model:
+    name: str
+    settings: ModelSettings
+    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    """Every version this server has seen, in any state."""
+    serving: dict[int, ServedVersion] = field(default_factory=dict)
+    """The versions that answer requests; replaced as a whole, never mutated."""
+
+
+def _stamp(version_dir: Path) -> int:
+    try:
+        return (version_dir / repo.MANIFEST_FILE).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+class Repository:
+    """The served models; ``lease()`` is how the core gets a version to run."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        compute: Executor,
+        on_change: Callable[[str, bool], None] | None = None,
+        on_batch: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.repository
+        self._compute = compute
+        self._on_change = on_change
+        self._on_batch = on_batch
+        self.models: dict[str, Model] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # --- lookup -----------------------------------------------------------------------------------
+    @contextmanager
+    def lease(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> Iterator[ServedVersion]:
+        """The serving version asked for (newest when neither ``version`` nor ``label``), held
+        for the duration of the ``with`` block so that it is not unloaded under the request."""
+        served = self.resolve(name, version, label)
+        served.in_flight += 1
+        try:
+            yield served
+        finally:
+            served.in_flight -= 1
+
+    def model(self, name: str) -> Model:
+        if not name:
+            raise InvalidArgument("no model name given")
+        model = self.models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"model {name!r} not found (models: {known})")
+        return model
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
+        model = self.model(name)
+        if label:
+            if label not in model.settings.version_labels:
+                known = ", ".join(sorted(model.settings.version_labels)) or "none configured"
+                raise NotFound(f"model {name!r} has no version label {label!r} (labels: {known})")
+            version = model.settings.version_labels[label]
+        serving = model.serving
+        if version is None:
+            if not serving:
+                raise Unavailable(f"model {name!r} has no version ready ({self._states(model)})")
+            return serving[max(serving)]
+        served = serving.get(version)
+        if served is None:
+            available = ", ".join(map(str, sorted(serving))) or "none"
+            raise NotFound(f"model {name!r} version {version} is not served (serving: {available})")
+        return served
+
+    @staticmethod
+    def _states(model: Model) -> str:
+        return (
+            ", ".join(f"v{v.version} {v.state.value.lower()}" for v in model.versions.values())
+            or "no versions"
+        )
+
+    # --- polling ----------------------------------------------------------------------------------
+    async def poll(self) -> None:
+        """Scan once: load, swap and retire versions to follow the repository and the policies."""
+        names = set()
+        if self.root.is_dir():
+            for entry in sorted(self.root.iterdir()):
+                try:
+                    if entry.is_dir() and not entry.name.startswith("."):
+                        names.add(repo.check_model_name(entry.name))
+                except ValueError:
+                    log.warning("ignoring %s: not a valid model name", entry)
+        else:
+            log.warning("model repository %s does not exist (yet)", self.root)
+        for name in sorted(names):
+            model = self.models.get(name)
+            if model is None:
+                model = self.models[name] = Model(name, self.settings.for_model(name))
+            await self._follow(model)
+        for name in sorted(set(self.models) - names):
+            log.info("model %s left the repository; unloading it", name)
+            model = self.models.pop(name)
+            self._swap(model, {})
+
+    async def _follow(self, model: Model) -> None:
+        model_dir = self.root / model.name
+        policy = VersionPolicy(model.settings.version_policy or "latest")
+        on_disk = repo.versions(model_dir)
+        for number in on_disk:  # a failed version is retried only once its files change
+            known = model.versions.get(number)
+            if known and known.state is State.FAILED and known.stamp != _stamp(model_dir / str(number)):
+                del model.versions[number]
+        while True:
+            candidates = [v for v in on_disk if not self._failed(model, v)]
+            wanted = policy.select(candidates)
+            missing = [v for v in wanted if not (v in model.versions and model.versions[v].ready)]
+            if not missing:
+                break
+            for number in missing:
+                await self._load(model, number)
+        selected = {v: model.versions[v] for v in wanted}
+        if selected.keys() != model.serving.keys():
+            self._swap(model, selected)
+
+    @staticmethod
+    def _failed(model: Model, number: int) -> bool:
+        known = model.versions.get(number)
+        return known is not None and known.state is State.FAILED
+
+    def _swap(self, model: Model, selected: dict[int, ServedVersion]) -> None:
+        old = model.serving
+        model.serving = selected
+        if selected:
+            log.info("model %s now serving version(s) %s", model.name, ", ".join(map(str, sorted(selected))))
+        for number, served in old.items():
+            if number not in selected:
+                task = asyncio.get_running_loop().create_task(self._retire(served))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        if self._on_change is not None:
+            self._on_change(model.name, bool(selected))
+
+    async def _load(self, model: Model, number: int) -> None:
+        path = self.root / model.name / str(number)
+        served = model.versions[number] = ServedVersion(model.name, number, path, _stamp(path))
+        log.info("loading %s version %d (%s backend)", model.name, number, model.settings.backend)
+        start = time.perf_counter()
+        try:
+            manifest, backend = await asyncio.get_running_loop().run_in_executor(
+                None, self._load_blocking, path, model.settings
+            )
+        except Exception as exc:  # any failure of a version must leave the server serving the others
+            served.state, served.error = State.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            log.error("model %s version %d failed to load: %s", model.name, number, served.error)
+            log.debug("load failure", exc_info=True)
+            return
+        served.manifest, served.backend = manifest, backend
+        served.load_seconds = time.perf_counter() - start
+        name = model.name
+
+        def batch_seen(size: int) -> None:
+            if self._on_batch is not None:
+                self._on_batch(name, number, size)
+
+        served.batcher = Batcher(
+            backend.predict, self._compute, enabled=self.settings.batching,
+            max_batch_size=self.settings.max_batch_size, max_batch_delay_s=self.settings.max_batch_delay_s,
+            max_queue_size=self.settings.max_queue_size, on_batch=batch_seen,
+        )  # fmt: skip
+        served.state = State.AVAILABLE
+        log.info(
+            "loaded %s version %d in %.2f s: %s on %s", model.name, number, served.load_seconds,
+            backend.artifact, ", ".join(backend.providers),
+        )  # fmt: skip
+
+    def _load_blocking(self, path: Path, settings: ModelSettings) -> tuple[repo.Manifest, Backend]:
+        manifest = repo.Manifest.read(path)
+        bad = repo.verify_checksums(path, manifest)
+        if bad:
+            raise ValueError(f"files missing or not matching their sha256 in the manifest: {', '.join(bad)}")
+        backend = create_backend(path, manifest, self.settings, settings)
+        backend.load()
+        height, width = manifest.image_size
+        rng = np.random.default_rng(0)
+        for size in sorted({1, self.settings.max_batch_size}):  # warm-up: first runs allocate and tune
+            pixels = rng.uniform(0, 255, (size, height, width, 3)).astype(np.float32)
+            out = backend.predict(pixels)
+            if out.shape != (size, len(manifest.labels)) or not np.isfinite(out).all():
+                raise ValueError(f"warm-up gave shape {out.shape} (expected {(size, len(manifest.labels))})")
+        return manifest, backend
+
+    async def _retire(self, served: ServedVersion) -> None:
+        served.state = State.UNLOADING
+        while served.in_flight:
+            await asyncio.sleep(0.01)
+        if served.batcher is not None:
+            await served.batcher.close()
+        if served.backend is not None:
+            await asyncio.get_running_loop().run_in_executor(None, served.backend.unload)
+        served.backend, served.batcher, served.state = None, None, State.UNLOADED
+        log.info("unloaded %s version %d", served.name, served.version)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; a failing scan is logged and retried at the next interval."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("repository scan failed; retrying in %.1f s", self.settings.poll_interval_s)
+
+    async def close(self) -> None:
+        """Drain and unload everything."""
+        for model in list(self.models.values()):
+            self._swap(model, {})
+        if self._retiring:
+            await asyncio.gather(*self._retiring)

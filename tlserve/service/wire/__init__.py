@@ -1,0 +1,1 @@
+"""Generated wire code (protos/generate.py) and its private descriptor pool."""
