@@ -46,8 +46,8 @@ def _official() -> dict[str, object]:
             module.DESCRIPTOR.enum_types_by_name
         ):
             full = f"{module.DESCRIPTOR.package}.{name}"
-            found[full] = pool.FindMessageTypeByName(full) if name in module.DESCRIPTOR.message_types_by_name \
-                else pool.FindEnumTypeByName(full)  # fmt: skip
+            is_message = name in module.DESCRIPTOR.message_types_by_name
+            found[full] = pool.FindMessageTypeByName(full) if is_message else pool.FindEnumTypeByName(full)
         for name in module.DESCRIPTOR.services_by_name:
             found[f"{module.DESCRIPTOR.package}.{name}"] = module.DESCRIPTOR.services_by_name[name]
     return found
