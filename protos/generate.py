@@ -56,7 +56,8 @@ def generate(out: Path) -> None:
 
 
 def generated_files(root: Path) -> set[str]:
-    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    paths = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files = {str(p.relative_to(root)) for p in paths}
     return files - KEEP
 
 

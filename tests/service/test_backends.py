@@ -1,0 +1,108 @@
+"""Backends: provider and artifact choice; the real exported model behind both runtimes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.service.conftest import ServerProcess
+from tests.service.images import encoded
+from tlserve import repository as repo
+from tlserve.service.backends.onnx import choose_artifact, choose_providers
+
+CPU, CUDA, TRT = repo.CPU, repo.CUDA, repo.TENSORRT
+
+
+@pytest.mark.parametrize(
+    ("wanted", "available", "expected"),
+    [
+        ([TRT, CUDA, CPU], [CPU], [CPU]),
+        ([TRT, CUDA, CPU], [CUDA, CPU], [CUDA, CPU]),
+        ([TRT, CUDA, CPU], [TRT, CUDA, CPU], [TRT, CUDA, CPU]),
+        ([CUDA], [TRT, CUDA, CPU], [CUDA, CPU]),
+        ([CPU], [TRT, CUDA, CPU], [CPU]),
+    ],
+)
+def test_providers_in_priority_order_among_those_installed(wanted, available, expected) -> None:
+    assert choose_providers(wanted, available) == expected
+
+
+def _manifest(*artifacts: tuple[str, bool, list[str]]) -> repo.Manifest:
+    digest = "0" * 64
+    return repo.Manifest(
+        name="m", version=1, created="", labels=["a", "b"],
+        input=repo.InputSpec(name="image", shape=[-1, 8, 8, 3], dtype="float32"),
+        outputs=[repo.TensorSpec(name="probabilities", shape=[-1, 2], dtype="float32")],
+        base={}, validation={}, signatures={},
+        artifacts=[repo.Artifact(kind="onnx", precision=p, files={repo.ONNX_FILES[p]: digest}, bytes=1,
+                                 recommended=rec, recommended_providers=providers)
+                   for p, rec, providers in artifacts],
+    )  # fmt: skip
+
+
+FULL = _manifest(("fp32", True, [TRT, CUDA, CPU]), ("fp16", True, [TRT, CUDA]), ("int8", True, [CPU]))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "precision", "providers", "expected"),
+    [
+        (FULL, "auto", [CPU], "int8"),
+        (FULL, "auto", [CUDA, CPU], "fp16"),
+        (
+            _manifest(("fp32", True, [CPU]), ("int8", False, [])),
+            "auto",
+            [CPU],
+            "fp32",
+        ),  # int8 not recommended
+        (_manifest(("fp32", True, [CPU])), "auto", [CUDA, CPU], "fp32"),
+        (FULL, "fp32", [CPU], "fp32"),
+        (FULL, "fp16", [CPU], "fp16"),  # asked for explicitly
+    ],
+)
+def test_artifact_choice(
+    manifest: repo.Manifest, precision: str, providers: list[str], expected: str
+) -> None:
+    assert choose_artifact(manifest, precision, providers).precision == expected
+
+
+def test_a_missing_precision_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"no int8 ONNX artifact in this version \(has: fp32\)"):
+        choose_artifact(_manifest(("fp32", True, [CPU])), "int8", [CPU])
+
+
+def test_exported_model_on_onnxruntime_and_tensorflow(exported: Any, tmp_path: Path) -> None:
+    """One server, the same exported version as two models: onnxruntime (default) and TensorFlow."""
+    repository = tmp_path / "models"
+    for name in ("colors", "colors-tf"):
+        shutil.copytree(exported.path, repository / name / "1")
+    config = tmp_path / "tlserve.json"
+    models = {"colors-tf": {"backend": "tensorflow"}, "colors": {"precision": "fp32"}}  # auto may pick int8
+    config.write_text(json.dumps({"models": models}))
+    server = ServerProcess(repository, "--config", str(config))
+    try:
+        with server.client(timeout_s=60) as client:
+            client.wait_ready("colors-tf", timeout_s=180)
+            client.wait_ready("colors")
+            served = client.list_models()
+            assert served["colors-tf"][0].backend == "tensorflow"
+            assert served["colors-tf"][0].artifact == "saved_model.pb"
+            assert (served["colors"][0].backend, served["colors"][0].artifact) == (
+                "onnxruntime",
+                "model.onnx",
+            )
+            height, width = served["colors"][0].height, served["colors"][0].width
+            pixels = np.random.default_rng(0).uniform(0, 255, (4, height, width, 3)).astype(np.float32)
+            _, from_onnx = client.predict("colors", pixels)
+            _, from_tf = client.predict("colors-tf", pixels)
+            np.testing.assert_allclose(from_onnx, from_tf, atol=1e-4)
+            labels = [
+                client.classify(m, [encoded("red")]).predictions[0][0].label for m in ("colors", "colors-tf")
+            ]
+            assert labels == ["red", "red"]
+    finally:
+        assert server.stop() == 0, server.log

@@ -1,0 +1,123 @@
+"""Pillow decoding + numpy resize against the exporter's predict_images signature (TensorFlow)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tests.conftest import COLORS, make_image
+from tlserve.service.errors import InvalidArgument
+from tlserve.service.images import decode, decode_batch, resize_bilinear
+
+ALLOWED = ["JPEG", "PNG"]
+# Stated tolerance of the serving contract for JPEG: libjpeg builds and settings differ between
+# TensorFlow and Pillow, so a decoded pixel may differ by a few levels; PNG is lossless and identical.
+JPEG_MAX_LEVELS = 12.0
+JPEG_MEAN_LEVELS = 1.5
+
+
+def save(image: Image.Image, fmt: str, **kw: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kw)
+    return buffer.getvalue()
+
+
+def tf_reference(data: bytes, height: int, width: int) -> np.ndarray:
+    """What the exported predict_images signature does (tlserve.training.data.decode + resize)."""
+    from tlserve.training.data import RESIZE_METHOD
+    from tlserve.training.data import decode as tf_decode
+
+    return tf.image.resize(tf_decode(data), (height, width), method=RESIZE_METHOD).numpy()
+
+
+@pytest.mark.parametrize(
+    "shape", [(36, 36, 32, 32), (10, 17, 32, 32), (480, 640, 224, 224), (50, 30, 50, 30), (7, 3, 2, 5)]
+)
+def test_resize_is_tensorflows_bilinear(shape: tuple[int, int, int, int]) -> None:
+    h, w, oh, ow = shape
+    pixels = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    expected = tf.image.resize(pixels, (oh, ow), method="bilinear").numpy()
+    np.testing.assert_allclose(resize_bilinear(pixels, oh, ow), expected, atol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_png_decodes_exactly_as_the_signature(mode: str) -> None:
+    image = make_image(COLORS["green"], np.random.default_rng(1), 40).convert(mode)
+    data = save(image, "PNG")
+    np.testing.assert_allclose(decode(data, 32, 32, ALLOWED, 10**6), tf_reference(data, 32, 32), atol=2e-2)
+
+
+def test_jpeg_is_within_the_stated_tolerance() -> None:
+    image = make_image(COLORS["red"], np.random.default_rng(2), 300)
+    data = save(image, "JPEG", quality=90)
+    diff = np.abs(decode(data, 224, 224, ALLOWED, 10**6) - tf_reference(data, 224, 224))
+    assert diff.max() <= JPEG_MAX_LEVELS and diff.mean() <= JPEG_MEAN_LEVELS, (diff.max(), diff.mean())
+
+
+def test_exif_orientation_is_applied() -> None:
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, :10] = (255, 0, 0)  # left half red, right half blue
+    pixels[:, 10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    data = save(Image.fromarray(pixels), "PNG", exif=exif)
+    decoded = decode(data, 20, 10, ALLOWED, 10**6)
+    np.testing.assert_array_equal(decoded, np.rot90(pixels, k=-1).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("data", "allowed", "message"),
+    [
+        (b"", ALLOWED, "empty image"),
+        (b"plain text", ALLOWED, "not a JPEG or PNG image"),
+        (save(Image.new("RGB", (8, 8)), "GIF"), ALLOWED, "not a JPEG or PNG image"),
+        (save(Image.new("RGB", (64, 64)), "PNG"), ALLOWED, "is more than the limit of 1000"),
+        (
+            save(make_image(COLORS["red"], np.random.default_rng(0), 64), "JPEG")[:300],
+            ALLOWED,
+            "cannot decode",
+        ),
+    ],
+    ids=["empty", "junk", "format not allowed", "too many pixels", "truncated jpeg"],
+)
+def test_bad_images_say_what_is_wrong(data: bytes, allowed: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decode(data, 8, 8, allowed, 1000)
+
+
+def test_allowed_formats_are_a_setting() -> None:
+    data = save(Image.new("RGB", (8, 8), (0, 255, 0)), "GIF")
+    assert decode(data, 4, 4, ["GIF"], 1000)[0, 0].tolist() == [0, 255, 0]
+
+
+def test_batch_errors_name_the_image() -> None:
+    good = save(Image.new("RGB", (8, 8)), "PNG")
+    with pytest.raises(InvalidArgument, match="image 2: not a JPEG or PNG image"):
+        decode_batch([good, good, b"junk"], 8, 8, ALLOWED, 1000)
+
+
+def test_served_probabilities_match_the_savedmodel_signature(exported: Any, tmp_path: Any) -> None:
+    """End to end: the exported model's ONNX behind the server's decoding vs the SavedModel's own
+    predict_images on the same encoded images."""
+    from tlserve import repository as repo
+    from tlserve.service.backends.onnx import OnnxBackend
+    from tlserve.service.settings import ServerSettings
+
+    manifest = repo.Manifest.read(exported.path)
+    settings = ServerSettings(repository=exported.path.parent.parent, precision="fp32")
+    backend = OnnxBackend(exported.path, manifest, settings, settings.for_model(manifest.name))
+    backend.load()
+    rng = np.random.default_rng(3)
+    images = {fmt: [save(make_image(c, rng, 48), fmt) for c in COLORS.values()] for fmt in ("PNG", "JPEG")}
+    signature = tf.saved_model.load(str(exported.path)).signatures["predict_images"]
+    height, width = manifest.image_size
+    for fmt, encoded in images.items():
+        served = backend.predict(decode_batch(encoded, height, width, ALLOWED, 10**6))
+        reference = signature(images=tf.constant(encoded))["probabilities"].numpy()
+        assert (served.argmax(1) == reference.argmax(1)).all()
+        np.testing.assert_allclose(served, reference, atol=1e-4 if fmt == "PNG" else 2e-2)
