@@ -53,8 +53,11 @@ bench-cache: install
 bench-export: install
 	$(BIN)/python benchmarks/export_speed.py
 
+bench-server: install
+	$(BIN)/python benchmarks/server_speed.py
+
 export-matrix: install
 	$(BIN)/python benchmarks/export_matrix.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -4,13 +4,16 @@ Data: the 1,797 handwritten digits (8x8 grayscale) that scikit-learn ships, upsc
 1. source task, digits 0-4: a MobileNetV2 trained from scratch (the "cat-vs-dog net" of the story);
 2. target task, digits 5-9, with only a few training images per class: that network reused as the
    base (frozen, then finetune), against MobileNetV2 from scratch on the same few images;
-3. the best target model exported to a model repository: SavedModel, ONNX fp32 and int8.
+3. the best target model exported to a model repository: SavedModel, ONNX fp32 and int8;
+4. a tlserve server started on that repository, classifying held-out digits through the native API
+   and TensorFlow Serving's API, with latencies, then stopped cleanly.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +182,7 @@ def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> li
         )
     print(f"\nrun dirs under {runs}; open their history.png and confusion.png")
     export_best(workdir, rows, per_class)
+    serve_demo(workdir, paths["target_val"])
     return rows
 
 
@@ -193,3 +197,49 @@ def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> None:
     result = export(ExportOptions(run_dir=run_dir, repository=workdir / "models", name="digits", int8=True))
     print(f"\npublished {result.path}")
     print(summary_table(result))
+
+
+def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
+    """Serve the exported model, classify one held-out image per class through both APIs, print the
+    answers and batch-1 latencies, stop the server with SIGTERM."""
+    from tlserve.errors import TlserveError
+    from tlserve.service.launch import ServerProcess
+
+    print(f"\n== serving {workdir / 'models'} over gRPC ==", flush=True)
+    samples = [(d, sorted((val_dir / f"digit_{d}").glob("*.png"))[0]) for d in TARGET_CLASSES]
+    with ServerProcess(workdir / "models") as server:
+        with server.client() as client:
+            client.wait_ready("digits")
+            print(f"server {server.target} ready in {time.perf_counter() - server.started:.1f} s")
+            labels = client.list_models()["digits"][-1].labels
+            width = max(len(str(path.relative_to(val_dir))) for _, path in samples)
+            print(
+                f"{'image':<{width}}  {'true':<8} {'native Classify':<16} TF Serving Predict (predict_images)"
+            )
+            for digit, path in samples:
+                data = path.read_bytes()
+                top = client.classify("digits", [data], top_k=1).predictions[0][0]
+                version, probabilities = client.predict_images("digits", [data])
+                best = int(probabilities[0].argmax())
+                print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}"
+                      f"    {labels[best]} {probabilities[0, best]:.3f} (version {version})")  # fmt: skip
+            data = samples[0][1].read_bytes()
+            native = _p50_ms(lambda: client.classify("digits", [data]), calls)
+            tfs = _p50_ms(lambda: client.predict_images("digits", [data]), calls)
+            print(
+                f"batch-1 latency over {calls} calls, p50: native {native:.2f} ms, "
+                f"TF Serving API {tfs:.2f} ms"
+            )
+        code = server.stop()
+    if code != 0:
+        raise TlserveError(f"the server exited with code {code}:\n{server.log}")
+    print("server stopped cleanly (SIGTERM, exit code 0)")
+
+
+def _p50_ms(call: Callable[[], object], calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

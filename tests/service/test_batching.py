@@ -160,3 +160,50 @@ def test_close_finishes_queued_work_then_refuses() -> None:
         return [p.result() for p in pending]
 
     assert len(asyncio.run(main())) == 3
+
+
+def test_abandoned_requests_stop_counting_against_the_queue() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+
+    async def main() -> None:
+        batcher = make(recorder, enabled=False, max_queue_size=2)
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)
+        ghosts = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        for ghost in ghosts:  # their clients gave up
+            ghost.cancel()
+        await asyncio.sleep(0)
+        later = asyncio.ensure_future(batcher.submit(rows(3)))  # accepted: nobody is really waiting
+        recorder.gate.set()
+        await asyncio.gather(first, later)
+
+    asyncio.run(main())
+    assert recorder.batches == [1, 1]
+
+
+def test_close_while_a_batch_is_being_collected() -> None:
+    recorder = Recorder()
+
+    async def main() -> np.ndarray:
+        batcher = make(recorder, max_batch_delay_s=0.2)
+        pending = asyncio.ensure_future(batcher.submit(rows(7)))
+        await asyncio.sleep(0.02)  # the worker holds it, waiting for more
+        await asyncio.wait_for(batcher.close(), 5)
+        return await asyncio.wait_for(pending, 5)
+
+    assert asyncio.run(main())[0, 0] == 7
+
+
+def test_a_failure_outside_the_backend_fails_the_batch_not_the_worker() -> None:
+    recorder = Recorder()
+
+    async def main() -> np.ndarray:
+        batcher = make(recorder)
+        mismatched = [batcher.submit(rows(1)), batcher.submit(np.zeros((1, 2, 2, 1), np.float32))]
+        results = await asyncio.gather(*mismatched, return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results)  # np.concatenate refused the shapes
+        return await batcher.submit(rows(5))  # the worker is still alive
+
+    assert asyncio.run(main())[0, 0] == 5

@@ -87,3 +87,21 @@ def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
         print(f"calls: {dict(traffic.versions)}, errors: 0, v2 answered {took:.2f} s after publishing")
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_an_empty_repository_becomes_ready_when_a_model_is_published(tmp_path: Path) -> None:
+    from tests.service.tiny import publish
+
+    repository = tmp_path / "models"
+    repository.mkdir()
+    server = ServerProcess(repository)
+    try:
+        with server.client() as client:
+            server.wait_for("ready: serving no model yet")
+            assert client.health("") == "NOT_SERVING"
+            publish(repository, "colors", 1)
+            client.wait_ready("", timeout_s=30)
+            assert client.health("colors") == "SERVING"
+            assert client.classify("colors", [encoded("blue")]).predictions[0][0].label == "blue"
+    finally:
+        assert server.stop() == 0, server.log

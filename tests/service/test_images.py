@@ -121,3 +121,26 @@ def test_served_probabilities_match_the_savedmodel_signature(exported: Any, tmp_
         reference = signature(images=tf.constant(encoded))["probabilities"].numpy()
         assert (served.argmax(1) == reference.argmax(1)).all()
         np.testing.assert_allclose(served, reference, atol=1e-4 if fmt == "PNG" else 2e-2)
+
+
+def test_16_bit_grayscale_png_as_the_signature() -> None:
+    values = np.array([[0, 255, 256, 1000], [32768, 40000, 65280, 65535]], np.uint16)
+    data = save(Image.fromarray(values), "PNG")
+    np.testing.assert_array_equal(decode(data, 2, 4, ALLOWED, 1000), tf_reference(data, 2, 4))
+
+
+def test_malformed_exif_is_ignored_not_an_error() -> None:
+    from pathlib import Path
+
+    data = (Path(__file__).parent / "data" / "malformed_exif.jpg").read_bytes()  # a fuzzed JPEG
+    assert decode(data, 8, 8, ALLOWED, 10**6).shape == (8, 8, 3)
+
+
+def test_decoding_stops_at_the_deadline() -> None:
+    import time
+
+    from tlserve.service.errors import DeadlineExceeded
+
+    good = save(Image.new("RGB", (8, 8)), "PNG")
+    with pytest.raises(DeadlineExceeded, match="decoding image 0 of 2"):
+        decode_batch([good, good], 8, 8, ALLOWED, 1000, deadline=time.monotonic() - 1)

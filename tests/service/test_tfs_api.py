@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -166,6 +167,14 @@ BAD_REQUESTS = {
         INVALID, "empty batch"),
     "batch above the maximum": (
         lambda: predict_request(image=_pixels(9)), INVALID, "above the maximum of 8"),
+    "rank above 8": (
+        lambda: _with_shape(predict_request(image=_pixels()), [1] * 9), INVALID, "rank 9"),
+    "huge declared shape with a zero dimension": (
+        lambda: _with_shape(predict_request(image=np.zeros(0, np.float32)), [0, 1 << 40, 1 << 40]),
+        INVALID, "is above"),
+    "shape product beyond int64 with one value": (
+        lambda: _with_shape(predict_request(image=np.ones(1, np.float32)), [1 << 31, 1 << 31, 1 << 31, 3]),
+        INVALID, "above the limit"),
     "duplicate output filter": (
         lambda: _with_filter(predict_request(image=_pixels()), ["probabilities", "probabilities"]),
         INVALID, "output_filter"),
@@ -177,6 +186,13 @@ BAD_REQUESTS = {
 
 def _with_version(request: predict_pb2.PredictRequest, version: int) -> predict_pb2.PredictRequest:
     request.model_spec.version.value = version
+    return request
+
+
+def _with_shape(request: predict_pb2.PredictRequest, shape: list[int]) -> predict_pb2.PredictRequest:
+    tensor = request.inputs["image"]
+    del tensor.tensor_shape.dim[:]
+    tensor.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape)
     return request
 
 

@@ -168,3 +168,76 @@ def test_a_model_with_no_loadable_version_is_unavailable(tmp_path: Path) -> None
         await watcher.close()
 
     asyncio.run(main())
+
+
+def test_a_version_seen_half_copied_is_retried_once_complete(tiny_repo: Path) -> None:
+    source = tiny_repo / "colors" / "1"
+    target = tiny_repo / "colors" / "2"
+
+    async def main() -> None:
+        watcher, _ = repository(tiny_repo)
+        await watcher.poll()
+        target.mkdir()  # a plain `cp -r` in progress: manifest first, model not complete yet
+        for name in ("manifest.json", "labels.txt"):
+            shutil.copy2(source / name, target / name)
+        (target / "manifest.json").write_text(
+            (source / "manifest.json").read_text().replace('"version": 1', '"version": 2')
+        )
+        (target / "model.onnx").write_bytes((source / "model.onnx").read_bytes()[:100])
+        await watcher.poll()
+        assert watcher.models["colors"].versions[2].state is State.FAILED and serving(watcher) == [1]
+        shutil.copy2(source / "model.onnx", target / "model.onnx")  # the copy completes
+        await watcher.poll()
+        assert serving(watcher) == [2]
+        await watcher.close()
+
+    asyncio.run(main())
+
+
+def test_deleted_versions_are_forgotten(tiny_repo: Path) -> None:
+    async def main() -> None:
+        watcher, _ = repository(tiny_repo)
+        await watcher.poll()
+        copy_version(tiny_repo, "colors", 1, 2)
+        await watcher.poll()
+        await asyncio.sleep(0.1)  # version 1 drains and unloads
+        shutil.rmtree(tiny_repo / "colors" / "1")
+        await watcher.poll()
+        assert sorted(watcher.models["colors"].versions) == [2]
+        await watcher.close()
+
+    asyncio.run(main())
+
+
+def test_nothing_loads_after_close(tiny_repo: Path) -> None:
+    async def main() -> None:
+        watcher, _ = repository(tiny_repo)
+        await watcher.close()
+        await watcher.poll()
+        assert watcher.models == {}
+
+    asyncio.run(main())
+
+
+def test_model_status_by_label_reports_a_failed_version(tiny_repo: Path) -> None:
+    from tlserve.service.core import InferenceCore
+    from tlserve.service.transport.tfs import ModelService
+    from tlserve.service.wire.tfs import serving_pb2
+
+    break_onnx(copy_version(tiny_repo, "colors", 1, 2))
+
+    async def main() -> None:
+        watcher, _ = repository(tiny_repo, models={"colors": {"version_labels": {"canary": 2}}})
+        await watcher.poll()
+        service = ModelService(InferenceCore(watcher, watcher.settings, ThreadPoolExecutor(1)))
+        request = serving_pb2.GetModelStatusRequest()
+        request.model_spec.name = "colors"
+        request.model_spec.version_label = "canary"
+        [status] = (await service.GetModelStatus(request, None)).model_version_status  # type: ignore[arg-type]
+        assert (status.version, status.state) == (2, serving_pb2.ModelVersionStatus.END)
+        assert (
+            "model.onnx" in status.status.error_message and str(tiny_repo) not in status.status.error_message
+        )
+        await watcher.close()
+
+    asyncio.run(main())

@@ -33,6 +33,7 @@ class _Request:
     pixels: np.ndarray
     deadline: float | None
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    waiting: bool = True
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -61,18 +62,26 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._computing = False
+        self._busy = False
+        """True from taking a batch's first request until its results are handed out."""
+        self._pending = 0
+        """Requests waiting for the worker (abandoned ones stop counting at once)."""
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def pending(self) -> int:
+        return self._pending
+
+    def _leave(self, request: _Request) -> None:
+        if request.waiting:
+            request.waiting = False
+            self._pending -= 1
 
     async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Probabilities for ``pixels`` [N, H, W, 3], N <= max_batch_size; ``deadline`` is a
         ``time.monotonic()`` value."""
         if self._closed:
             raise Unavailable("this model version is being unloaded; retry")
-        if len(self._queue) >= self.max_queue_size:
+        if self._pending >= self.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of this model is full ({self.max_queue_size} requests waiting); retry later"
             )
@@ -80,6 +89,8 @@ class Batcher:
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run())
         request = _Request(pixels, deadline, asyncio.get_running_loop().create_future())
+        self._pending += 1
+        request.future.add_done_callback(lambda _: self._leave(request))
         self._queue.append(request)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -89,6 +100,7 @@ class Batcher:
         """The oldest live request, failing expired ones and skipping abandoned ones on the way."""
         while self._queue:
             request = self._queue.popleft()
+            self._leave(request)
             if request.future.done():
                 continue
             if request.expired(now):
@@ -104,6 +116,7 @@ class Batcher:
         while True:
             first = self._take(time.monotonic())
             if first is not None:
+                self._busy = True
                 break
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -134,30 +147,28 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
-            if self._on_batch is not None:
-                self._on_batch(len(pixels))
-            self._computing = True
             try:
+                pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
+                if self._on_batch is not None:
+                    self._on_batch(len(pixels))
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
+                start = 0
+                for request in batch:
+                    end = start + len(request.pixels)
+                    if not request.future.done():
+                        request.future.set_result(result[start:end])
+                    start = end
             except Exception as exc:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)
-                continue
             finally:
-                self._computing = False
-            start = 0
-            for request in batch:
-                end = start + len(request.pixels)
-                if not request.future.done():
-                    request.future.set_result(result[start:end])
-                start = end
+                self._busy = False
 
     async def close(self) -> None:
         """Refuse new requests, let queued ones finish, stop the worker."""
         self._closed = True
-        while self._computing or any(not r.future.done() for r in self._queue):
+        while self._busy or any(not r.future.done() for r in self._queue):
             await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()

@@ -97,7 +97,7 @@ class InferenceCore:
         height, width = served.manifest.image_size
         pixels = await asyncio.get_running_loop().run_in_executor(
             self._decoder, decode_batch, images, height, width,
-            self.settings.allowed_image_formats, self.settings.max_image_pixels,
+            self.settings.allowed_image_formats, self.settings.max_image_pixels, deadline,
         )  # fmt: skip
         return await self._run(served, pixels, deadline)
 

@@ -9,7 +9,7 @@ ServiceError                    the message is safe to send to the client
 └── Internal                    a backend failed; the client gets a generic message and a request id
 
 The core knows nothing of gRPC: ``Code`` names match gRPC's status codes, and the transports map them
-(tlserve.service.grpc.errors). Anything that is not a ServiceError is a bug or a backend failure and is
+(tlserve.service.transport.errors). Anything that is not a ServiceError is a bug or a backend failure and is
 sent as INTERNAL with a generic message; the traceback goes to the server log only.
 """
 

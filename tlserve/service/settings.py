@@ -93,8 +93,10 @@ class ServerSettings(BaseSettings):
     """Dynamic batching; off, every request runs on its own (still one at a time per model)."""
     max_batch_size: int = Field(32, ge=1)
     """Most images in one backend call; larger requests get INVALID_ARGUMENT."""
-    max_batch_delay_s: float = Field(0.002, ge=0)
-    """How long a batch waits for more requests once the model is idle and one arrived."""
+    max_batch_delay_s: float = Field(0.0, ge=0)
+    """How long a batch may wait for more requests once the model is free. 0 (default) adds no
+    latency: a batch takes whatever queued while the previous one computed, which under load fills
+    batches by itself; > 0 trades that much latency for fuller batches at moderate load."""
     max_queue_size: int = Field(256, ge=1)
     """Requests waiting per model version beyond which new ones get RESOURCE_EXHAUSTED at once."""
 

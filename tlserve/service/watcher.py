@@ -5,7 +5,8 @@ among those on disk that have not failed; new ones are loaded and warmed up in a
 current ones keep serving, then the set of serving versions is replaced in one assignment. A version
 that leaves the set is drained — it finishes every request already holding it — then unloaded.
 A version that fails to load is logged, reported (ListModels, GetModelStatus) and left out of the
-policy, so the previous version keeps serving; it is retried only if its directory changes.
+policy, so the previous version keeps serving; it is retried once any of its files changes (say, a
+copy that was still in progress when it was first seen).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class ServedVersion:
     name: str
     version: int
     path: Path
-    stamp: int
-    """The version dir's manifest mtime (ns) when it was loaded or failed."""
+    stamp: tuple[int, int, int]
+    """(files, bytes, newest mtime in ns) of the version dir when it was loaded or failed."""
     state: State = State.LOADING
     error: str = ""
     manifest: repo.Manifest | None = None
@@ -69,11 +70,16 @@ class Model:
     """The versions that answer requests; replaced as a whole, never mutated."""
 
 
-def _stamp(version_dir: Path) -> int:
+def _stamp(version_dir: Path) -> tuple[int, int, int]:
+    """Changes whenever a file in the version dir is added, removed, grown or rewritten."""
+    count = size = newest = 0
     try:
-        return (version_dir / repo.MANIFEST_FILE).stat().st_mtime_ns
+        for path in version_dir.rglob("*"):
+            info = path.stat()
+            count, size, newest = count + 1, size + info.st_size, max(newest, info.st_mtime_ns)
     except OSError:
-        return 0
+        return (-1, -1, -1)
+    return count, size, newest
 
 
 class Repository:
@@ -93,6 +99,7 @@ class Repository:
         self._on_batch = on_batch
         self.models: dict[str, Model] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -145,6 +152,8 @@ class Repository:
     # --- polling ----------------------------------------------------------------------------------
     async def poll(self) -> None:
         """Scan once: load, swap and retire versions to follow the repository and the policies."""
+        if self._closed:
+            return
         names = set()
         if self.root.is_dir():
             for entry in sorted(self.root.iterdir()):
@@ -156,6 +165,8 @@ class Repository:
         else:
             log.warning("model repository %s does not exist (yet)", self.root)
         for name in sorted(names):
+            if self._closed:  # NOTE: close() may run while a load is awaited
+                return
             model = self.models.get(name)
             if model is None:
                 model = self.models[name] = Model(name, self.settings.for_model(name))
@@ -169,9 +180,10 @@ class Repository:
         model_dir = self.root / model.name
         policy = VersionPolicy(model.settings.version_policy or "latest")
         on_disk = repo.versions(model_dir)
-        for number in on_disk:  # a failed version is retried only once its files change
-            known = model.versions.get(number)
-            if known and known.state is State.FAILED and known.stamp != _stamp(model_dir / str(number)):
+        for number, known in list(model.versions.items()):
+            gone = number not in on_disk and known.state in (State.UNLOADED, State.FAILED)
+            changed = known.state is State.FAILED and known.stamp != _stamp(model_dir / str(number))
+            if gone or changed:  # forget history of deleted versions; retry failed ones that changed
                 del model.versions[number]
         while True:
             candidates = [v for v in on_disk if not self._failed(model, v)]
@@ -181,6 +193,8 @@ class Repository:
                 break
             for number in missing:
                 await self._load(model, number)
+                if self._closed:
+                    return
         selected = {v: model.versions[v] for v in wanted}
         if selected.keys() != model.serving.keys():
             self._swap(model, selected)
@@ -213,7 +227,9 @@ class Repository:
                 None, self._load_blocking, path, model.settings
             )
         except Exception as exc:  # any failure of a version must leave the server serving the others
-            served.state, served.error = State.FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
+            error = f"{type(exc).__name__}: {exc}".replace(f"{self.root}/", "").replace(str(self.root), "")
+            served.state, served.error = State.FAILED, error.splitlines()[0][:500]
             log.error("model %s version %d failed to load: %s", model.name, number, served.error)
             log.debug("load failure", exc_info=True)
             return
@@ -277,7 +293,8 @@ class Repository:
                 log.exception("repository scan failed; retrying in %.1f s", self.settings.poll_interval_s)
 
     async def close(self) -> None:
-        """Drain and unload everything."""
+        """Stop following the repository; drain and unload everything."""
+        self._closed = True
         for model in list(self.models.values()):
             self._swap(model, {})
         if self._retiring:

@@ -70,6 +70,11 @@ class ErrorInterceptor(aio.ServerInterceptor):
                 return await behaviour(request, context)
             except ServiceError as exc:
                 code = grpc_code(exc.code)
+                if exc.code is Code.INTERNAL:
+                    log.error("%s failed [request id %s]: %s", method, rid, exc.message)
+                    await context.abort(
+                        code, f"internal error (request id {rid}); the server log has the details"
+                    )
                 log.debug("%s %s [%s]: %s", name, code.name, rid, exc.message)
                 await context.abort(code, exc.message)
             except asyncio.CancelledError:

@@ -12,6 +12,7 @@ model serves; each model name is its own service, SERVING while a version of it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -136,8 +137,10 @@ class Server:
         """Poll the repository until ``stop`` is set, then shut down gracefully."""
         watcher = asyncio.get_running_loop().create_task(self.repository.watch(stop))
         await stop.wait()
+        watcher.cancel()  # NOTE: before unloading, or a scan in progress could load versions again
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await self.shutdown()
-        await watcher
 
     async def shutdown(self) -> None:
         log.info(

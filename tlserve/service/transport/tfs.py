@@ -183,9 +183,14 @@ class ModelService(serving_pb2_grpc.ModelServiceServicer):
         if spec.WhichOneof("version_choice") == "version":
             versions = [v for v in versions if v.version == spec.version.value]
         elif spec.version_label:
-            versions = [self.core.resolve(ModelRef(spec.name, label=spec.version_label))]
+            labelled = model.settings.version_labels.get(spec.version_label)
+            if labelled is None:
+                raise NotFound(f"model {spec.name!r} has no version label {spec.version_label!r}")
+            versions = [v for v in versions if v.version == labelled]
         if not versions:
-            raise NotFound(f"model {spec.name!r} has no version {spec.version.value}")
+            raise NotFound(
+                f"model {spec.name!r} has no such version ({spec.version.value or spec.version_label})"
+            )
         response = serving_pb2.GetModelStatusResponse()
         for served in versions:
             status = response.model_version_status.add(version=served.version, state=STATE[served.state])

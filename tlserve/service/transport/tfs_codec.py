@@ -13,6 +13,8 @@ import numpy as np
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
+MAX_RANK = 8
+MAX_DIMENSION = 1 << 31
 _NUMERIC: dict[int, tuple[type[np.generic], str]] = {
     tf_pb.DT_FLOAT: (np.float32, "float_val"),
     tf_pb.DT_DOUBLE: (np.float64, "double_val"),
@@ -39,9 +41,13 @@ def dtype_name(dtype: int) -> str:
 def shape_of(proto: tf_pb.TensorProto, name: str) -> list[int]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidArgument(f"input {name!r}: the shape must be known (unknown_rank is set)")
+    if len(proto.tensor_shape.dim) > MAX_RANK:
+        raise InvalidArgument(f"input {name!r}: rank {len(proto.tensor_shape.dim)} is above {MAX_RANK}")
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input {name!r}: negative dimension in shape {shape}")
+    if any(d > MAX_DIMENSION for d in shape):  # NOTE: also when another dimension is 0
+        raise InvalidArgument(f"input {name!r}: a dimension of shape {shape} is above {MAX_DIMENSION}")
     return shape
 
 

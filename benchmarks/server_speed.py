@@ -1,0 +1,169 @@
+"""Server vs in-process onnxruntime, MobileNetV2 at 224 px (the issue's goals), on this machine.
+
+Side by side in one run:
+- batch-1 latency: onnxruntime called in-process vs a gRPC call to `tlserve serve` (TF Serving API
+  Predict, float32 tensor in tensor_content; and the native API with a JPEG), p50 over sequential calls;
+- throughput: in-process best over batch sizes 1..32 vs the server under 16 concurrent clients
+  (batch 1 each, grpc.aio in this process), images/s.
+Goals: server p50 / in-process p50 <= 1.10; server throughput at concurrency 16 / in-process best
+>= 0.90. The clients share the 2 cores with the server, as any loopback benchmark does. Prints a
+table; asserts nothing.
+
+    python benchmarks/server_speed.py [--calls 200] [--seconds 10] [--workdir bench-output/server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from tlserve import repository as repo
+from tlserve.service.launch import ServerProcess
+from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
+from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
+
+NAME = "mobilenet_v2_224"
+SIZE = 224
+
+
+def build_repository(workdir: Path) -> Path:
+    """Export MobileNetV2 224 (random weights, calibrated BatchNorm) once; reused by later runs."""
+    repository = workdir / "models"
+    if repo.versions(repository / NAME):
+        return repository
+    import tempfile
+
+    from export_matrix import make_run_dir
+
+    from tlserve.exporters.export import ExportOptions, export
+    from tlserve.training.bases import get_base
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir, _ = make_run_dir(get_base("mobilenet_v2"), SIZE, Path(tmp))
+        export(
+            ExportOptions(run_dir=run_dir, repository=repository, name=NAME, formats=("savedmodel", "onnx"))
+        )
+    return repository
+
+
+def p50_ms(call, calls: int) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(10):
+        call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def in_process(model: Path, calls: int) -> tuple[float, float, int]:
+    """(batch-1 p50 ms, best images/s, at which batch size)."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+    latency = p50_ms(lambda: session.run(None, {"image": one}), calls)
+    best, best_batch = 0.0, 1
+    for batch in (1, 2, 4, 8, 16, 32):
+        pixels = rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)
+        ms = p50_ms(lambda: session.run(None, {"image": pixels}), max(10, calls // batch))  # noqa: B023
+        if batch * 1000 / ms > best:
+            best, best_batch = batch * 1000 / ms, batch
+    return latency, best, best_batch
+
+
+def predict_request(pixels: np.ndarray) -> serving_pb2.PredictRequest:
+    request = serving_pb2.PredictRequest()
+    request.model_spec.name = NAME
+    tensor = request.inputs[repo.INPUT_NAME]
+    tensor.dtype = tf_pb.DT_FLOAT
+    tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in pixels.shape)
+    tensor.tensor_content = pixels.tobytes()
+    return request
+
+
+async def closed_loop(target: str, concurrency: int, seconds: float) -> tuple[float, float, int]:
+    """(images/s, p50 ms, errors) with ``concurrency`` clients each sending batch-1 Predicts."""
+    request = predict_request(np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32))
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = serving_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(concurrency):  # warm-up
+            await stub.Predict(request, timeout=30)
+        stop = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                try:
+                    await stub.Predict(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return len(latencies) / elapsed, float(np.median(latencies) * 1000), errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=200, help="sequential calls per latency figure")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrency-16 run")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-output/server"))
+    args = parser.parse_args()
+    repository = build_repository(args.workdir)
+    model = repository / NAME / str(repo.versions(repository / NAME)[-1]) / repo.ONNX_FILES["fp32"]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"onnxruntime {ort.__version__}, grpcio {grpc.__version__}")  # fmt: skip
+    with ServerProcess(repository, "--max-batch-size", "32") as server:
+        with server.client(timeout_s=30) as client:
+            client.wait_ready(NAME)
+            pixels = np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels[0].astype(np.uint8)).save(buffer, "JPEG", quality=90)
+            jpeg = buffer.getvalue()
+            # interleave the figures so that drifting machine load hits both sides alike
+            raw_ms, raw_best, raw_batch = in_process(model, args.calls)
+            tensor_ms = p50_ms(lambda: client.predict(NAME, pixels), args.calls)
+            jpeg_ms = p50_ms(lambda: client.classify(NAME, [jpeg]), args.calls)
+            raw_ms_again = in_process(model, args.calls)[0]
+        served, served_p50, errors = asyncio.run(closed_loop(server.target, 16, args.seconds))
+        code = server.stop()
+    raw = min(raw_ms, raw_ms_again)
+    print(f"\n{'figure':<58} {'value':>10}")
+    print(f"{'in-process onnxruntime, batch 1, p50 (ms)':<58} {raw:>10.2f}")
+    print(f"{'server, TF Serving Predict tensor, batch 1, p50 (ms)':<58} {tensor_ms:>10.2f}")
+    print(f"{'server, native Classify JPEG, batch 1, p50 (ms)':<58} {jpeg_ms:>10.2f}")
+    print(f"{'  ratio server tensor / in-process (goal <= 1.10)':<58} {tensor_ms / raw:>10.2f}")
+    print(f"{f'in-process best throughput (batch {raw_batch}), images/s':<58} {raw_best:>10.1f}")
+    print(f"{'server, 16 concurrent clients, images/s':<58} {served:>10.1f}")
+    print(f"{'  p50 latency at concurrency 16 (ms)':<58} {served_p50:>10.1f}")
+    print(f"{'  ratio server / in-process best (goal >= 0.90)':<58} {served / raw_best:>10.2f}")
+    print(f"{'  errors':<58} {errors:>10d}")
+    print(f"server exit code {code}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Start ``tlserve serve`` as a child process and stop it cleanly (used by the demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tlserve.errors import TlserveError
+from tlserve.service.client import Client
+
+LISTENING = re.compile(r"listening: grpc=[^:]+:(\d+) metrics=(?:[^:]+:(\d+)|off)")
+
+
+class ServerProcess:
+    """``tlserve serve --repository REPO`` on 127.0.0.1 with ports it picks; stderr kept in ``log``.
+    Needs the INFO-level ``listening:`` line, so do not pass a higher ``--log-level``."""
+
+    def __init__(
+        self, repository: Path, *args: str, env: dict[str, str] | None = None, start_timeout_s: float = 120
+    ) -> None:
+        command = [sys.executable, "-m", "tlserve", "serve", "--repository", str(repository),
+                   "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]  # fmt: skip
+        self.started = time.perf_counter()
+        environment = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=environment
+        )
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self.grpc_port = self.metrics_port = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + start_timeout_s
+        while not self._listening.wait(0.1) and self.proc.poll() is None and time.monotonic() < deadline:
+            pass
+        if not self._listening.is_set() or self.proc.poll() is not None:
+            self.stop()
+            raise TlserveError("the server did not start:\n" + self.log)
+        self.target = f"127.0.0.1:{self.grpc_port}"
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.grpc_port = int(match.group(1))
+                self.metrics_port = int(match.group(2) or 0)
+                self._listening.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def client(self, timeout_s: float = 10.0) -> Client:
+        return Client(self.target, timeout_s=timeout_s)
+
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
+        """Block until ``text`` appears in the log; AssertionError with the log if it does not."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{self.log}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait; the exit code (0 for a clean shutdown)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
