@@ -33,7 +33,7 @@ from PIL import Image
 
 from tlserve import repository as repo
 from tlserve.service.launch import ServerProcess
-from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
+from tlserve.service.wire.tfs import serving_pb2
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
 NAME = "mobilenet_v2_224"
@@ -96,15 +96,27 @@ def predict_request(pixels: np.ndarray) -> serving_pb2.PredictRequest:
     return request
 
 
-async def closed_loop(target: str, concurrency: int, seconds: float) -> tuple[float, float, int]:
-    """(images/s, p50 ms, errors) with ``concurrency`` clients each sending batch-1 Predicts."""
-    request = predict_request(np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32))
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def closed_loop(
+    target: str, concurrency: int, seconds: float
+) -> tuple[float, float, int, float, float]:
+    """(images/s, p50 ms, errors, wall seconds, client CPU seconds) with ``concurrency`` clients each
+    sending batch-1 Predicts."""
+    pixels = np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
+    # NOTE: serialized once, as perf_analyzer prepares its inputs: the clients share the 2 cores with
+    # the server, so the less CPU they burn the more the figure says about the server.
+    request = predict_request(pixels).SerializeToString()
     latencies: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = serving_pb2_grpc.PredictionServiceStub(channel)
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
         for _ in range(concurrency):  # warm-up
-            await stub.Predict(request, timeout=30)
+            await predict(request, timeout=30)
         stop = time.perf_counter() + seconds
 
         async def client() -> None:
@@ -112,16 +124,16 @@ async def closed_loop(target: str, concurrency: int, seconds: float) -> tuple[fl
             while time.perf_counter() < stop:
                 start = time.perf_counter()
                 try:
-                    await stub.Predict(request, timeout=30)
+                    await predict(request, timeout=30)
                 except grpc.aio.AioRpcError:
                     errors += 1
                     continue
                 latencies.append(time.perf_counter() - start)
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return len(latencies) / elapsed, float(np.median(latencies) * 1000), errors
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    return len(latencies) / elapsed, float(np.median(latencies) * 1000), errors, elapsed, cpu
 
 
 def main() -> int:
@@ -148,7 +160,11 @@ def main() -> int:
             tensor_ms = p50_ms(lambda: client.predict(NAME, pixels), args.calls)
             jpeg_ms = p50_ms(lambda: client.classify(NAME, [jpeg]), args.calls)
             raw_ms_again = in_process(model, args.calls)[0]
-        served, served_p50, errors = asyncio.run(closed_loop(server.target, 16, args.seconds))
+        server_cpu = cpu_seconds(server.proc.pid)
+        served, served_p50, errors, wall, client_cpu = asyncio.run(
+            closed_loop(server.target, 16, args.seconds)
+        )
+        server_cpu = cpu_seconds(server.proc.pid) - server_cpu
         code = server.stop()
     raw = min(raw_ms, raw_ms_again)
     print(f"\n{'figure':<58} {'value':>10}")
@@ -161,6 +177,11 @@ def main() -> int:
     print(f"{'  p50 latency at concurrency 16 (ms)':<58} {served_p50:>10.1f}")
     print(f"{'  ratio server / in-process best (goal >= 0.90)':<58} {served / raw_best:>10.2f}")
     print(f"{'  errors':<58} {errors:>10d}")
+    cores = os.cpu_count() or 1
+    print(f"{'  CPU used by the server, % of all cores':<58} {100 * server_cpu / (wall * cores):>10.0f}")
+    print(
+        f"{'  CPU used by the 16 clients (this process), % of all cores':<58} {100 * client_cpu / (wall * cores):>10.0f}"
+    )
     print(f"server exit code {code}")
     return 0
 

@@ -108,3 +108,20 @@ def test_serving_onnx_never_imports_tensorflow(server: ServerProcess) -> None:
     loaded = {line.split()[-1] for line in maps.splitlines() if "/" in line}
     assert any("onnxruntime" in path for path in loaded)  # the check can see libraries
     assert not [path for path in loaded if "tensorflow" in path.lower()]
+
+
+def test_request_id_is_echoed_on_success_and_error(server: ServerProcess) -> None:
+    from tlserve.service.wire.tlserve.v1 import inference_pb2, inference_pb2_grpc
+
+    stub = inference_pb2_grpc.InferenceStub(grpc.insecure_channel(server.target))
+    _, call = stub.ListModels.with_call(
+        inference_pb2.ListModelsRequest(), metadata=[("x-request-id", "abc-1")]
+    )
+    assert ("x-request-id", "abc-1") in call.trailing_metadata()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Classify(
+            inference_pb2.ClassifyRequest(model="nope", images=[b"x"]), metadata=[("x-request-id", "abc-2")]
+        )
+    assert ("x-request-id", "abc-2") in error.value.trailing_metadata()
+    _, call = stub.ListModels.with_call(inference_pb2.ListModelsRequest())
+    assert len(dict(call.trailing_metadata())["x-request-id"]) == 32  # one made up when none was sent

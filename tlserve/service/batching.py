@@ -49,7 +49,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_delay_s: float,
         max_queue_size: int,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._predict = predict
         self._executor = executor
@@ -149,9 +149,10 @@ class Batcher:
             batch = await self._collect()
             try:
                 pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
-                if self._on_batch is not None:
-                    self._on_batch(len(pixels))
+                started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
+                if self._on_batch is not None:
+                    self._on_batch(len(pixels), time.perf_counter() - started)
                 start = 0
                 for request in batch:
                     end = start + len(request.pixels)

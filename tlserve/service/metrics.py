@@ -57,12 +57,17 @@ class Metrics:
             "tlserve_batch_size", "Images per backend call.", ["model", "version"],
             registry=self.registry, buckets=BATCH_BUCKETS,
         )  # fmt: skip
+        self.compute_duration = Histogram(
+            "tlserve_compute_duration_seconds", "Backend time per batch (including the thread hand-off).",
+            ["model", "version"], registry=self.registry, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
         self.model_ready = Gauge(
             "tlserve_model_ready", "1 while a model has a version serving.", ["model"], registry=self.registry
         )
 
-    def observe_batch(self, model: str, version: int, size: int) -> None:
+    def observe_batch(self, model: str, version: int, size: int, seconds: float) -> None:
         self.batch_size.labels(model, str(version)).observe(size)
+        self.compute_duration.labels(model, str(version)).observe(seconds)
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)

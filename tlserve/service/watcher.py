@@ -90,7 +90,7 @@ class Repository:
         settings: ServerSettings,
         compute: Executor,
         on_change: Callable[[str, bool], None] | None = None,
-        on_batch: Callable[[str, int, int], None] | None = None,
+        on_batch: Callable[[str, int, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.root = settings.repository
@@ -237,9 +237,9 @@ class Repository:
         served.load_seconds = time.perf_counter() - start
         name = model.name
 
-        def batch_seen(size: int) -> None:
+        def batch_seen(size: int, seconds: float) -> None:
             if self._on_batch is not None:
-                self._on_batch(name, number, size)
+                self._on_batch(name, number, size, seconds)
 
         served.batcher = Batcher(
             backend.predict, self._compute, enabled=self.settings.batching,

@@ -2,7 +2,7 @@
 
 ServiceError -> its code and message. Anything else -> INTERNAL with a generic message carrying the
 request id; the traceback goes to the log with the same id. The request id is the client's
-``x-request-id`` metadata when sent (else a new one) and is echoed in the response's initial metadata.
+``x-request-id`` metadata when sent (else a new one) and is echoed in the response's trailing metadata.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             rid = request_id(context)
-            await context.send_initial_metadata(((REQUEST_ID, rid),))
+            # NOTE: trailing metadata rides with the status; initial metadata would cost a write
+            context.set_trailing_metadata(((REQUEST_ID, rid),))
             start = time.perf_counter()
             current_model.set(("", ""))
             code = grpc.StatusCode.OK
@@ -76,7 +77,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
                         code, f"internal error (request id {rid}); the server log has the details"
                     )
                 log.debug("%s %s [%s]: %s", name, code.name, rid, exc.message)
-                await context.abort(code, exc.message)
+                await context.abort(code, exc.message, trailing_metadata=((REQUEST_ID, rid),))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
