@@ -179,9 +179,8 @@ def main() -> int:
     print(f"{'  errors':<58} {errors:>10d}")
     cores = os.cpu_count() or 1
     print(f"{'  CPU used by the server, % of all cores':<58} {100 * server_cpu / (wall * cores):>10.0f}")
-    print(
-        f"{'  CPU used by the 16 clients (this process), % of all cores':<58} {100 * client_cpu / (wall * cores):>10.0f}"
-    )
+    client_share = 100 * client_cpu / (wall * cores)
+    print(f"{'  CPU used by the 16 clients (this process), % of all cores':<58} {client_share:>10.0f}")
     print(f"server exit code {code}")
     return 0
 
