@@ -5,6 +5,8 @@ Side by side in one run:
   Predict, float32 tensor in tensor_content; and the native API with a JPEG), p50 over sequential calls;
 - throughput: in-process best over batch sizes 1..32 vs the server under 16 concurrent clients
   (batch 1 each, grpc.aio in this process), images/s.
+A bare Python gRPC server answering the same request with nothing (benchmarks/grpc_echo.py) gives
+the transport's own cost, the floor under the first ratio.
 Goals: server p50 / in-process p50 <= 1.10; server throughput at concurrency 16 / in-process best
 >= 0.90. The clients share the 2 cores with the server, as any loopback benchmark does. Prints a
 table; asserts nothing.
@@ -136,6 +138,26 @@ async def closed_loop(
     return len(latencies) / elapsed, float(np.median(latencies) * 1000), errors, elapsed, cpu
 
 
+def echo_floor_ms(payload: bytes, calls: int) -> float:
+    """p50 of a call carrying ``payload`` to a bare Python gRPC server that does nothing."""
+    import subprocess
+
+    echo = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "grpc_echo.py")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert echo.stdout is not None
+        port = int(echo.stdout.readline())
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
+            call = channel.unary_unary("/bench.Echo/Echo")
+            return p50_ms(lambda: call(payload, timeout=30), calls)
+    finally:
+        echo.terminate()
+        echo.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,6 +182,7 @@ def main() -> int:
             tensor_ms = p50_ms(lambda: client.predict(NAME, pixels), args.calls)
             jpeg_ms = p50_ms(lambda: client.classify(NAME, [jpeg]), args.calls)
             raw_ms_again = in_process(model, args.calls)[0]
+        floor_ms = echo_floor_ms(predict_request(pixels).SerializeToString(), args.calls)
         server_cpu = cpu_seconds(server.proc.pid)
         served, served_p50, errors, wall, client_cpu = asyncio.run(
             closed_loop(server.target, 16, args.seconds)
@@ -172,6 +195,8 @@ def main() -> int:
     print(f"{'server, TF Serving Predict tensor, batch 1, p50 (ms)':<58} {tensor_ms:>10.2f}")
     print(f"{'server, native Classify JPEG, batch 1, p50 (ms)':<58} {jpeg_ms:>10.2f}")
     print(f"{'  ratio server tensor / in-process (goal <= 1.10)':<58} {tensor_ms / raw:>10.2f}")
+    print(f"{'bare Python gRPC echo of the same request, p50 (ms)':<58} {floor_ms:>10.2f}")
+    print(f"{'  floor ratio (in-process + echo) / in-process':<58} {(raw + floor_ms) / raw:>10.2f}")
     print(f"{f'in-process best throughput (batch {raw_batch}), images/s':<58} {raw_best:>10.1f}")
     print(f"{'server, 16 concurrent clients, images/s':<58} {served:>10.1f}")
     print(f"{'  p50 latency at concurrency 16 (ms)':<58} {served_p50:>10.1f}")
