@@ -22,10 +22,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from tlserve.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (tlserve.service.metrics.VersionMetrics implements it)."""
+
+    def waited(self, seconds: float) -> None: ...
+    def computed(self, size: int, seconds: float) -> None: ...
+    def queued(self, depth: int) -> None: ...
 
 
 @dataclass
@@ -34,6 +43,7 @@ class _Request:
     deadline: float | None
     future: asyncio.Future[np.ndarray] = field(repr=False)
     waiting: bool = True
+    submitted: float = field(default_factory=time.monotonic)
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -49,7 +59,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_delay_s: float,
         max_queue_size: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._predict = predict
         self._executor = executor
@@ -57,7 +67,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self.max_queue_size = max_queue_size
-        self._on_batch = on_batch
+        self._observer = observer
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -75,6 +85,8 @@ class Batcher:
         if request.waiting:
             request.waiting = False
             self._pending -= 1
+            if self._observer is not None:
+                self._observer.queued(self._pending)
 
     async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Probabilities for ``pixels`` [N, H, W, 3], N <= max_batch_size; ``deadline`` is a
@@ -90,6 +102,8 @@ class Batcher:
             self._worker = asyncio.get_running_loop().create_task(self._run())
         request = _Request(pixels, deadline, asyncio.get_running_loop().create_future())
         self._pending += 1
+        if self._observer is not None:
+            self._observer.queued(self._pending)
         request.future.add_done_callback(lambda _: self._leave(request))
         self._queue.append(request)
         assert self._wakeup is not None
@@ -108,6 +122,8 @@ class Batcher:
                     DeadlineExceeded("the deadline passed while the request was queued")
                 )
                 continue
+            if self._observer is not None:
+                self._observer.waited(now - request.submitted)
             return request
         return None
 
@@ -151,8 +167,8 @@ class Batcher:
                 pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
-                if self._on_batch is not None:
-                    self._on_batch(len(pixels), time.perf_counter() - started)
+                if self._observer is not None:
+                    self._observer.computed(len(pixels), time.perf_counter() - started)
                 start = 0
                 for request in batch:
                     end = start + len(request.pixels)

@@ -95,10 +95,13 @@ class InferenceCore:
         self._check_batch(len(images))
         assert served.manifest is not None
         height, width = served.manifest.image_size
+        started = time.perf_counter()
         pixels = await asyncio.get_running_loop().run_in_executor(
             self._decoder, decode_batch, images, height, width,
             self.settings.allowed_image_formats, self.settings.max_image_pixels, deadline,
         )  # fmt: skip
+        if served.metrics is not None:
+            served.metrics.preprocess.observe(time.perf_counter() - started)
         return await self._run(served, pixels, deadline)
 
     @contextmanager

@@ -1,14 +1,20 @@
 """Prometheus metrics of the server, on an injected registry (no global state).
 
+Names follow Prometheus conventions: ``tlserve_`` prefix, ``_seconds`` histograms, ``_total``
+counters. Labels stay few: model, version, api, method, code (and backend/provider on compute).
 The core records which model and version a request used in a context variable, so that the one
-interceptor that times every call can label it without knowing any API.
+interceptor that times every call can label it without knowing any API; a request rejected before
+it reaches a model is counted with empty model and version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 # Sub-millisecond up to 10 s: image models answer in ms, a cold or overloaded one in seconds.
@@ -30,6 +36,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 current_model: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
@@ -40,34 +47,96 @@ current_model: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        labels = ["model", "version", "api", "method", "code"]
+        self.registry = r = registry or CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        request = ["model", "version", "api", "method", "code"]
         self.request_duration = Histogram(
             "tlserve_request_duration_seconds", "Time from receiving a call to answering it.",
-            labels, registry=self.registry, buckets=LATENCY_BUCKETS,
+            request, registry=r, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
-        self.requests = Counter(
-            "tlserve_requests", "Calls answered, by status code.", labels, registry=self.registry
-        )
-        self.in_flight = Gauge(
-            "tlserve_in_flight_requests", "Calls being handled.", ["api"], registry=self.registry
-        )
+        self.requests = Counter("tlserve_requests", "Calls answered, by status code.", request, registry=r)
+        self.in_flight = Gauge("tlserve_in_flight_requests", "Calls being handled.", ["api"], registry=r)
+        version = ["model", "version"]
+        self.queue_wait = Histogram(
+            "tlserve_queue_wait_seconds", "Time a request waited for its batch to start.",
+            version, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.preprocess = Histogram(
+            "tlserve_preprocess_seconds", "Decoding and resizing the images of one request.",
+            version, registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.compute = Histogram(
+            "tlserve_compute_seconds", "Backend time per batch, thread hand-off included.",
+            [*version, "backend", "provider"], registry=r, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
         self.batch_size = Histogram(
-            "tlserve_batch_size", "Images per backend call.", ["model", "version"],
-            registry=self.registry, buckets=BATCH_BUCKETS,
+            "tlserve_batch_size", "Images per backend call.", version, registry=r, buckets=BATCH_BUCKETS
+        )
+        self.queue_depth = Gauge("tlserve_queue_depth", "Requests waiting for a batch.", version, registry=r)
+        self.queue_capacity = Gauge(
+            "tlserve_queue_capacity", "Requests that may wait before RESOURCE_EXHAUSTED.", version, registry=r
+        )
+        self.load_duration = Histogram(
+            "tlserve_model_load_seconds", "Loading and warming up a model version.",
+            ["model"], registry=r, buckets=LOAD_BUCKETS,
         )  # fmt: skip
-        self.compute_duration = Histogram(
-            "tlserve_compute_duration_seconds", "Backend time per batch (including the thread hand-off).",
-            ["model", "version"], registry=self.registry, buckets=LATENCY_BUCKETS,
+        self.load_failures = Counter(
+            "tlserve_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
+        )
+        self.model_info = Gauge(
+            "tlserve_model_info", "1 for each version serving, with what serves it.",
+            ["model", "version", "backend", "providers", "artifact"], registry=r,
         )  # fmt: skip
         self.model_ready = Gauge(
-            "tlserve_model_ready", "1 while a model has a version serving.", ["model"], registry=self.registry
+            "tlserve_model_ready", "1 while a model has a version serving.", ["model"], registry=r
         )
-
-    def observe_batch(self, model: str, version: int, size: int, seconds: float) -> None:
-        self.batch_size.labels(model, str(version)).observe(size)
-        self.compute_duration.labels(model, str(version)).observe(seconds)
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)
+
+    def version(
+        self, model: str, version: int, backend: str, providers: list[str], artifact: str
+    ) -> VersionMetrics:
+        return VersionMetrics(self, model, str(version), backend, providers, artifact)
+
+
+class VersionMetrics:
+    """One serving version's metrics, children bound once; ``remove()`` when it is unloaded."""
+
+    def __init__(
+        self, metrics: Metrics, model: str, version: str, backend: str, providers: list[str], artifact: str
+    ) -> None:
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._info = (model, version, backend, ",".join(providers), artifact)
+        self._compute = (model, version, backend, providers[0] if providers else "")
+        self.wait = metrics.queue_wait.labels(*self._labels)
+        self.preprocess = metrics.preprocess.labels(*self._labels)
+        self.compute = metrics.compute.labels(*self._compute)
+        self.batch_size = metrics.batch_size.labels(*self._labels)
+        self.depth = metrics.queue_depth.labels(*self._labels)
+
+    def serving(self, capacity: int) -> None:
+        self._metrics.model_info.labels(*self._info).set(1)
+        self._metrics.queue_capacity.labels(*self._labels).set(capacity)
+
+    # the batcher's observer interface
+    def waited(self, seconds: float) -> None:
+        self.wait.observe(seconds)
+
+    def computed(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.compute.observe(seconds)
+
+    def queued(self, depth: int) -> None:
+        self.depth.set(depth)
+
+    def remove(self) -> None:
+        """Drop this version's series: an unloaded version should not be scraped as if alive."""
+        m = self._metrics
+        for metric, labels in ((m.model_info, self._info), (m.queue_capacity, self._labels),
+                               (m.queue_depth, self._labels)):  # fmt: skip
+            with contextlib.suppress(KeyError):  # never set, or already removed
+                metric.remove(*labels)

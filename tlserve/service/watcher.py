@@ -27,6 +27,7 @@ from tlserve import repository as repo
 from tlserve.service.backends import Backend, create_backend
 from tlserve.service.batching import Batcher
 from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
+from tlserve.service.metrics import Metrics, VersionMetrics
 from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ServedVersion:
     batcher: Batcher | None = None
     in_flight: int = 0
     load_seconds: float = 0.0
+    metrics: VersionMetrics | None = None
 
     @property
     def ready(self) -> bool:
@@ -89,14 +91,14 @@ class Repository:
         self,
         settings: ServerSettings,
         compute: Executor,
+        metrics: Metrics | None = None,
         on_change: Callable[[str, bool], None] | None = None,
-        on_batch: Callable[[str, int, int, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.root = settings.repository
         self._compute = compute
         self._on_change = on_change
-        self._on_batch = on_batch
+        self.metrics = metrics or Metrics()
         self.models: dict[str, Model] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -231,21 +233,21 @@ class Repository:
             error = f"{type(exc).__name__}: {exc}".replace(f"{self.root}/", "").replace(str(self.root), "")
             served.state, served.error = State.FAILED, error.splitlines()[0][:500]
             log.error("model %s version %d failed to load: %s", model.name, number, served.error)
+            self.metrics.load_failures.labels(model.name).inc()
             log.debug("load failure", exc_info=True)
             return
         served.manifest, served.backend = manifest, backend
         served.load_seconds = time.perf_counter() - start
-        name = model.name
-
-        def batch_seen(size: int, seconds: float) -> None:
-            if self._on_batch is not None:
-                self._on_batch(name, number, size, seconds)
-
+        self.metrics.load_duration.labels(model.name).observe(served.load_seconds)
+        served.metrics = self.metrics.version(
+            model.name, number, backend.name, backend.providers, backend.artifact
+        )
         served.batcher = Batcher(
             backend.predict, self._compute, enabled=self.settings.batching,
             max_batch_size=self.settings.max_batch_size, max_batch_delay_s=self.settings.max_batch_delay_s,
-            max_queue_size=self.settings.max_queue_size, on_batch=batch_seen,
+            max_queue_size=self.settings.max_queue_size, observer=served.metrics,
         )  # fmt: skip
+        served.metrics.serving(self.settings.max_queue_size)
         served.state = State.AVAILABLE
         log.info(
             "loaded %s version %d in %.2f s: %s on %s", model.name, number, served.load_seconds,
@@ -276,6 +278,8 @@ class Repository:
             await served.batcher.close()
         if served.backend is not None:
             await asyncio.get_running_loop().run_in_executor(None, served.backend.unload)
+        if served.metrics is not None:
+            served.metrics.remove()
         served.backend, served.batcher, served.state = None, None, State.UNLOADED
         log.info("unloaded %s version %d", served.name, served.version)
 

@@ -78,7 +78,7 @@ class Server:
             settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="tlserve-decode"
         )
         self.repository = Repository(
-            settings, self._compute, on_change=self._model_changed, on_batch=self.metrics.observe_batch
+            settings, self._compute, metrics=self.metrics, on_change=self._model_changed
         )
         self.core = InferenceCore(self.repository, settings, self._decoder)
         self._grpc = aio.server(
