@@ -42,6 +42,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-queue-size", "max_queue_size", int, "waiting requests per model before RESOURCE_EXHAUSTED"),
     ("--shutdown-grace-s", "shutdown_grace_s", float, "time in-flight calls get on SIGTERM"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("--log-format", "log_format", str, "plain or json (one JSON object per line)"),
 ]
 
 
@@ -70,6 +71,8 @@ def add_serve(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForm
     p.add_argument("--config", type=Path, metavar="FILE", help="settings file, JSON or TOML (TLSERVE_CONFIG)")
     p.add_argument("--no-batching", dest="batching", action="store_false", default=argparse.SUPPRESS,
                    help="run every request on its own (dynamic batching is on by default)")  # fmt: skip
+    p.add_argument("--access-log", dest="access_log", action="store_true", default=argparse.SUPPRESS,
+                   help="log one line per call (off by default)")  # fmt: skip
     fields = ServerSettings.model_fields
     for flag, setting, kind, text in SERVE_FLAGS:
         default = fields[setting].get_default(call_default_factory=True)

@@ -118,6 +118,10 @@ class ServerSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight calls may take to finish."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["plain", "json"] = "plain"
+    """plain: one human-readable line per event; json: one JSON object per line."""
+    access_log: bool = False
+    """One INFO line per call (method, model, version, status, duration); off by default."""
 
     @field_validator("version_policy")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from tlserve.service import logs
 from tlserve.service.errors import Code, ServiceError
 from tlserve.service.metrics import Metrics, current_model
 
@@ -42,8 +43,9 @@ def request_id(context: aio.ServicerContext[Any, Any]) -> str:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, access_log: bool = False) -> None:
         self.metrics = metrics
+        self.access_log = access_log
 
     async def intercept_service(
         self,
@@ -58,9 +60,11 @@ class ErrorInterceptor(aio.ServerInterceptor):
         api = API_NAMES.get(service, service)
         behaviour = handler.unary_unary
         metrics = self.metrics
+        access_log = self.access_log
 
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             rid = request_id(context)
+            logs.request_id.set(rid)
             # NOTE: trailing metadata rides with the status; initial metadata would cost a write
             context.set_trailing_metadata(((REQUEST_ID, rid),))
             start = time.perf_counter()
@@ -94,8 +98,12 @@ class ErrorInterceptor(aio.ServerInterceptor):
                 metrics.in_flight.labels(api).dec()
                 model, version = current_model.get()
                 labels = (model, version, api, name, code.name)
-                metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                metrics.request_duration.labels(*labels).observe(elapsed)
                 metrics.requests.labels(*labels).inc()
+                if access_log:
+                    log.info("%s %s model=%s version=%s code=%s %.2f ms", api, name, model or "-",
+                             version or "-", code.name, elapsed * 1000)  # fmt: skip
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from tlserve.service import logs
 from tlserve.service.core import InferenceCore
 from tlserve.service.metrics import Metrics
 from tlserve.service.settings import ServerSettings
@@ -82,7 +82,8 @@ class Server:
         )
         self.core = InferenceCore(self.repository, settings, self._decoder)
         self._grpc = aio.server(
-            interceptors=[ErrorInterceptor(self.metrics)], options=channel_options(settings)
+            interceptors=[ErrorInterceptor(self.metrics, access_log=settings.access_log)],
+            options=channel_options(settings),
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics_http: Any = None
@@ -156,12 +157,6 @@ class Server:
         log.info("stopped")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-
-
 async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,6 +171,6 @@ async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | N
 
 def serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None = None) -> None:
     """Run a server until SIGTERM/SIGINT (the CLI's ``tlserve serve``)."""
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     log.info("settings: %s", settings.public())
     asyncio.run(_serve(settings, on_ports))
