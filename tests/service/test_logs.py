@@ -46,3 +46,14 @@ def test_plain_format_appends_the_request_id(capsys) -> None:  # type: ignore[no
         logs.request_id.reset(token)
         root.handlers[:], root.level = saved
     assert capsys.readouterr().err.rstrip().endswith("tlserve.test: hello [request_id=abc]")
+
+
+def test_no_access_log_unless_asked(tiny_repo: Path) -> None:
+    server = ServerProcess(tiny_repo)
+    try:
+        with server.client() as client:
+            client.wait_ready("colors")
+            client.classify("colors", [encoded("red")])
+    finally:
+        assert server.stop() == 0, server.log
+    assert "code=OK" not in server.log and "stopped" in server.log
