@@ -60,4 +60,4 @@ export-matrix: install
 	$(BIN)/python benchmarks/export_matrix.py
 
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-triton demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ import pytest
 
 from tests.service.conftest import ServerProcess
 from tests.service.images import encoded
+from tests.service.test_watcher import break_onnx
 from tests.service.tiny import publish
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +125,7 @@ def scraped(
     """A tlserve server that answered a known number of calls, scraped by a real Prometheus."""
     repository = tmp_path_factory.mktemp("models")
     publish(repository, "colors", 1)
+    break_onnx(publish(repository, "broken", 1))  # a model whose only version cannot load
     server = ServerProcess(repository)
     prometheus = None
     try:
@@ -171,6 +173,31 @@ def test_counts_through_prometheus_equal_what_was_sent(scraped: tuple[Prometheus
     assert prometheus.value('sum(tlserve_batch_size_sum{model="colors"})') == SENT_OK + 1 + SENT_PREDICT
 
 
+def test_a_broken_model_is_visible_and_alerts(scraped: tuple[Prometheus, ServerProcess]) -> None:
+    prometheus, _ = scraped
+    assert prometheus.value('tlserve_model_ready{model="broken"}') == 0
+    assert prometheus.value('tlserve_model_failed_versions{model="broken"}') == 1
+    assert prometheus.value('tlserve_model_load_failures_total{model="broken"}') == 1
+
+    def alerts() -> dict[str, str] | None:
+        firing = prometheus.get("/api/v1/alerts")["data"]["alerts"]
+        found = {a["labels"]["alertname"]: a["state"] for a in firing if a["labels"].get("model") == "broken"}
+        return found if len(found) == 2 else None
+
+    assert prometheus.wait(alerts, "alerts about the broken model") == {
+        "TlserveModelLoadFailures": "firing",
+        "TlserveModelNotReady": "pending",  # fires after 5 minutes
+    }
+
+
+def test_the_operator_rules_are_the_rule_file(promtool: str) -> None:
+    import yaml
+
+    rule_file = yaml.safe_load((DEPLOY / "prometheus" / "tlserve-rules.yml").read_text())
+    operator = yaml.safe_load((DEPLOY / "prometheus" / "prometheusrule.yaml").read_text())
+    assert operator["kind"] == "PrometheusRule" and operator["spec"]["groups"] == rule_file["groups"]
+
+
 def test_p99_is_finite_and_in_range(scraped: tuple[Prometheus, ServerProcess]) -> None:
     prometheus, _ = scraped
     buckets = 'tlserve_request_duration_seconds_bucket{method="Classify", code="OK"}'
@@ -206,9 +233,17 @@ def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, ServerProces
         assert result["status"] == "success", (expr, result)
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "model")
     assert variable["definition"] == "label_values(tlserve_model_ready, model)"
-    assert prometheus.query("tlserve_model_ready")["data"]["result"][0]["metric"]["model"] == "colors"
-    answered = prometheus.query(exprs[0].replace("$__rate_interval", "1m").replace("$model", ".*"))
-    assert answered["data"]["result"], "the latency panel shows nothing"
+    models = {r["metric"]["model"] for r in prometheus.query("tlserve_model_ready")["data"]["result"]}
+    assert models == {"colors", "broken"}  # the $model choices, a broken model included
+    for panel in dashboard["panels"]:  # every panel shows something for a server that served calls
+        queries = [
+            t["expr"].replace("$__rate_interval", "1m").replace("$model", ".*") for t in panel["targets"]
+        ]
+
+        def shown(queries: list[str] = queries) -> bool:
+            return any(prometheus.query(q)["data"]["result"] for q in queries)
+
+        prometheus.wait(shown, f"panel {panel['title']!r} shows data", timeout_s=20)
 
 
 def test_promtool_on_metrics_rules_and_config(

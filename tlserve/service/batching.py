@@ -122,8 +122,6 @@ class Batcher:
                     DeadlineExceeded("the deadline passed while the request was queued")
                 )
                 continue
-            if self._observer is not None:
-                self._observer.waited(now - request.submitted)
             return request
         return None
 
@@ -165,6 +163,10 @@ class Batcher:
             batch = await self._collect()
             try:
                 pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([r.pixels for r in batch])
+                if self._observer is not None:  # NOTE: a request waits until its batch starts
+                    now = time.monotonic()
+                    for request in batch:
+                        self._observer.waited(now - request.submitted)
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
                 if self._observer is not None:

@@ -106,6 +106,7 @@ class InferenceCore:
 
     @contextmanager
     def _lease(self, ref: ModelRef) -> Iterator[ServedVersion]:
+        self._label(ref)
         with self.repository.lease(ref.name, ref.version, ref.label) as served:
             current_model.set((served.name, str(served.version)))
             yield served
@@ -148,7 +149,16 @@ class InferenceCore:
         return self.repository.model(name)
 
     def resolve(self, ref: ModelRef) -> ServedVersion:
-        return self.repository.resolve(ref.name, ref.version, ref.label)
+        self._label(ref)
+        served = self.repository.resolve(ref.name, ref.version, ref.label)
+        current_model.set((served.name, str(served.version)))
+        return served
+
+    def _label(self, ref: ModelRef) -> None:
+        """Label the call's metrics with the model as soon as it is known to exist (unknown names
+        stay unlabelled, which keeps the label's cardinality bounded)."""
+        if ref.name in self.repository.models:
+            current_model.set((ref.name, ""))
 
 
 def top_labels(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[LabelScore]]:

@@ -92,6 +92,21 @@ class Metrics:
         self.model_ready = Gauge(
             "tlserve_model_ready", "1 while a model has a version serving.", ["model"], registry=r
         )
+        self.failed_versions = Gauge(
+            "tlserve_model_failed_versions", "Versions on disk that failed to load (not serving).",
+            ["model"], registry=r,
+        )  # fmt: skip
+
+    def model_seen(self, model: str) -> None:
+        """Create a model's series at 0 when it first appears, so that a first failure is an increase."""
+        self.model_ready.labels(model).set(0)
+        self.load_failures.labels(model)
+        self.failed_versions.labels(model).set(0)
+
+    def model_gone(self, model: str) -> None:
+        for metric in (self.model_ready, self.load_failures, self.failed_versions, self.load_duration):
+            with contextlib.suppress(KeyError):
+                metric.remove(model)
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)
@@ -136,7 +151,9 @@ class VersionMetrics:
     def remove(self) -> None:
         """Drop this version's series: an unloaded version should not be scraped as if alive."""
         m = self._metrics
-        for metric, labels in ((m.model_info, self._info), (m.queue_capacity, self._labels),
-                               (m.queue_depth, self._labels)):  # fmt: skip
+        per_version = (m.queue_capacity, m.queue_depth, m.queue_wait, m.preprocess, m.batch_size)
+        removable = [(m.model_info, self._info), (m.compute, self._compute)]
+        removable += [(metric, self._labels) for metric in per_version]
+        for metric, labels in removable:
             with contextlib.suppress(KeyError):  # never set, or already removed
                 metric.remove(*labels)

@@ -102,6 +102,8 @@ class Repository:
         self.models: dict[str, Model] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.scanned = False
+        """True once the first scan is done (the server's readiness needs it)."""
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -172,11 +174,19 @@ class Repository:
             model = self.models.get(name)
             if model is None:
                 model = self.models[name] = Model(name, self.settings.for_model(name))
+                self.metrics.model_seen(name)
             await self._follow(model)
         for name in sorted(set(self.models) - names):
             log.info("model %s left the repository; unloading it", name)
             model = self.models.pop(name)
             self._swap(model, {})
+            self.metrics.model_gone(name)
+        self.scanned = True
+
+    @property
+    def ready(self) -> bool:
+        """The server is ready once the first scan is done and a model serves."""
+        return self.scanned and any(m.serving for m in self.models.values())
 
     async def _follow(self, model: Model) -> None:
         model_dir = self.root / model.name
@@ -197,6 +207,8 @@ class Repository:
                 await self._load(model, number)
                 if self._closed:
                     return
+        failed = sum(1 for v in model.versions.values() if v.state is State.FAILED)
+        self.metrics.failed_versions.labels(model.name).set(failed)
         selected = {v: model.versions[v] for v in wanted}
         if selected.keys() != model.serving.keys():
             self._swap(model, selected)

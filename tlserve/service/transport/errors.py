@@ -28,6 +28,7 @@ API_NAMES = {
     "tensorflow.serving.PredictionService": "tfs",
     "tensorflow.serving.ModelService": "tfs",
     "tlserve.v1.Inference": "native",
+    "inference.GRPCInferenceService": "oip",
 }
 
 
@@ -82,8 +83,10 @@ class ErrorInterceptor(aio.ServerInterceptor):
                     )
                 log.debug("%s %s [%s]: %s", name, code.name, rid, exc.message)
                 await context.abort(code, exc.message, trailing_metadata=((REQUEST_ID, rid),))
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+            except asyncio.CancelledError:  # gRPC cancels the handler when the client's deadline passes
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 raise
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN

@@ -30,11 +30,13 @@ from tlserve.service import logs
 from tlserve.service.core import InferenceCore
 from tlserve.service.metrics import Metrics
 from tlserve.service.settings import ServerSettings
+from tlserve.service.transport import oip
 from tlserve.service.transport.errors import ErrorInterceptor
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
 from tlserve.service.watcher import Repository
 from tlserve.service.wire import _pool
+from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
 from tlserve.service.wire.tlserve.v1 import inference_pb2, inference_pb2_grpc
 
@@ -44,6 +46,7 @@ SERVICE_NAMES = (
     serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     serving_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
@@ -87,13 +90,11 @@ class Server:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics_http: Any = None
-        self._scanned = False
 
     def _model_changed(self, name: str, serving: bool) -> None:
         self.metrics.set_ready(name, serving)
         self._set_health(name, serving)
-        overall = self._scanned and any(m.serving for m in self.repository.models.values())
-        self._set_health("", overall)
+        self._set_health("", self.repository.ready)
 
     def _set_health(self, service: str, serving: bool) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -107,6 +108,9 @@ class Server:
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.core), self._grpc)
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.core), self._grpc)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(self.core), self._grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            oip.InferenceService(self.core), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(SERVICE_NAMES, self._grpc, pool=_pool.POOL)
         address = f"{self.settings.host}:{self.settings.grpc_port}"
@@ -126,7 +130,6 @@ class Server:
         log.info("listening: grpc=%s:%d metrics=%s", self.settings.host, port,
                  f"{self.settings.host}:{metrics_port}" if metrics_port is not None else "off")  # fmt: skip
         await self.repository.poll()
-        self._scanned = True
         ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
         self._set_health("", bool(ready))
         log.info(

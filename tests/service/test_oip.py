@@ -1,0 +1,153 @@
+"""Open Inference Protocol (KServe v2) over gRPC, driven by the real tritonclient.
+
+tritonclient needs protobuf < 7 and this project protobuf >= 7, so it lives in its own virtual
+environment (.venv-triton, made on first use from the package registry); tests/service/oip_client.py
+runs there against a server process and reports what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.service.conftest import ServerProcess
+from tests.service.images import encoded, solid
+from tests.service.tiny import LABELS, SIZE
+from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+TRITON_VENV = ROOT / ".venv-triton"
+TRITONCLIENT = "tritonclient[grpc,http]>=2.73,<3"
+
+
+@pytest.fixture(scope="session")
+def triton_python() -> Path:
+    python = TRITON_VENV / "bin" / "python"
+    stamp = TRITON_VENV / ".installed"
+    if not stamp.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(TRITON_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", TRITONCLIENT, "numpy"], check=True, timeout=900
+        )
+        stamp.touch()
+    return python
+
+
+@pytest.fixture(scope="module")
+def seen(
+    triton_python: Path, server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    images = tmp_path_factory.mktemp("oip-images")
+    for color, fmt, suffix in (("red", "PNG", "png"), ("green", "JPEG", "jpg"), ("blue", "PNG", "png")):
+        (images / f"{color}.{suffix}").write_bytes(encoded(color, fmt))
+    np.save(images / "pixels.npy", np.stack([solid(c, SIZE) for c in ("red", "green", "blue")]))
+    result = subprocess.run([str(triton_python), str(Path(__file__).parent / "oip_client.py"), server.target,
+                             str(images)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    yield json.loads(result.stdout)
+
+
+def test_health_and_metadata(seen: dict[str, Any]) -> None:
+    assert seen["live"] is True and seen["ready"] is True
+    assert seen["model_ready"] == [True, True, False, False]
+    assert seen["server_metadata"]["name"] == "tlserve"
+    assert "classification" in seen["server_metadata"]["extensions"]
+    metadata = seen["model_metadata"]
+    assert (metadata["name"], metadata["versions"], metadata["platform"]) == (
+        "colors",
+        ["1"],
+        "onnxruntime_onnx",
+    )
+    assert metadata["inputs"] == [
+        {"name": "image", "datatype": "FP32", "shape": ["-1", str(SIZE), str(SIZE), "3"]}
+    ]
+    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]}]
+    assert seen["index"]["models"] == [{"name": "colors", "version": "1", "state": "READY"}]
+
+
+def test_fp32_raw_and_typed_agree(seen: dict[str, Any]) -> None:
+    raw = np.asarray(seen["fp32_raw"]["probabilities"])
+    assert [LABELS[i] for i in raw.argmax(1)] == ["red", "green", "blue"]
+    assert (seen["fp32_raw"]["id"], seen["fp32_raw"]["version"]) == ("r-1", "1")
+    typed = seen["fp32_typed"]
+    assert typed["shape"] == [3, 3] and typed["raw"] == 0  # typed in, typed out
+    np.testing.assert_allclose(np.asarray(typed["values"]).reshape(3, 3), raw, atol=1e-6)
+
+
+def test_bytes_images_and_the_classification_extension(seen: dict[str, Any]) -> None:
+    assert [LABELS[i] for i in np.asarray(seen["bytes"]).argmax(1)] == ["red", "green", "blue"]
+    rows = seen["classification"]
+    assert [row[0].split(":")[2] for row in rows] == ["red", "green", "blue"]
+    for row in rows:
+        scores = [float(item.split(":")[0]) for item in row]
+        assert len(row) == 2 and scores == sorted(scores, reverse=True)
+        assert all(LABELS[int(item.split(":")[1])] == item.split(":")[2] for item in row)
+
+
+EXPECTED_BAD = {
+    "raw and typed both set": ("INVALID_ARGUMENT", "both set"),
+    "raw entry count differs from inputs": ("INVALID_ARGUMENT", "2 raw_input_contents entries for 1 input"),
+    "raw byte size differs from shape": ("INVALID_ARGUMENT", "raw bytes; FP32 [1, 16, 16, 3] needs 3072"),
+    "unknown datatype": ("INVALID_ARGUMENT", "unknown datatype 'FP99'"),
+    "wrong rank": ("INVALID_ARGUMENT", "[N, 16, 16, 3]"),
+    "wrong shape": ("INVALID_ARGUMENT", "[N, 16, 16, 3]"),
+    "bytes with a bad length prefix": ("INVALID_ARGUMENT", "declares 255 bytes"),
+    "unknown input name": ("INVALID_ARGUMENT", "unknown input 'pixels'"),
+    "unknown model": ("NOT_FOUND", "'nope' not found"),
+    "unknown version": ("NOT_FOUND", "version 9 is not served"),
+    "version not a number": ("INVALID_ARGUMENT", "positive integer"),
+    "unknown output": ("INVALID_ARGUMENT", "the only output is 'probabilities'"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED_BAD))
+def test_bad_requests(seen: dict[str, Any], case: str) -> None:
+    code, text = seen["bad"][case]
+    assert code == EXPECTED_BAD[case][0] and EXPECTED_BAD[case][1] in text, (code, text)
+
+
+def test_the_server_keeps_serving_after_bad_requests(seen: dict[str, Any]) -> None:
+    assert seen["after_bad"] == "OK"
+
+
+def test_messages_match_tritonclients(triton_python: Path) -> None:
+    script = """
+import json
+from tritonclient.grpc import service_pb2
+def fields(d):
+    out = {d.full_name: [[f.name, f.number, f.type, f.is_repeated] for f in d.fields]}
+    for n in d.nested_types:
+        out.update(fields(n))
+    return out
+found = {}
+for m in service_pb2.DESCRIPTOR.message_types_by_name.values():
+    found.update(fields(m))
+service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+found["methods"] = {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
+print(json.dumps(found))
+"""
+    result = subprocess.run([str(triton_python), "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)
+
+    def fields(d: Any) -> dict[str, list[list[Any]]]:
+        out = {d.full_name: [[f.name, f.number, f.type, f.is_repeated] for f in d.fields]}
+        for n in d.nested_types:
+            out.update(fields(n))
+        return out
+
+    ours: dict[str, Any] = {}
+    for message in grpc_predict_v2_pb2.DESCRIPTOR.message_types_by_name.values():
+        ours.update(fields(message))
+    for name, own in ours.items():
+        assert sorted(own) == sorted(theirs[name]), name
+    service = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    for method in service.methods:
+        assert theirs["methods"][method.name] == [method.input_type.full_name, method.output_type.full_name]

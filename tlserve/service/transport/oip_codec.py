@@ -1,0 +1,132 @@
+"""Open Inference Protocol (KServe v2) tensors <-> numpy, checked as the protocol requires.
+
+A request has exactly one input: ``image`` FP32 [N, H, W, 3] (RGB 0..255) or ``images`` BYTES [N]
+(encoded JPEG/PNG), as typed ``contents`` or as ``raw_input_contents`` (BYTES raw: each element a
+4-byte little-endian length, then the bytes). Every size is checked with Python integers first.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlserve import repository as repo
+from tlserve.service.errors import InvalidArgument
+from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
+
+ITEM_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
+              "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2, "BYTES": 0}  # fmt: skip
+EXPECTED = {repo.INPUT_NAME: "FP32", repo.IMAGES_INPUT_NAME: "BYTES"}
+CLASSIFICATION = "classification"
+MAX_RANK = 8
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    pixels: np.ndarray | None = None
+    images: list[bytes] | None = None
+    raw: bool = False
+    """The request sent raw_input_contents (the response answers in kind)."""
+
+
+def _has_typed(contents: pb.InferTensorContents) -> bool:
+    return any(contents.ListFields())
+
+
+def parse_input(request: pb.ModelInferRequest, max_elements: int) -> Input:
+    if len(request.inputs) != 1:
+        names = [t.name for t in request.inputs]
+        raise InvalidArgument(f"expected one input, {repo.INPUT_NAME} (FP32 [N, H, W, 3]) or "
+                              f"{repo.IMAGES_INPUT_NAME} (BYTES [N]); got {names}")  # fmt: skip
+    tensor = request.inputs[0]
+    if tensor.datatype not in ITEM_BYTES:
+        raise InvalidArgument(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}")
+    if tensor.name not in EXPECTED:
+        raise InvalidArgument(
+            f"unknown input {tensor.name!r}: expected {repo.INPUT_NAME} or {repo.IMAGES_INPUT_NAME}"
+        )
+    if tensor.datatype != EXPECTED[tensor.name]:
+        raise InvalidArgument(f"input {tensor.name!r} must be {EXPECTED[tensor.name]}; got {tensor.datatype}")
+    shape = list(tensor.shape)
+    if len(shape) > MAX_RANK or any(d < 0 or d > max_elements for d in shape):
+        raise InvalidArgument(f"input {tensor.name!r}: invalid shape {shape}")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: shape {shape} has {count} elements, above {max_elements}"
+        )
+    raw = list(request.raw_input_contents)
+    typed = _has_typed(tensor.contents)
+    if raw and typed:
+        raise InvalidArgument("raw_input_contents and typed contents are both set; use one")
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(f"{len(raw)} raw_input_contents entries for {len(request.inputs)} input(s)")
+    if tensor.name == repo.INPUT_NAME:
+        return Input(tensor.name, pixels=_fp32(tensor, shape, count, raw[0] if raw else None), raw=bool(raw))
+    if len(shape) != 1:
+        raise InvalidArgument(
+            f"input {tensor.name!r} must have shape [N] (one encoded image each); got {shape}"
+        )
+    images = _split_bytes(raw[0], count, tensor.name) if raw else list(tensor.contents.bytes_contents)
+    if len(images) != count:
+        raise InvalidArgument(f"input {tensor.name!r}: {len(images)} elements for shape {shape}")
+    return Input(tensor.name, images=images, raw=bool(raw))
+
+
+def _fp32(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], count: int, raw: bytes | None
+) -> np.ndarray:
+    if raw is not None:
+        if len(raw) != count * 4:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: {len(raw)} raw bytes; FP32 {shape} needs {count * 4}"
+            )
+        return np.frombuffer(raw, dtype="<f4").reshape(shape)
+    values = tensor.contents.fp32_contents
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: {len(values)} fp32_contents for shape {shape} ({count})"
+        )
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
+    """BYTES raw contents: each element a 4-byte little-endian length, then that many bytes."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"input {name!r}: truncated length prefix at byte {offset}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(f"input {name!r}: element {len(items)} declares {length} bytes, "
+                                  f"{len(raw) - offset} left")  # fmt: skip
+        items.append(raw[offset : offset + length])
+        offset += length
+        if len(items) > count:
+            break
+    return items
+
+
+def join_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def requested_classification(request: pb.ModelInferRequest) -> int:
+    """k when the ``probabilities`` output asks for the classification extension, else 0."""
+    names = [o.name for o in request.outputs]
+    if len(set(names)) != len(names) or any(n != repo.OUTPUT_NAME for n in names):
+        raise InvalidArgument(f"outputs {names}: the only output is {repo.OUTPUT_NAME!r}, each at most once")
+    for output in request.outputs:
+        if CLASSIFICATION in output.parameters:
+            parameter = output.parameters[CLASSIFICATION]
+            k = parameter.int64_param if parameter.WhichOneof("parameter_choice") == "int64_param" else -1
+            if k < 1:
+                raise InvalidArgument("the classification parameter must be an int64 >= 1 (the top-k)")
+            return int(k)
+    return 0
