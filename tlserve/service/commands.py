@@ -24,6 +24,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
         int,
         "gRPC port: TF Serving API, native API, health, reflection; 0 = pick one",
     ),
+    ("--http-port", "http_port", int, "REST port (TF Serving REST API); 0 = pick one"),
     ("--metrics-port", "metrics_port", int, "Prometheus /metrics port; 0 = pick one"),
     ("--backend", "backend", str, "default runtime: onnxruntime or tensorflow"),
     (

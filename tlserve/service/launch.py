@@ -14,7 +14,7 @@ from pathlib import Path
 from tlserve.errors import TlserveError
 from tlserve.service.client import Client
 
-LISTENING = re.compile(r"listening: grpc=[^:]+:(\d+) metrics=(?:[^:]+:(\d+)|off)")
+LISTENING = re.compile(r"listening: grpc=[^:]+:(\d+) http=(?:[^:]+:(\d+)|off) metrics=(?:[^:]+:(\d+)|off)")
 
 
 class ServerProcess:
@@ -24,8 +24,9 @@ class ServerProcess:
     def __init__(
         self, repository: Path, *args: str, env: dict[str, str] | None = None, start_timeout_s: float = 120
     ) -> None:
-        command = [sys.executable, "-m", "tlserve", "serve", "--repository", str(repository),
-                   "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]  # fmt: skip
+        where = ["--repository", str(repository), "--host", "127.0.0.1"]
+        ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+        command = [sys.executable, "-m", "tlserve", "serve", *where, *ports, *args]
         self.started = time.perf_counter()
         environment = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
@@ -33,7 +34,7 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self._listening = threading.Event()
-        self.grpc_port = self.metrics_port = 0
+        self.grpc_port = self.http_port = self.metrics_port = 0
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + start_timeout_s
         while not self._listening.wait(0.1) and self.proc.poll() is None and time.monotonic() < deadline:
@@ -50,7 +51,8 @@ class ServerProcess:
             match = LISTENING.search(line)
             if match:
                 self.grpc_port = int(match.group(1))
-                self.metrics_port = int(match.group(2) or 0)
+                self.http_port = int(match.group(2) or 0)
+                self.metrics_port = int(match.group(3) or 0)
                 self._listening.set()
 
     @property

@@ -73,6 +73,8 @@ class ServerSettings(BaseSettings):
     """Address to bind the gRPC and metrics ports to."""
     grpc_port: int = Field(8500, ge=0, le=65535)
     """gRPC port (TF Serving API, native API, health, reflection); 0 picks a free port."""
+    http_port: int | None = Field(8501, ge=0, le=65535)
+    """REST port (TF Serving's REST API); 0 picks a free port; unset (null) disables it."""
     metrics_port: int | None = Field(8502, ge=0, le=65535)
     """Prometheus /metrics port; 0 picks a free port; unset (null) disables it."""
 

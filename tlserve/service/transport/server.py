@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -30,7 +31,7 @@ from tlserve.service import logs
 from tlserve.service.core import InferenceCore
 from tlserve.service.metrics import Metrics
 from tlserve.service.settings import ServerSettings
-from tlserve.service.transport import oip
+from tlserve.service.transport import oip, rest
 from tlserve.service.transport.errors import ErrorInterceptor
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
@@ -66,6 +67,7 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
 @dataclass
 class Ports:
     grpc: int
+    http: int | None
     metrics: int | None
 
 
@@ -90,6 +92,7 @@ class Server:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics_http: Any = None
+        self._rest: web.AppRunner | None = None
 
     def _model_changed(self, name: str, serving: bool) -> None:
         self.metrics.set_ready(name, serving)
@@ -120,15 +123,27 @@ class Server:
             raise OSError(f"cannot bind gRPC to {address}: {exc}") from exc
         await self.health.set("", NOT_SERVING)
         await self._grpc.start()
+        http_port = None
+        if self.settings.http_port is not None:
+            app = rest.make_app(
+                self.core, self.metrics, self.settings.max_message_bytes, self.settings.access_log
+            )
+            self._rest = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._rest.setup()
+            site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False)
+            await site.start()
+            http_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         metrics_port = None
         if self.settings.metrics_port is not None:
             self._metrics_http, _ = start_http_server(
                 self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
             )
             metrics_port = int(self._metrics_http.server_port)
-        ports = Ports(port, metrics_port)
-        log.info("listening: grpc=%s:%d metrics=%s", self.settings.host, port,
-                 f"{self.settings.host}:{metrics_port}" if metrics_port is not None else "off")  # fmt: skip
+        ports = Ports(port, http_port, metrics_port)
+        host = self.settings.host
+        log.info("listening: grpc=%s:%d http=%s metrics=%s", host, port,
+                 f"{host}:{http_port}" if http_port is not None else "off",
+                 f"{host}:{metrics_port}" if metrics_port is not None else "off")  # fmt: skip
         await self.repository.poll()
         ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
         self._set_health("", bool(ready))
@@ -151,7 +166,10 @@ class Server:
             "shutting down: refusing new calls, %.1f s for in-flight ones", self.settings.shutdown_grace_s
         )
         await self.health.enter_graceful_shutdown()
-        await self._grpc.stop(self.settings.shutdown_grace_s)
+        if self._rest is not None:  # NOTE: both refuse new calls and drain together
+            await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_s), self._rest.cleanup())
+        else:
+            await self._grpc.stop(self.settings.shutdown_grace_s)
         await self.repository.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -1,0 +1,144 @@
+"""TensorFlow Serving's REST API on the HTTP port, and the README's curl examples."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.service.conftest import ServerProcess
+from tests.service.images import encoded, solid
+from tests.service.tiny import LABELS, SIZE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def http(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def pixels(*colors: str) -> list[Any]:
+    return [solid(c, SIZE).tolist() for c in colors]
+
+
+def b64(color: str, fmt: str = "PNG") -> dict[str, str]:
+    return {"b64": base64.b64encode(encoded(color, fmt)).decode()}
+
+
+def labels(rows: list[list[float]]) -> list[str]:
+    return [LABELS[int(np.argmax(row))] for row in rows]
+
+
+def test_predict_row_and_columnar(server: ServerProcess) -> None:
+    status, body = http(server, "POST", "/v1/models/colors:predict", {"instances": pixels("red", "blue")})
+    assert status == 200 and labels(body["predictions"]) == ["red", "blue"]
+    status, body = http(
+        server, "POST", "/v1/models/colors/versions/1:predict", {"inputs": {"image": pixels("green")}}
+    )
+    assert status == 200 and labels(body["outputs"]) == ["green"]
+    status, body = http(
+        server, "POST", "/v1/models/colors:predict", {"instances": [{"image": pixels("red")[0]}]}
+    )
+    assert status == 200 and labels(body["predictions"]) == ["red"]
+
+
+def test_predict_images_as_b64(server: ServerProcess) -> None:
+    request = {"signature_name": "predict_images", "instances": [b64("red"), b64("green", "JPEG")]}
+    status, body = http(server, "POST", "/v1/models/colors:predict", request)
+    assert status == 200 and labels(body["predictions"]) == ["red", "green"]
+    request = {"signature_name": "predict_images", "inputs": {"images": [b64("blue")]}}
+    status, body = http(server, "POST", "/v1/models/colors:predict", request)
+    assert status == 200 and labels(body["outputs"]) == ["blue"]
+
+
+def test_status_and_metadata(server: ServerProcess) -> None:
+    status, body = http(server, "GET", "/v1/models/colors")
+    assert status == 200
+    ok = {"error_code": "OK", "error_message": ""}
+    assert body == {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ok}]}
+    status, body = http(server, "GET", "/v1/models/colors/versions/1/metadata")
+    assert status == 200 and body["model_spec"]["version"] == "1"
+    defs = body["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "predict_images", "classify"}
+    assert defs["serving_default"]["inputs"]["image"]["dtype"] == "DT_FLOAT"
+
+
+BAD = [
+    ("POST", "/v1/models/nope:predict", {"instances": []}, 404, "'nope' not found"),
+    ("POST", "/v1/models/colors/versions/7:predict", {"instances": pixels("red")}, 404, "version 7"),
+    ("POST", "/v1/models/colors:predict", {}, 400, 'exactly one of "instances"'),
+    ("POST", "/v1/models/colors:predict", {"instances": [], "inputs": []}, 400, 'exactly one of "instances"'),
+    ("POST", "/v1/models/colors:predict", {"instances": []}, 400, "[N, 16, 16, 3]"),
+    ("POST", "/v1/models/colors:predict", {"instances": [[1, 2], [3]]}, 400, "nested lists of numbers"),
+    ("POST", "/v1/models/colors:predict", {"signature_name": "x", "instances": []}, 400, "signature 'x'"),
+    ("POST", "/v1/models/colors:predict", {"signature_name": "predict_images", "instances": [{"b64": "%%"}]},
+     400, "not valid base64"),
+    ("POST", "/v1/models/colors:predict", {"signature_name": "predict_images", "instances": ["raw"]},
+     400, '{"b64": "..."}'),
+    ("GET", "/v1/models/colors/versions/9", None, 404, "no version 9"),
+    ("GET", "/v2/nothing/here", None, 404, "Not Found"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "text"), BAD)
+def test_bad_requests(
+    server: ServerProcess, method: str, path: str, body: Any, status: int, text: str
+) -> None:
+    got, answer = http(server, method, path, body)
+    assert got == status and text in answer["error"], answer
+    assert http(server, "POST", "/v1/models/colors:predict", {"instances": pixels("red")})[0] == 200
+
+
+def test_malformed_json_wrong_type_and_oversized(server: ServerProcess) -> None:
+    status, answer = http(server, "POST", "/v1/models/colors:predict", raw=b"{not json")
+    assert status == 400 and "not valid JSON" in answer["error"]
+    status, answer = http(server, "POST", "/v1/models/colors:predict", raw=b"x", content_type="text/plain")
+    assert status == 400 and "Content-Type application/json" in answer["error"]
+    status, answer = http(server, "POST", "/v1/models/colors:predict", raw=b"[" + b"0," * (1 << 20) + b"0]")
+    assert status == 413, answer  # the fixture's server takes 1 MiB bodies at most
+
+
+def test_the_readme_curl_examples(server: ServerProcess, tmp_path: Path) -> None:
+    """The README's curl lines as written, with only the address, model and image path swapped."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- rest-examples -->")[1].split("```console")[1].split("```")[0]
+    commands = re.sub(r"\\\n\s*", "", block).splitlines()
+    commands = [c.removeprefix("$ ") for c in commands if c.startswith("$ curl")]
+    assert len(commands) == 3
+    image = tmp_path / "red.png"
+    image.write_bytes(encoded("red"))
+    outputs = []
+    for command in commands:
+        command = command.replace("localhost:8501", f"127.0.0.1:{server.http_port}").replace(
+            "digits", "colors"
+        )
+        command = command.replace("demo-output/data/target_val/digit_7/0000.png", str(image))
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        outputs.append(json.loads(result.stdout))
+    assert outputs[0]["model_version_status"][0]["state"] == "AVAILABLE"
+    assert "serving_default" in outputs[1]["metadata"]["signature_def"]["signature_def"]
+    assert labels(outputs[2]["predictions"]) == ["red"]

@@ -1,0 +1,218 @@
+"""TensorFlow Serving's REST API on the HTTP port, over the same core as the gRPC services.
+
+    POST /v1/models/NAME[/versions/N | /labels/L]:predict   {"instances": [...]} or {"inputs": ...}
+    GET  /v1/models/NAME[/versions/N]                        version status
+    GET  /v1/models/NAME[/versions/N]/metadata               signature defs
+
+Signatures as over gRPC: ``serving_default`` takes pixels (an instance is an [H, W, 3] nested list,
+or {"image": ...}); ``predict_images`` takes encoded images as {"b64": "..."}. Errors are
+``{"error": "..."}`` with the HTTP status of their gRPC code. aiohttp serves it on the gRPC server's
+own asyncio loop (no second thread or process, no copy of the core), and one middleware does for
+REST what the gRPC interceptor does: request ids, metrics, the error map.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+
+from tlserve import repository as repo
+from tlserve.service import logs
+from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError
+from tlserve.service.metrics import Metrics, current_model
+from tlserve.service.transport.tfs import SIGNATURE_INPUTS, signature_defs
+from tlserve.service.watcher import State
+
+log = logging.getLogger(__name__)
+HTTP_STATUS = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.UNAVAILABLE: 503,
+    Code.INTERNAL: 500,
+    Code.CANCELLED: 499,
+}
+TFS_STATE = {State.LOADING: "LOADING", State.AVAILABLE: "AVAILABLE", State.UNLOADING: "UNLOADING",
+             State.UNLOADED: "END", State.FAILED: "END"}  # fmt: skip
+NAME = r"{name:[^/:]+}"
+VERSION = r"{version:[0-9]+}"
+LABEL = r"{label:[^/:]+}"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, rid: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers={"x-request-id": rid})
+
+
+def middleware(metrics: Metrics, access_log: bool) -> Any:
+    @web.middleware
+    async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        logs.request_id.set(rid)
+        current_model.set(("", ""))
+        method = request.match_info.get("method", request.method)
+        start = time.perf_counter()
+        code = "OK"
+        metrics.in_flight.labels("rest").inc()
+        try:
+            response = await handler(request)
+            response.headers["x-request-id"] = rid
+            return response
+        except ServiceError as exc:
+            code = exc.code.name
+            if exc.code is Code.INTERNAL:
+                log.error("%s %s failed: %s", request.method, request.path, exc.message)
+                return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
+            return _error(HTTP_STATUS[exc.code], exc.message, rid)
+        except web.HTTPException as exc:  # aiohttp's own: 404 unknown path, 405, 413 body too large
+            code = {404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}.get(exc.status, "INVALID_ARGUMENT")
+            return _error(exc.status, exc.reason, rid)
+        except Exception:
+            code = "INTERNAL"
+            log.exception("%s %s failed [request id %s]", request.method, request.path, rid)
+            return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
+        finally:
+            metrics.in_flight.labels("rest").dec()
+            model, version = current_model.get()
+            elapsed = time.perf_counter() - start
+            labels = (model, version, "rest", method, code)
+            metrics.request_duration.labels(*labels).observe(elapsed)
+            metrics.requests.labels(*labels).inc()
+            if access_log:
+                log.info("rest %s %s code=%s %.2f ms", request.method, request.path, code, elapsed * 1000)
+
+    return handle
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise InvalidArgument(
+            f"expected a JSON body (Content-Type application/json); got {request.content_type}"
+        )
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be a JSON object")
+    return body
+
+
+def _ref(request: web.Request) -> ModelRef:
+    info = request.match_info
+    return ModelRef(info["name"], int(info["version"]) if "version" in info else None, info.get("label"))
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
+        raise InvalidArgument(f'{where}: an encoded image must be {{"b64": "..."}}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{where}: not valid base64") from None
+
+
+def _unwrap(items: Any, name: str, rows: bool) -> Any:
+    """The values of input ``name`` from the row ("instances") or columnar ("inputs") format."""
+    if rows:
+        if not isinstance(items, list):
+            raise InvalidArgument('"instances" must be a list, one element per example')
+        return [item[name] if isinstance(item, dict) and set(item) == {name} else item for item in items]
+    if isinstance(items, dict):
+        if set(items) != {name}:
+            raise InvalidArgument(f'"inputs" must name exactly the input {name!r}; got {sorted(items)}')
+        return items[name]
+    return items
+
+
+class RestApi:
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def routes(self, app: web.Application) -> None:
+        for prefix in (
+            f"/v1/models/{NAME}",
+            f"/v1/models/{NAME}/versions/{VERSION}",
+            f"/v1/models/{NAME}/labels/{LABEL}",
+        ):
+            app.router.add_post(prefix + ":{method:predict}", self.predict)
+        for prefix in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/{VERSION}"):
+            app.router.add_get(prefix, self.status)
+            app.router.add_get(prefix + "/metadata", self.metadata)
+
+    async def predict(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        ref = _ref(request)
+        signature = body.get("signature_name") or repo.SIGNATURE_PIXELS
+        if signature not in SIGNATURE_INPUTS:
+            raise InvalidArgument(
+                f"signature {signature!r} not found; this model has {', '.join(SIGNATURE_INPUTS)}"
+            )
+        if ("instances" in body) == ("inputs" in body):
+            raise InvalidArgument(
+                'send exactly one of "instances" (row format) or "inputs" (columnar format)'
+            )
+        rows = "instances" in body
+        name = SIGNATURE_INPUTS[signature]
+        values = _unwrap(body["instances"] if rows else body["inputs"], name, rows)
+        if signature == repo.SIGNATURE_IMAGES:
+            if not isinstance(values, list):
+                raise InvalidArgument(f'{name}: expected a list of {{"b64": ...}} images')
+            result = await self.core.predict_images(
+                ref, [_b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
+            )
+        else:
+            try:
+                pixels = np.asarray(values, dtype=np.float32)
+            except (ValueError, TypeError):
+                raise InvalidArgument(f"{name}: expected nested lists of numbers [N, H, W, 3]") from None
+            result = await self.core.predict(ref, pixels)
+        probabilities = result.probabilities.tolist()
+        return web.json_response({"predictions": probabilities} if rows else {"outputs": probabilities})
+
+    async def status(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        model = self.core.model(ref.name)
+        versions = sorted(model.versions.values(), key=lambda v: v.version)
+        if ref.version is not None:
+            versions = [v for v in versions if v.version == ref.version]
+            if not versions:
+                raise NotFound(f"model {ref.name!r} has no version {ref.version}")
+        statuses = [
+            {
+                "version": str(v.version),
+                "state": TFS_STATE[v.state],
+                "status": {
+                    "error_code": "UNKNOWN" if v.state is State.FAILED else "OK",
+                    "error_message": v.error,
+                },
+            }
+            for v in versions
+        ]
+        return web.json_response({"model_version_status": statuses})
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        served = self.core.resolve(_ref(request))
+        defs = json_format.MessageToDict(signature_defs(served), preserving_proto_field_name=True)
+        return web.json_response({
+            "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
+            "metadata": {"signature_def": defs},
+        })  # fmt: skip
+
+
+def make_app(core: InferenceCore, metrics: Metrics, max_body_bytes: int, access_log: bool) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[middleware(metrics, access_log)])
+    RestApi(core).routes(app)
+    return app
