@@ -35,6 +35,7 @@ from PIL import Image
 
 from tlserve import repository as repo
 from tlserve.service.launch import ServerProcess
+from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2
 from tlserve.service.wire.tfs import serving_pb2
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
@@ -104,19 +105,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def oip_request(pixels: np.ndarray) -> oip_pb2.ModelInferRequest:
+    request = oip_pb2.ModelInferRequest(model_name=NAME)
+    request.inputs.add(name=repo.INPUT_NAME, datatype="FP32", shape=list(pixels.shape))
+    request.raw_input_contents.append(pixels.tobytes())
+    return request
+
+
+TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
 async def closed_loop(
-    target: str, concurrency: int, seconds: float
+    target: str, concurrency: int, seconds: float, api: str = "tfs"
 ) -> tuple[float, float, int, float, float]:
     """(images/s, p50 ms, errors, wall seconds, client CPU seconds) with ``concurrency`` clients each
-    sending batch-1 Predicts."""
+    sending batch-1 requests through ``api`` ("tfs" Predict or "oip" ModelInfer)."""
     pixels = np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
     # NOTE: serialized once, as perf_analyzer prepares its inputs: the clients share the 2 cores with
     # the server, so the less CPU they burn the more the figure says about the server.
-    request = predict_request(pixels).SerializeToString()
+    message = predict_request(pixels) if api == "tfs" else oip_request(pixels)
+    request = message.SerializeToString()
     latencies: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        predict = channel.unary_unary(TFS_PREDICT if api == "tfs" else OIP_INFER)
         for _ in range(concurrency):  # warm-up
             await predict(request, timeout=30)
         stop = time.perf_counter() + seconds
@@ -180,6 +193,10 @@ def main() -> int:
             # interleave the figures so that drifting machine load hits both sides alike
             raw_ms, raw_best, raw_batch = in_process(model, args.calls)
             tensor_ms = p50_ms(lambda: client.predict(NAME, pixels), args.calls)
+            with grpc.insecure_channel(server.target) as channel:
+                infer = channel.unary_unary(OIP_INFER)
+                oip_bytes = oip_request(pixels).SerializeToString()
+                oip_ms = p50_ms(lambda: infer(oip_bytes, timeout=30), args.calls)
             jpeg_ms = p50_ms(lambda: client.classify(NAME, [jpeg]), args.calls)
             raw_ms_again = in_process(model, args.calls)[0]
         floor_ms = echo_floor_ms(predict_request(pixels).SerializeToString(), args.calls)
@@ -188,11 +205,13 @@ def main() -> int:
             closed_loop(server.target, 16, args.seconds)
         )
         server_cpu = cpu_seconds(server.proc.pid) - server_cpu
+        oip = asyncio.run(closed_loop(server.target, 16, args.seconds, "oip"))
         code = server.stop()
     raw = min(raw_ms, raw_ms_again)
     print(f"\n{'figure':<58} {'value':>10}")
     print(f"{'in-process onnxruntime, batch 1, p50 (ms)':<58} {raw:>10.2f}")
     print(f"{'server, TF Serving Predict tensor, batch 1, p50 (ms)':<58} {tensor_ms:>10.2f}")
+    print(f"{'server, OIP ModelInfer raw FP32, batch 1, p50 (ms)':<58} {oip_ms:>10.2f}")
     print(f"{'server, native Classify JPEG, batch 1, p50 (ms)':<58} {jpeg_ms:>10.2f}")
     print(f"{'  ratio server tensor / in-process (goal <= 1.10)':<58} {tensor_ms / raw:>10.2f}")
     print(f"{'bare Python gRPC echo of the same request, p50 (ms)':<58} {floor_ms:>10.2f}")
@@ -206,6 +225,8 @@ def main() -> int:
     print(f"{'  CPU used by the server, % of all cores':<58} {100 * server_cpu / (wall * cores):>10.0f}")
     client_share = 100 * client_cpu / (wall * cores)
     print(f"{'  CPU used by the 16 clients (this process), % of all cores':<58} {client_share:>10.0f}")
+    print(f"{'server, OIP ModelInfer, 16 concurrent clients, images/s':<58} {oip[0]:>10.1f}")
+    print(f"{'  p50 latency at concurrency 16 (ms); errors':<58} {oip[1]:>10.1f} {oip[2]:>3d}")
     print(f"server exit code {code}")
     return 0
 

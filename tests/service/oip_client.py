@@ -2,7 +2,7 @@
 tritonclient (it needs protobuf < 7): talks to a tlserve server as a Triton/KServe client would and
 prints what it saw as JSON. It imports nothing from tlserve.
 
-    python oip_client.py TARGET IMAGES_DIR
+    python oip_client.py GRPC_TARGET IMAGES_DIR HTTP_TARGET
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-target, images_dir = sys.argv[1], Path(sys.argv[2])
+target, images_dir, http_target = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 client = tc.InferenceServerClient(target)
 stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target))
 images = [images_dir / name for name in ("red.png", "green.jpg", "blue.png")]
@@ -126,4 +126,31 @@ try:
     out["after_bad"] = "OK"
 except InferenceServerException as exc:
     out["after_bad"] = str(exc)
+# the same over HTTP with tritonclient.http (binary tensors by default, JSON on request)
+import tritonclient.http as th  # noqa: E402
+
+web = th.InferenceServerClient(http_target)
+http: dict[str, object] = {
+    "live": web.is_server_live(),
+    "ready": web.is_server_ready(),
+    "model_ready": [web.is_model_ready(*args) for args in (("colors",), ("colors", "1"), ("nope",))],
+    "server_metadata": web.get_server_metadata(),
+    "model_metadata": web.get_model_metadata("colors"),
+}
+for binary in (True, False):
+    tensor = th.InferInput("image", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=binary)
+    wanted = th.InferRequestedOutput("probabilities", binary_data=binary)
+    answer = web.infer("colors", [tensor], outputs=[wanted], request_id="h-1")
+    http[f"fp32_binary_{binary}"] = answer.as_numpy("probabilities").tolist()
+tensor = th.InferInput("images", [len(images)], "BYTES")
+tensor.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=np.object_))
+http["bytes"] = web.infer("colors", [tensor]).as_numpy("probabilities").tolist()
+answer = web.infer("colors", [tensor], outputs=[th.InferRequestedOutput("probabilities", class_count=2)])
+http["classification"] = [[x.decode() for x in row] for row in answer.as_numpy("probabilities")]
+try:
+    web.infer("nope", [tensor])
+except InferenceServerException as exc:
+    http["unknown_model"] = [exc.status(), exc.message()]
+out["http"] = http
 print(json.dumps(out))

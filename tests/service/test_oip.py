@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,10 @@ def seen(
     for color, fmt, suffix in (("red", "PNG", "png"), ("green", "JPEG", "jpg"), ("blue", "PNG", "png")):
         (images / f"{color}.{suffix}").write_bytes(encoded(color, fmt))
     np.save(images / "pixels.npy", np.stack([solid(c, SIZE) for c in ("red", "green", "blue")]))
-    result = subprocess.run([str(triton_python), str(Path(__file__).parent / "oip_client.py"), server.target,
-                             str(images)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    client = [str(triton_python), str(Path(__file__).parent / "oip_client.py")]
+    http_target = f"127.0.0.1:{server.http_port}"
+    command = [*client, server.target, str(images), http_target]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     yield json.loads(result.stdout)
 
@@ -115,6 +119,80 @@ def test_bad_requests(seen: dict[str, Any], case: str) -> None:
 
 def test_the_server_keeps_serving_after_bad_requests(seen: dict[str, Any]) -> None:
     assert seen["after_bad"] == "OK"
+
+
+def test_http_with_tritonclient(seen: dict[str, Any]) -> None:
+    http = seen["http"]
+    assert http["live"] is True and http["ready"] is True and http["model_ready"] == [True, True, False]
+    assert http["server_metadata"]["name"] == "tlserve"
+    assert http["model_metadata"]["inputs"] == [
+        {"name": "image", "datatype": "FP32", "shape": [-1, SIZE, SIZE, 3]}
+    ]
+    grpc_answer = np.asarray(seen["fp32_raw"]["probabilities"])
+    for binary in (True, False):
+        np.testing.assert_allclose(np.asarray(http[f"fp32_binary_{binary}"]), grpc_answer, atol=1e-6)
+    assert [LABELS[i] for i in np.asarray(http["bytes"]).argmax(1)] == ["red", "green", "blue"]
+    assert [row[0].split(":")[2] for row in http["classification"]] == ["red", "green", "blue"]
+    status, message = http["unknown_model"]
+    assert status == "404" or status == 404, status
+    assert "'nope' not found" in message
+
+
+def post(
+    server: ServerProcess, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=body, method="POST")
+    for key, value in headers.items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+JSON = {"Content-Type": "application/json"}
+IMAGE = {"name": "image", "datatype": "FP32", "shape": [1, SIZE, SIZE, 3]}
+
+
+def tensors(*inputs: dict[str, Any]) -> bytes:
+    return json.dumps({"inputs": list(inputs)}).encode()
+
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_HEADER = b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], '
+BINARY_HEADER += b'"parameters": {"binary_data_size": 99}}]}'
+HTTP_BAD = {
+    "malformed JSON": (b"{oops", JSON, 400, "not valid JSON"),
+    "wrong content type": (b"{}", {"Content-Type": "text/plain"}, 400, "Content-Type application/json"),
+    "unknown datatype": (tensors({**IMAGE, "datatype": "FP99", "data": [0]}), JSON, 400, "unknown datatype"),
+    "data does not fit the shape": (tensors({**IMAGE, "data": [0, 1]}), JSON, 400, "fp32_contents for shape"),
+    "wrong shape": (tensors({**IMAGE, "shape": [1, 3], "data": [0, 1, 2]}), JSON, 400, "[N, 16, 16, 3]"),
+    "binary size beyond the body": (
+        BINARY_HEADER,
+        {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(BINARY_HEADER))},
+        400,
+        "binary_data_size 99",
+    ),
+    "header length beyond the body": (b"{}", {"Inference-Header-Content-Length": "999"}, 400, "does not fit"),
+    "bytes with a bad base64": (
+        tensors({"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%%"],
+                 "parameters": {"content_type": "base64"}}),
+        JSON, 400, "base64",
+    ),
+    "no inputs": (b"{}", JSON, 400, '"inputs" must be a list'),
+    "oversized body": (b"[" + b"0," * (1 << 20) + b"0]", JSON, 413, "Too Large"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HTTP_BAD))
+def test_http_bad_requests(server: ServerProcess, case: str) -> None:
+    body, headers, status, text = HTTP_BAD[case]
+    got, answer = post(server, "/v2/models/colors/infer", body, headers)
+    assert got == status and text in answer["error"], answer
+    valid = tensors({**IMAGE, "data": [0.0] * (SIZE * SIZE * 3)})
+    got, answer = post(server, "/v2/models/nope/versions/1/infer", valid, JSON)
+    assert got == 404 and "'nope' not found" in answer["error"]
 
 
 def test_messages_match_tritonclients(triton_python: Path) -> None:

@@ -74,45 +74,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         )  # fmt: skip
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        ref = ModelRef(request.model_name, parse_version(request.model_version))
-        top_k = oip_codec.requested_classification(request)
-        given = oip_codec.parse_input(request, self.max_elements)
-        deadline = deadline_of(context)
-        if given.pixels is not None:
-            result = await self.core.predict(ref, given.pixels, deadline)
-        else:
-            assert given.images is not None
-            result = await self.core.predict_images(ref, given.images, deadline)
-        response = pb.ModelInferResponse(
-            model_name=result.name, model_version=str(result.version), id=request.id
-        )
-        output = response.outputs.add(name=repo.OUTPUT_NAME)
-        probabilities = result.probabilities
-        if top_k:
-            labels = self._labels(result.name, result.version)
-            rows = top_labels(probabilities, labels, top_k)
-            items = [f"{s.score:f}:{s.index}:{s.label}".encode() for row in rows for s in row]
-            output.datatype = "BYTES"
-            output.shape.extend([len(rows), len(rows[0])])
-            if given.raw:
-                response.raw_output_contents.append(oip_codec.join_bytes(items))
-            else:
-                output.contents.bytes_contents.extend(items)
-            return response
-        output.datatype = "FP32"
-        output.shape.extend(probabilities.shape)
-        if given.raw:
-            response.raw_output_contents.append(np.ascontiguousarray(probabilities, "<f4").tobytes())
-        else:
-            output.contents.fp32_contents.extend(probabilities.ravel().tolist())
-        return response
-
-    def _labels(self, name: str, version: int) -> list[str]:
-        model = self.core.model(name)
-        served = model.versions.get(version)
-        if served is None or served.manifest is None:
-            raise NotFound(f"model {name!r} version {version} is gone")
-        return served.manifest.labels
+        return await infer(self.core, request, deadline_of(context))
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
@@ -124,6 +86,48 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
                     continue
                 response.models.append(_index(served))
         return response
+
+
+async def infer(
+    core: InferenceCore, request: pb.ModelInferRequest, deadline: float | None, raw: bool | None = None
+) -> pb.ModelInferResponse:
+    """One OIP inference, for gRPC and HTTP alike; output raw when ``raw`` (default: as the input came)."""
+    ref = ModelRef(request.model_name, parse_version(request.model_version))
+    top_k = oip_codec.requested_classification(request)
+    given = oip_codec.parse_input(request, core.settings.max_message_bytes // 4)
+    raw = given.raw if raw is None else raw
+    if given.pixels is not None:
+        result = await core.predict(ref, given.pixels, deadline)
+    else:
+        assert given.images is not None
+        result = await core.predict_images(ref, given.images, deadline)
+    response = pb.ModelInferResponse(model_name=result.name, model_version=str(result.version), id=request.id)
+    output = response.outputs.add(name=repo.OUTPUT_NAME)
+    probabilities = result.probabilities
+    if top_k:
+        rows = top_labels(probabilities, _labels(core, result.name, result.version), top_k)
+        items = [f"{s.score:f}:{s.index}:{s.label}".encode() for row in rows for s in row]
+        output.datatype = "BYTES"
+        output.shape.extend([len(rows), len(rows[0])])
+        if raw:
+            response.raw_output_contents.append(oip_codec.join_bytes(items))
+        else:
+            output.contents.bytes_contents.extend(items)
+        return response
+    output.datatype = "FP32"
+    output.shape.extend(probabilities.shape)
+    if raw:
+        response.raw_output_contents.append(np.ascontiguousarray(probabilities, "<f4").tobytes())
+    else:
+        output.contents.fp32_contents.extend(probabilities.ravel().tolist())
+    return response
+
+
+def _labels(core: InferenceCore, name: str, version: int) -> list[str]:
+    served = core.model(name).versions.get(version)
+    if served is None or served.manifest is None:
+        raise NotFound(f"model {name!r} version {version} is gone")
+    return served.manifest.labels
 
 
 def _index(served: ServedVersion) -> pb.RepositoryIndexResponse.ModelIndex:

@@ -31,6 +31,7 @@ from tlserve.service import logs
 from tlserve.service.core import InferenceCore, ModelRef
 from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError
 from tlserve.service.metrics import Metrics, current_model
+from tlserve.service.transport.oip_rest import OipRest
 from tlserve.service.transport.tfs import SIGNATURE_INPUTS, signature_defs
 from tlserve.service.watcher import State
 
@@ -215,4 +216,5 @@ class RestApi:
 def make_app(core: InferenceCore, metrics: Metrics, max_body_bytes: int, access_log: bool) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[middleware(metrics, access_log)])
     RestApi(core).routes(app)
+    OipRest(core).routes(app)
     return app

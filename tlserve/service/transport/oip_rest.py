@@ -1,0 +1,228 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, on the REST port, through the gRPC path.
+
+    GET  /v2/health/live | /v2/health/ready | /v2
+    GET  /v2/models/NAME[/versions/N] | .../ready
+    POST /v2/models/NAME[/versions/N]/infer
+
+An HTTP inference request is turned into the protocol's ModelInferRequest and answered by the same
+function as gRPC's ModelInfer (tlserve.service.transport.oip.infer), then turned back into JSON.
+Tensors are JSON ``data`` (flat or nested; BYTES as strings, or base64 with the input parameter
+``"content_type": "base64"``) or use the binary tensor extension that tritonclient speaks by default
+(``Inference-Header-Content-Length``: the JSON header, then each tensor's bytes; BYTES elements
+4-byte-length-prefixed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+import tlserve
+from tlserve import repository as repo
+from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.errors import InvalidArgument
+from tlserve.service.transport import oip_codec
+from tlserve.service.transport.oip import PLATFORMS, infer, parse_version
+from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MODEL = r"/v2/models/{name:[^/]+}"
+VERSIONED = MODEL + r"/versions/{version:[^/]+}"
+
+
+def _version(request: web.Request) -> str:
+    return request.match_info.get("version", "")
+
+
+def _split_body(request: web.Request, body: bytes) -> tuple[dict[str, Any], bytes]:
+    length = request.headers.get(HEADER_LENGTH)
+    if length is None:
+        # NOTE: tritonclient sends its JSON-only requests as application/octet-stream
+        if request.content_type not in ("application/json", "application/octet-stream", ""):
+            raise InvalidArgument(f"expected Content-Type application/json (or the binary extension's "
+                                  f"{HEADER_LENGTH} header); got {request.content_type}")  # fmt: skip
+        header, binary = body, b""
+    else:
+        if not length.isdigit() or int(length) > len(body):
+            raise InvalidArgument(f"{HEADER_LENGTH} {length!r} does not fit a body of {len(body)} bytes")
+        header, binary = body[: int(length)], body[int(length) :]
+    try:
+        parsed = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument("the request must be a JSON object")
+    return parsed, binary
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{where}: parameters must be an object")
+    return value
+
+
+def to_proto(
+    name: str, version: str, body: dict[str, Any], binary: bytes, max_elements: int
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=name, model_version=version, id=str(body.get("id", "")))
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidArgument('"inputs" must be a list of tensors')
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise InvalidArgument(f"inputs[{index}] must be an object")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise InvalidArgument(f"inputs[{index}].shape must be a list of integers")
+        if any(d < 0 or d > max_elements for d in shape):
+            raise InvalidArgument(f"inputs[{index}]: invalid shape {shape}")
+        entry = request.inputs.add(name=str(tensor.get("name", "")), datatype=str(tensor.get("datatype", "")),
+                                   shape=shape)  # fmt: skip
+        parameters = _parameters(tensor.get("parameters"), f"inputs[{index}]")
+        if "binary_data_size" in parameters:
+            size = parameters["binary_data_size"]
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidArgument(f"inputs[{index}]: binary_data_size {size!r} does not fit the "
+                                      f"{len(binary) - offset} binary bytes left")  # fmt: skip
+            request.raw_input_contents.append(binary[offset : offset + size])
+            offset += size
+            continue
+        if "data" not in tensor:
+            raise InvalidArgument(f'inputs[{index}]: needs "data" or the binary_data_size parameter')
+        _typed(entry, tensor["data"], parameters, index, max_elements)
+    if offset != len(binary):
+        raise InvalidArgument(f"{len(binary) - offset} binary bytes after the last tensor")
+    outputs = body.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise InvalidArgument('"outputs" must be a list')
+    for index, wanted in enumerate(outputs):
+        if not isinstance(wanted, dict):
+            raise InvalidArgument(f"outputs[{index}] must be an object")
+        output = request.outputs.add(name=str(wanted.get("name", "")))
+        parameters = _parameters(wanted.get("parameters"), f"outputs[{index}]")
+        if oip_codec.CLASSIFICATION in parameters:
+            k = parameters[oip_codec.CLASSIFICATION]
+            output.parameters[oip_codec.CLASSIFICATION].int64_param = k if isinstance(k, int) else -1
+    return request
+
+
+def _typed(entry: Any, data: Any, parameters: dict[str, Any], index: int, max_elements: int) -> None:
+    if entry.datatype == "BYTES":
+        items = data if isinstance(data, list) else [data]
+        if len(items) > max_elements or not all(isinstance(x, str) for x in items):
+            raise InvalidArgument(f"inputs[{index}]: BYTES data must be a list of strings")
+        if parameters.get("content_type") == "base64":
+            try:
+                entry.contents.bytes_contents.extend(base64.b64decode(x, validate=True) for x in items)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"inputs[{index}]: not valid base64") from None
+        else:
+            entry.contents.bytes_contents.extend(x.encode() for x in items)
+        return
+    if entry.datatype not in oip_codec.ITEM_BYTES:
+        raise InvalidArgument(f"inputs[{index}]: unknown datatype {entry.datatype!r}")
+    try:
+        values = np.asarray(data, dtype=np.float64).ravel()
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"inputs[{index}]: data must be numbers (flat or nested lists)") from None
+    if entry.datatype != "FP32":
+        raise InvalidArgument(f"input {entry.name!r} must be FP32; got {entry.datatype}")
+    entry.contents.fp32_contents.extend(values.astype(np.float32).tolist())
+
+
+def from_proto(response: pb.ModelInferResponse, binary: bool) -> web.Response:
+    outputs, blobs = [], []
+    for index, output in enumerate(response.outputs):
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.shape),
+        }
+        if binary:
+            blob = response.raw_output_contents[index]
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif output.datatype == "BYTES":
+            entry["data"] = [x.decode() for x in output.contents.bytes_contents]
+        else:
+            entry["data"] = list(output.contents.fp32_contents)
+        outputs.append(entry)
+    header = json.dumps({"model_name": response.model_name, "model_version": response.model_version,
+                         "id": response.id, "outputs": outputs}).encode()  # fmt: skip
+    if not binary:
+        return web.Response(body=header, content_type="application/json")
+    return web.Response(body=header + b"".join(blobs), content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(header))})  # fmt: skip
+
+
+class OipRest:
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v2/health/live", self.live)
+        app.router.add_get("/v2/health/ready", self.ready)
+        app.router.add_get("/v2", self.server_metadata)
+        for prefix in (MODEL, VERSIONED):
+            app.router.add_get(prefix, self.model_metadata)
+            app.router.add_get(prefix + "/ready", self.model_ready)
+            app.router.add_post(prefix + "/{method:infer}", self.infer)
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.core.repository.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": "tlserve",
+                "version": tlserve.__version__,
+                "extensions": ["classification", "binary_tensor_data"],
+            }
+        )
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        served = self.core.resolve(ModelRef(name, parse_version(_version(request))))
+        assert served.manifest is not None and served.backend is not None
+        height, width = served.manifest.image_size
+        classes = len(served.manifest.labels)
+        return web.json_response({
+            "name": served.name,
+            "versions": [str(v) for v in sorted(self.core.model(name).serving)],
+            "platform": PLATFORMS.get(served.backend.name, served.backend.name),
+            "inputs": [{"name": repo.INPUT_NAME, "datatype": "FP32", "shape": [-1, height, width, 3]}],
+            "outputs": [{"name": repo.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, classes]}],
+        })  # fmt: skip
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], parse_version(_version(request))
+        model = self.core.repository.models.get(name)
+        ready = model is not None and (bool(model.serving) if version is None else version in model.serving)
+        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        body, binary = _split_body(request, await request.read())
+        max_elements = self.core.settings.max_message_bytes // 4
+        proto = to_proto(request.match_info["name"], _version(request), body, binary, max_elements)
+        wants_binary = bool(
+            _parameters(body.get("parameters"), "parameters").get("binary_data_output")
+        ) or any(
+            isinstance(o, dict) and _parameters(o.get("parameters"), "outputs").get("binary_data")
+            for o in body.get("outputs", [])
+        )
+        response = await infer(self.core, proto, None, raw=wants_binary)
+        return from_proto(response, wants_binary)
