@@ -52,15 +52,17 @@ def add_serve(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForm
 
     p = sub.add_parser(
         "serve",
-        help="serve every model of a repository over gRPC (TF Serving API, native API, health)",
+        help="serve a model repository: gRPC and REST (TF Serving API, KServe v2, native), metrics",
         formatter_class=formatter,
         description=(
-            "Serve every model in REPO over gRPC: TensorFlow Serving's PredictionService/ModelService\n"
-            "(Predict by signature serving_default or predict_images, Classify, GetModelMetadata,\n"
-            "GetModelStatus), the native tlserve.v1.Inference API (Classify, ListModels), grpc.health.v1\n"
-            "(one service per model) and server reflection, all on one port; Prometheus metrics on\n"
-            "another. New versions published into REPO are loaded, warmed up and swapped in while\n"
-            "serving; a version that fails to load leaves the previous one serving.\n\n"
+            "Serve every model in REPO. On the gRPC port: TensorFlow Serving's PredictionService and\n"
+            "ModelService (Predict by signature serving_default or predict_images, Classify,\n"
+            "GetModelMetadata, GetModelStatus), the Open Inference Protocol (KServe v2:\n"
+            "inference.GRPCInferenceService), the native tlserve.v1.Inference API (Classify, ListModels),\n"
+            "grpc.health.v1 (one service per model) and server reflection. On the HTTP port: TF Serving's\n"
+            "REST API (/v1/models/...) and the OIP's (/v2/...). Prometheus metrics on a third port.\n"
+            "New versions published into REPO are loaded, warmed up and swapped in while serving; a\n"
+            "version that fails to load leaves the previous one serving.\n\n"
             "Settings: flags > TLSERVE_* environment > --config file > defaults, e.g.\n"
             "  TLSERVE_MAX_BATCH_SIZE=16  TLSERVE_MODELS__FLOWERS__BACKEND=tensorflow\n\n"
             "examples:\n"
