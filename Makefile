@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck protos bench-cache bench-export bench-server export-matrix clean
+.PHONY: help install demo test test-all lint typecheck constraints protos bench-cache bench-export bench-server export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -16,6 +16,7 @@ help:
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
 	@echo "make bench-server   gRPC server vs in-process onnxruntime (MobileNetV2 224)"
 	@echo "make protos     regenerate tlserve/service/wire from protos/"
+	@echo "make constraints    re-pin constraints.txt (the Dockerfile's versions) from .venv"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,11 @@ test: lint typecheck
 test-all: lint typecheck
 	$(BIN)/pytest
 	$(BIN)/python benchmarks/export_matrix.py
+
+constraints: install
+	{ echo "# Pinned versions for every Dockerfile stage, from a working .venv: make constraints"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(-e|tlserve|py-spy)"; \
+	  echo "onnxruntime-gpu==1.31.1"; } > constraints.txt
 
 protos: install
 	$(BIN)/python protos/generate.py

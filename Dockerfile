@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1
+# One Dockerfile, four images (docker build --target NAME -t tlserve:NAME .):
+#   serve      ONNX models on CPU (onnxruntime), no TensorFlow          pip extra: serve
+#   serve-tf   serve + the TensorFlow SavedModel backend                 pip extras: serve,tf
+#   serve-gpu  CUDA runtime + onnxruntime-gpu (CUDA, TensorRT if present) pip extra: serve-gpu
+#   train      TensorFlow with GPU support, the trainer and exporters    pip extra: train-gpu
+# Versions are pinned by constraints.txt (make constraints), shared by every stage.
+# The model repository is a volume at /models; ports: 8500 gRPC, 8501 REST, 8502 metrics.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# ---- build the wheel once (build tools stay in this stage) ----
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY tlserve ./tlserve
+RUN pip install --no-cache-dir "build==1.3.0" && python -m build --wheel --outdir /wheels .
+
+# ---- serve: ONNX on CPU ----
+FROM ${PYTHON_IMAGE} AS serve
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models
+COPY constraints.txt /tmp/constraints.txt
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve]" \
+    && useradd --system --uid 10001 --no-create-home tlserve
+USER 10001
+VOLUME ["/models"]
+EXPOSE 8500 8501 8502
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "tlserve.service.healthcheck", "--port", "8500"]
+ENTRYPOINT ["tlserve", "serve"]
+CMD ["--repository", "/models"]
+
+# ---- serve-tf: adds the TensorFlow backend ----
+FROM serve AS serve-tf
+USER 0
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,tf]"
+USER 10001
+
+# ---- serve-gpu: CUDA runtime, onnxruntime-gpu ----
+FROM ${CUDA_IMAGE} AS serve-gpu
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
+    VIRTUAL_ENV=/opt/tlserve PATH=/opt/tlserve/bin:$PATH
+COPY constraints.txt /tmp/constraints.txt
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/tlserve
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve-gpu]" \
+    && useradd --system --uid 10001 --no-create-home tlserve
+USER 10001
+VOLUME ["/models"]
+EXPOSE 8500 8501 8502
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "tlserve.service.healthcheck", "--port", "8500"]
+ENTRYPOINT ["tlserve", "serve"]
+CMD ["--repository", "/models"]
+
+# ---- train: TensorFlow with GPU support, trainer and exporters ----
+FROM ${PYTHON_IMAGE} AS train
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY constraints.txt /tmp/constraints.txt
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[train-gpu]" \
+    && useradd --system --uid 10001 --create-home tlserve
+USER 10001
+WORKDIR /home/tlserve
+ENTRYPOINT ["tlserve"]
+CMD ["--help"]
