@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck constraints protos bench-cache bench-export bench-server export-matrix clean
+.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench-cache bench-export bench-server export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -32,8 +32,8 @@ demo: install
 	$(BIN)/tlserve demo --workdir demo-output
 
 lint: install
-	$(BIN)/ruff check tlserve tests benchmarks protos
-	$(BIN)/ruff format --check tlserve tests benchmarks protos
+	$(BIN)/ruff check tlserve tests benchmarks protos deploy
+	$(BIN)/ruff format --check tlserve tests benchmarks protos deploy
 
 typecheck: install
 	$(BIN)/mypy tlserve
@@ -49,6 +49,9 @@ constraints: install
 	{ echo "# Pinned versions for every Dockerfile stage, from a working .venv: make constraints"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(-e|tlserve|py-spy)"; \
 	  echo "onnxruntime-gpu==1.31.1"; } > constraints.txt
+
+prometheusrule: install
+	$(BIN)/python deploy/prometheus/make_prometheusrule.py
 
 protos: install
 	$(BIN)/python protos/generate.py
