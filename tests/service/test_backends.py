@@ -106,3 +106,14 @@ def test_exported_model_on_onnxruntime_and_tensorflow(exported: Any, tmp_path: P
             assert labels == ["red", "red"]
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_tensorrt_gets_its_engine_cache_and_fp16(tmp_path: Path) -> None:
+    from tlserve.service.backends.onnx import provider_options
+
+    options = provider_options([TRT, CUDA, CPU], tmp_path, fp16=True)
+    assert options[1:] == [CUDA, CPU]
+    name, trt = options[0]
+    assert name == TRT and trt["trt_fp16_enable"] is True
+    assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == str(tmp_path)
+    assert provider_options([TRT, CPU], None, fp16=False) == [(TRT, {"trt_fp16_enable": False}), CPU]

@@ -105,3 +105,19 @@ def test_an_empty_repository_becomes_ready_when_a_model_is_published(tmp_path: P
             assert client.classify("colors", [encoded("blue")]).predictions[0][0].label == "blue"
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_aged_connections_are_closed_and_clients_carry_on(tiny_repo: Path) -> None:
+    """max_connection_age: the server closes old connections (GOAWAY) without failing a call."""
+    server = ServerProcess(tiny_repo, "--max-connection-age-s", "0.5")
+    try:
+        with server.client() as client:
+            client.wait_ready("colors")
+            deadline = time.monotonic() + 2.5
+            calls = 0
+            while time.monotonic() < deadline:
+                assert client.classify("colors", [encoded("red")]).predictions[0][0].label == "red"
+                calls += 1
+        assert calls > 10
+    finally:
+        assert server.stop() == 0, server.log

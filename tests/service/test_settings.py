@@ -91,3 +91,15 @@ def test_version_policy_selects(policy: str, expected: list[int]) -> None:
 def test_bad_version_policies(policy: str) -> None:
     with pytest.raises(ValueError, match="version policy"):
         VersionPolicy(policy)
+
+
+def test_connection_settings_become_grpc_options() -> None:
+    from tlserve.service.transport.server import channel_options
+
+    plain = dict(channel_options(ServerSettings()))
+    assert "grpc.max_connection_age_ms" not in plain and plain["grpc.so_reuseport"] == 0
+    tuned = dict(channel_options(ServerSettings(max_connection_age_s=300, keepalive_time_s=20)))
+    assert (
+        tuned["grpc.max_connection_age_ms"] == 300_000 and tuned["grpc.max_connection_age_grace_ms"] == 30_000
+    )
+    assert tuned["grpc.keepalive_time_ms"] == 20_000

@@ -42,6 +42,12 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-batch-delay-s", "max_batch_delay_s", float, "how long a batch waits for more requests"),
     ("--max-queue-size", "max_queue_size", int, "waiting requests per model before RESOURCE_EXHAUSTED"),
     ("--shutdown-grace-s", "shutdown_grace_s", float, "time in-flight calls get on SIGTERM"),
+    (
+        "--max-connection-age-s",
+        "max_connection_age_s",
+        float,
+        "close client connections this old (spreads load)",
+    ),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("--log-format", "log_format", str, "plain or json (one JSON object per line)"),
 ]

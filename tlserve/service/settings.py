@@ -86,6 +86,9 @@ class ServerSettings(BaseSettings):
     precision: Precision = "auto"
     """Which ONNX artifact: auto = fp16 on a GPU provider, int8 on CPU when the manifest recommends
     it, fp32 otherwise."""
+    tensorrt_cache_dir: Path | None = None
+    """Where the TensorRT provider keeps built engines and timing caches (engines are specific to the
+    model, onnxruntime, TensorRT and GPU); unset, every load builds its engines again."""
     intra_op_threads: int = Field(0, ge=0)
     """Threads one onnxruntime/TensorFlow op may use; 0 = the runtime's default (one per core)."""
     inter_op_threads: int = Field(0, ge=0)
@@ -117,6 +120,13 @@ class ServerSettings(BaseSettings):
     """Largest gRPC message received or sent."""
     decode_threads: int = Field(0, ge=0)
     """Threads decoding images; 0 = one per CPU."""
+    max_connection_age_s: float | None = Field(None, gt=0)
+    """Close each client connection after this long (gRPC GOAWAY; calls in flight finish): clients
+    reconnect, and behind a Kubernetes Service that spreads them over new pods. Unset: never."""
+    max_connection_age_grace_s: float = Field(30.0, ge=0)
+    """How long calls in flight on an aged connection may still take."""
+    keepalive_time_s: float | None = Field(None, gt=0)
+    """Send HTTP/2 keepalive pings this often on idle connections (detects dead peers). Unset: off."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight calls may take to finish."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

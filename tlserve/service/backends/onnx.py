@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +21,22 @@ def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
     """``wanted`` in its order, keeping only installed providers; CPU always last as the fallback."""
     chosen = [p for p in wanted if p in available and p != repo.CPU]
     return [*chosen, repo.CPU]
+
+
+def provider_options(providers: list[str], cache_dir: Path | None, fp16: bool) -> list[Any]:
+    """onnxruntime's providers argument: TensorRT with its engine/timing cache and fp16 settings."""
+    result: list[Any] = []
+    for provider in providers:
+        if provider == repo.TENSORRT:
+            options: dict[str, Any] = {"trt_fp16_enable": fp16}
+            if cache_dir is not None:
+                where = str(cache_dir)
+                options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": where,
+                            "trt_timing_cache_enable": True, "trt_timing_cache_path": where}  # fmt: skip
+            result.append((provider, options))
+        else:
+            result.append(provider)
+    return result
 
 
 def choose_artifact(manifest: repo.Manifest, precision: str, providers: list[str]) -> Artifact:
@@ -54,8 +72,12 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = self.settings.intra_op_threads
         options.inter_op_num_threads = self.settings.inter_op_threads
         options.log_severity_level = 3
+        cache = self.settings.tensorrt_cache_dir
+        if cache is not None and repo.TENSORRT in wanted:
+            cache.mkdir(parents=True, exist_ok=True)
+        providers = provider_options(wanted, cache, fp16=artifact.precision == "fp16")
         self._session = ort.InferenceSession(
-            str(self.version_dir / self.artifact), sess_options=options, providers=wanted
+            str(self.version_dir / self.artifact), sess_options=options, providers=providers
         )
         self.providers = list(self._session.get_providers())
         if self.providers[0] != wanted[0]:

@@ -57,11 +57,20 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     """Every server channel option in one place."""
-    return [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # NOTE: else a second server silently shares the port
     ]
+    if settings.max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ]
+    if settings.keepalive_time_s is not None:
+        options += [("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+                    ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
+    return options
 
 
 @dataclass
