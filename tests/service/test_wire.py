@@ -108,3 +108,27 @@ def test_our_messages_coexist_with_tensorflow_in_one_process() -> None:
     theirs = predict_pb2.PredictRequest.FromString(ours.SerializeToString())
     assert theirs.model_spec.version.value == 3
     assert tf.make_ndarray(theirs.inputs["image"]).tolist() == [1.0, 2.0]
+
+
+def test_every_generated_servicer_method_is_implemented() -> None:
+    """grpcio-tools writes `raise NotImplementedError` into each servicer base class; ours must
+    override every method the protos declare, so that stub can never answer a call."""
+    from tlserve.service.transport import native, oip, tfs
+    from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+    from tlserve.service.wire.tfs import serving_pb2_grpc
+    from tlserve.service.wire.tlserve.v1 import inference_pb2, inference_pb2_grpc
+
+    pairs = [
+        (tfs.PredictionService, serving_pb2_grpc.PredictionServiceServicer, serving_pb2, "PredictionService"),
+        (tfs.ModelService, serving_pb2_grpc.ModelServiceServicer, serving_pb2, "ModelService"),
+        (native.InferenceService, inference_pb2_grpc.InferenceServicer, inference_pb2, "Inference"),
+        (oip.InferenceService, grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer, grpc_predict_v2_pb2,
+         "GRPCInferenceService"),
+    ]  # fmt: skip
+    for ours, base, module, service in pairs:
+        methods = [m.name for m in module.DESCRIPTOR.services_by_name[service].methods]
+        assert methods
+        for name in methods:
+            assert getattr(ours, name) is not getattr(base, name), (
+                f"{ours.__name__}.{name} is the generated stub"
+            )
