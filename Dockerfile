@@ -28,7 +28,7 @@ USER 10001
 VOLUME ["/models"]
 EXPOSE 8500 8501 8502
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "tlserve.service.healthcheck", "--port", "8500"]
+    CMD ["python", "-m", "tlserve.service.healthcheck"]
 ENTRYPOINT ["tlserve", "serve"]
 CMD ["--repository", "/models"]
 
@@ -56,7 +56,7 @@ USER 10001
 VOLUME ["/models"]
 EXPOSE 8500 8501 8502
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "tlserve.service.healthcheck", "--port", "8500"]
+    CMD ["python", "-m", "tlserve.service.healthcheck"]
 ENTRYPOINT ["tlserve", "serve"]
 CMD ["--repository", "/models"]
 

@@ -25,7 +25,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         if (
-            default in (None, False, True, argparse.SUPPRESS)
+            any(
+                default is x for x in (None, False, True, argparse.SUPPRESS)
+            )  # NOTE: `in` would match 0 and 1
             or "%(default)" in text
             or not action.option_strings
         ):
@@ -290,10 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bases(sub)
     _add_demo(sub)
-    from tlserve.service.commands import add_predict, add_serve
+    from tlserve.service.commands import add_bench, add_predict, add_serve
 
     add_serve(sub, _Formatter)
     add_predict(sub, _Formatter)
+    add_bench(sub, _Formatter)
     return parser
 
 

@@ -142,3 +142,27 @@ def test_yamllint_is_clean() -> None:
     command = [tool("yamllint"), "-c", str(ROOT / ".yamllint.yaml"), "--strict", str(ROOT / "deploy")]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_tls_probe_patch_in_security_md_builds(tmp_path: Path) -> None:
+    """docs/security.md's patch moves every probe to the plaintext health port."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    patch = re.search(r"```yaml\n# kustomize patch[^\n]*\n(.*?)```", text, re.S)
+    assert patch, "no kustomize patch block in docs/security.md"
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")  # NOTE: kustomize wants relative bases
+    overlay = tmp_path / "deploy" / "k8s" / "overlays" / "tls-probes"
+    overlay.mkdir()
+    (overlay / "health-port.yaml").write_text(patch.group(1))
+    (overlay / "kustomization.yaml").write_text(
+        "resources: [../../base]\n"
+        "patches:\n  - path: health-port.yaml\n    target: {kind: Deployment, name: tlserve}\n"
+    )
+    result = subprocess.run([tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    container = one([d for d in yaml.safe_load_all(result.stdout) if d], "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+    assert port == 8503
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port, probe

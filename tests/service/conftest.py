@@ -9,13 +9,21 @@ import pytest
 
 from tests.service.tiny import publish
 from tlserve.service import launch
+from tlserve.service.client import Tls
 
 
 class ServerProcess(launch.ServerProcess):
     """The server as tests run it: the repository polled every 0.2 s."""
 
-    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(repository, "--poll-interval-s", "0.2", *args, env=env)
+    def __init__(
+        self,
+        repository: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        tls: Tls | None = None,
+        token: str | None = None,
+    ) -> None:
+        super().__init__(repository, "--poll-interval-s", "0.2", *args, env=env, tls=tls, token=token)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ a well-formed result or raises InvalidArgument — never another error, never a 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,3 +133,18 @@ def test_oip_http_converter(body: dict[str, object], binary: bytes) -> None:
         oip_codec.requested_classification(request)
     except InvalidArgument:
         pass
+
+
+HUGE_WITH_A_ZERO = [0, 106, 106, 10443503, 19650419]  # found by hypothesis: numpy's ValueError, not ours
+
+
+def test_a_zero_dimension_does_not_hide_a_huge_shape() -> None:
+    proto = tf_pb.TensorProto(dtype=tf_pb.DT_FLOAT)
+    proto.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in HUGE_WITH_A_ZERO)
+    with pytest.raises(InvalidArgument, match="above"):
+        tfs_codec.to_array(proto, "image", MAX_ELEMENTS)
+    request = oip_pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="image", datatype="FP32", shape=[0, 200, 200, 200])
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument):
+        oip_codec.parse_input(request, MAX_ELEMENTS)

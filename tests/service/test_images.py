@@ -59,6 +59,36 @@ def test_jpeg_is_within_the_stated_tolerance() -> None:
     assert diff.max() <= JPEG_MAX_LEVELS and diff.mean() <= JPEG_MEAN_LEVELS, (diff.max(), diff.mean())
 
 
+def photo_like_jpeg(width: int, height: int) -> bytes:
+    """A photo-like JPEG of any size: scikit-learn's sample photograph, enlarged (smooth, as camera
+    images are at the pixel level) with a little sensor-like noise (sigma 3 levels), quality 90."""
+    from sklearn.datasets import load_sample_image
+
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize((width, height), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(0).normal(0, 3, (height, width, 3))
+    return save(
+        Image.fromarray((np.asarray(photo) + noise).clip(0, 255).astype(np.uint8)), "JPEG", quality=90
+    )
+
+
+def test_the_fast_jpeg_path_keeps_the_jpeg_parity_on_a_12_megapixel_photo() -> None:
+    data = photo_like_jpeg(4000, 3000)
+    fast = decode(data, 224, 224, ALLOWED, 10**8, jpeg_draft=4)
+    full = decode(data, 224, 224, ALLOWED, 10**8, jpeg_draft=0)
+    assert np.abs(fast - full).max() > 0  # the reduced DCT scale was used
+    diff = np.abs(fast - tf_reference(data, 224, 224))
+    assert diff.max() <= JPEG_MAX_LEVELS and diff.mean() <= JPEG_MEAN_LEVELS, (diff.max(), diff.mean())
+
+
+def test_the_fast_jpeg_path_leaves_small_jpegs_and_pngs_alone() -> None:
+    jpeg = photo_like_jpeg(640, 480)  # under 4x 224 in height: nothing to skip
+    assert np.array_equal(
+        decode(jpeg, 224, 224, ALLOWED, 10**8, 4), decode(jpeg, 224, 224, ALLOWED, 10**8, 0)
+    )
+    png = save(Image.open(io.BytesIO(photo_like_jpeg(2000, 1500))), "PNG")
+    assert np.array_equal(decode(png, 224, 224, ALLOWED, 10**8, 4), decode(png, 224, 224, ALLOWED, 10**8, 0))
+
+
 def test_exif_orientation_is_applied() -> None:
     pixels = np.zeros((10, 20, 3), np.uint8)
     pixels[:, :10] = (255, 0, 0)  # left half red, right half blue

@@ -19,19 +19,43 @@ LABELS = ["blue", "green", "red"]
 SIZE = 16
 
 
-def color_model(scale: float = 0.02) -> onnx.ModelProto:
-    """image [N, SIZE, SIZE, 3] float32 -> probabilities [N, 3] over LABELS."""
+def color_model(scale: float = 0.02, work: int = 0) -> onnx.ModelProto:
+    """image [N, SIZE, SIZE, 3] float32 -> probabilities [N, 3] over LABELS.
+
+    ``work`` > 0 adds that many 768x768 matrix products per image whose result nudges the logits by
+    ~1e-9: the same answers, but a real per-image compute cost (≈ 1.2 MFLOP each) for load tests."""
     weights = np.array([[-1, -1, 2], [-1, 2, -1], [2, -1, -1]], np.float32).T * scale  # rgb -> b, g, r
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2], keepdims=0),
-        helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("MatMul", ["mean", "weights"], ["logits0" if work else "logits"]),
     ]
+    initializers = [numpy_helper.from_array(weights, "weights")]
+    if work:
+        width = SIZE * SIZE * 3
+        square = (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(
+            np.float32
+        )
+        initializers += [
+            numpy_helper.from_array(square, "square"),
+            numpy_helper.from_array(np.array([-1, width], np.int64), "flat"),
+            numpy_helper.from_array(np.full((1, len(LABELS)), 1e-9, np.float32), "tiny"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ]
+        nodes.append(helper.make_node("Reshape", ["image", "flat"], ["h0"]))
+        for i in range(work):
+            nodes += [helper.make_node("MatMul", [f"h{i}", "square"], [f"m{i}"]),
+                      helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]  # fmt: skip
+        nodes += [
+            helper.make_node("ReduceSum", [f"h{work}", "axis1"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["total", "tiny"], ["nudge"]),
+            helper.make_node("Add", ["logits0", "nudge"], ["logits"]),
+        ]
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
     graph = helper.make_graph(
         nodes, "colors",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(LABELS)])],
-        initializer=[numpy_helper.from_array(weights, "weights")],
+        initializer=initializers,
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -39,12 +63,12 @@ def color_model(scale: float = 0.02) -> onnx.ModelProto:
     return model
 
 
-def publish(repository: Path, name: str, version: int, scale: float = 0.02) -> Path:
+def publish(repository: Path, name: str, version: int, scale: float = 0.02, work: int = 0) -> Path:
     """Write version ``version`` of ``name`` the way the exporter does: staging dir, then rename."""
     model_dir = repository / name
     staging = model_dir / f"{repo.STAGING_PREFIX}{version}"
     staging.mkdir(parents=True)
-    onnx.save(color_model(scale), staging / repo.ONNX_FILES["fp32"])
+    onnx.save(color_model(scale, work), staging / repo.ONNX_FILES["fp32"])
     (staging / repo.LABELS_FILE).write_text("\n".join(LABELS) + "\n")
     onnx_file = repo.ONNX_FILES["fp32"]
     manifest = repo.Manifest(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -56,15 +57,53 @@ class VersionInfo:
     base: str
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS for the client: ``ca`` verifies the server (None: the system's roots); ``cert`` and ``key``
+    (PEM bytes) are the client's own certificate for mutual TLS."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+    """Name to verify the server's certificate against, when it differs from the target's host."""
+
+    @classmethod
+    def from_files(
+        cls, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+        server_name: str | None = None,
+    ) -> Tls:  # fmt: skip
+        read = lambda p: None if p is None else Path(p).read_bytes()  # noqa: E731
+        return cls(read(ca), read(cert), read(key), server_name)
+
+
+def channel(target: str, tls: Tls | None = None) -> grpc.Channel:
+    """A channel with tlserve's message limits; TLS when ``tls`` is given."""
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class Client:
-    def __init__(self, target: str = "localhost:8500", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        target: str = "localhost:8500",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: Tls | None = None,
+        token: str | None = None,
+    ) -> None:
+        """``token``: a bearer token sent with every call (servers started with auth tokens)."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
-        )  # fmt: skip
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._channel = channel(target, tls)
         self._native = inference_pb2_grpc.InferenceStub(self._channel)
         self._prediction = serving_pb2_grpc.PredictionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -84,7 +123,9 @@ class Client:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
             raise TimeoutError(f"no gRPC server at {self.target} within {timeout_s:.0f} s") from None
-        stream = self._health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        stream = self._health.Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s, metadata=self._metadata
+        )
         try:
             for response in stream:
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
@@ -97,7 +138,9 @@ class Client:
         raise TimeoutError(f"{service or 'the server'} not SERVING within {timeout_s:.0f} s")
 
     def health(self, service: str = "") -> str:
-        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s, metadata=self._metadata
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def classify(
@@ -105,12 +148,14 @@ class Client:
     ) -> ClassifyResult:
         """Native API: top-k labels per encoded image."""
         request = pb.ClassifyRequest(model=model, version=version, images=list(images), top_k=top_k)
-        response = self._native.Classify(request, timeout=self.timeout_s)
+        response = self._native.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
         predictions = [[Label(x.label, x.index, x.score) for x in p.labels] for p in response.predictions]
         return ClassifyResult(response.model, response.version, predictions)
 
     def list_models(self) -> dict[str, list[VersionInfo]]:
-        response = self._native.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        response = self._native.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata
+        )
         return {
             m.name: [
                 VersionInfo(v.version, pb.ModelVersion.State.Name(v.state), v.error, list(v.labels), v.height,
@@ -146,7 +191,7 @@ class Client:
         return self._predict(request)
 
     def _predict(self, request: serving_pb2.PredictRequest) -> tuple[int, np.ndarray]:
-        response = self._prediction.Predict(request, timeout=self.timeout_s)
+        response = self._prediction.Predict(request, timeout=self.timeout_s, metadata=self._metadata)
         out = response.outputs[repo.OUTPUT_NAME]
         shape = [d.size for d in out.tensor_shape.dim]
         return response.model_spec.version.value, np.frombuffer(out.tensor_content, np.float32).reshape(shape)

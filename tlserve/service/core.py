@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tlserve.service.errors import DeadlineExceeded, InvalidArgument
+from tlserve.service.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from tlserve.service.images import decode_batch
 from tlserve.service.metrics import current_model
 from tlserve.service.settings import ServerSettings
@@ -62,6 +62,8 @@ class InferenceCore:
         self.repository = repository
         self.settings = settings
         self._decoder = decoder
+        self._decoding = 0
+        """Requests whose images are being decoded or wait for a decode thread."""
 
     # --- inference --------------------------------------------------------------------------------
     async def predict(self, ref: ModelRef, pixels: np.ndarray, deadline: float | None = None) -> Prediction:
@@ -95,11 +97,20 @@ class InferenceCore:
         self._check_batch(len(images))
         assert served.manifest is not None
         height, width = served.manifest.image_size
+        if self._decoding >= self.settings.max_queue_size:  # NOTE: admission, as the batcher's queue
+            raise ResourceExhausted(
+                f"{self._decoding} requests are already decoding images (setting max_queue_size); retry later"
+            )
         started = time.perf_counter()
-        pixels = await asyncio.get_running_loop().run_in_executor(
-            self._decoder, decode_batch, images, height, width,
-            self.settings.allowed_image_formats, self.settings.max_image_pixels, deadline,
-        )  # fmt: skip
+        self._decoding += 1
+        try:
+            pixels = await asyncio.get_running_loop().run_in_executor(
+                self._decoder, decode_batch, images, height, width,
+                self.settings.allowed_image_formats, self.settings.max_image_pixels, deadline,
+                self.settings.max_image_bytes, self.settings.max_request_pixels, self.settings.jpeg_draft,
+            )  # fmt: skip
+        finally:
+            self._decoding -= 1
         if served.metrics is not None:
             served.metrics.preprocess.observe(time.perf_counter() - started)
         return await self._run(served, pixels, deadline)

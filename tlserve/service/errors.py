@@ -6,6 +6,7 @@ ServiceError                    the message is safe to send to the client
 ├── ResourceExhausted           a queue is full (the request was rejected at once, not queued)
 ├── DeadlineExceeded            the deadline passed before the request reached the model
 ├── Unavailable                 the model has no version ready, or the server is shutting down
+├── Unauthenticated             bearer tokens are required and the call has none or a wrong one
 └── Internal                    a backend failed; the client gets a generic message and a request id
 
 The core knows nothing of gRPC: ``Code`` names match gRPC's status codes, and the transports map them
@@ -26,6 +27,7 @@ class Code(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
     CANCELLED = "CANCELLED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 class ServiceError(Exception):
@@ -54,6 +56,10 @@ class DeadlineExceeded(ServiceError):
 
 class Unavailable(ServiceError):
     code = Code.UNAVAILABLE
+
+
+class Unauthenticated(ServiceError):
+    code = Code.UNAUTHENTICATED
 
 
 class Internal(ServiceError):

@@ -3,11 +3,16 @@
 For container HEALTHCHECKs and exec probes (Kubernetes' native gRPC probe needs no script):
 
     python -m tlserve.service.healthcheck [--port 8500] [--service NAME] [--timeout-s 3]
+
+The port defaults to the server's own settings in the environment: TLSERVE_HEALTH_PORT (the
+plaintext health-only port a TLS server opens for probes), else TLSERVE_GRPC_PORT, else 8500.
+Health checks need no bearer token.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
@@ -19,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8500)
+    default_port = os.environ.get("TLSERVE_HEALTH_PORT") or os.environ.get("TLSERVE_GRPC_PORT") or "8500"
+    parser.add_argument("--port", type=int, default=int(default_port))
     parser.add_argument("--service", default="", help='a model name, or "" for the whole server')
     parser.add_argument("--timeout-s", type=float, default=3.0)
     args = parser.parse_args(argv)

@@ -14,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument
+
+# NOTE: Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb must be an error
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def _axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,20 +55,42 @@ def _rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode(data: bytes, height: int, width: int, allowed: Sequence[str], max_pixels: int) -> np.ndarray:
-    """One encoded image -> float32 [height, width, 3], RGB 0..255; ValueError says what is wrong."""
+def open_image(
+    data: bytes, allowed: Sequence[str], max_pixels: int, max_bytes: int | None = None
+) -> Image.Image:
+    """Read an encoded image's header only (nothing decoded yet); ValueError says what is wrong."""
     if not data:
         raise ValueError("empty image")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{len(data)} bytes is more than the limit of {max_bytes} (setting max_image_bytes)")
     try:
         image = Image.open(io.BytesIO(data), formats=list(allowed))
     except UnidentifiedImageError:
         raise ValueError(f"not a {' or '.join(allowed)} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own, far above ours
+        raise ValueError(f"declares more pixels than the limit of {max_pixels} (setting max_image_pixels; "
+                         "decompression bomb)") from None  # fmt: skip
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
     pixels = image.size[0] * image.size[1]
     if pixels > max_pixels:  # NOTE: from the header, before any pixel is decoded
-        raise ValueError(f"{image.size[0]}x{image.size[1]} pixels is more than the limit of {max_pixels}")
+        raise ValueError(f"{image.size[0]}x{image.size[1]} pixels is more than the limit of {max_pixels} "
+                         "(setting max_image_pixels)")  # fmt: skip
+    return image
+
+
+def to_pixels(image: Image.Image, height: int, width: int, jpeg_draft: int = 0) -> np.ndarray:
+    """Decode an opened image -> float32 [height, width, 3], RGB 0..255; ValueError when corrupt.
+
+    ``jpeg_draft`` > 0: a JPEG larger than that many times the model's input size is decoded at a
+    reduced DCT scale (1/2, 1/4 or 1/8: libjpeg skips most of the inverse DCT and the colour
+    conversion), keeping at least ``jpeg_draft`` times the input size in each dimension before the
+    bilinear resize. At 4 the pixels stay within the JPEG parity of the serving contract (measured by
+    tests/service/test_images.py on a 12-megapixel photo-like image); 0 decodes every pixel."""
     try:
+        if jpeg_draft and image.format == "JPEG":
+            side = jpeg_draft * max(height, width)  # NOTE: both ways: EXIF may rotate it by 90 degrees
+            image.draft(image.mode, (side, side))
         image.load()
         upright: Image.Image = image
         with contextlib.suppress(Exception):  # malformed EXIF: serve the image as stored, not refuse it
@@ -73,6 +99,13 @@ def decode(data: bytes, height: int, width: int, allowed: Sequence[str], max_pix
     except Exception as exc:  # truncated or corrupt data
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
     return resize_bilinear(rgb, height, width)
+
+
+def decode(
+    data: bytes, height: int, width: int, allowed: Sequence[str], max_pixels: int, jpeg_draft: int = 0
+) -> np.ndarray:
+    """One encoded image -> float32 [height, width, 3], RGB 0..255; ValueError says what is wrong."""
+    return to_pixels(open_image(data, allowed, max_pixels), height, width, jpeg_draft)
 
 
 def _reason(exc: BaseException) -> str:
@@ -87,15 +120,35 @@ def decode_batch(
     allowed: Sequence[str],
     max_pixels: int,
     deadline: float | None = None,
+    max_bytes: int | None = None,
+    max_request_pixels: int | None = None,
+    jpeg_draft: int = 0,
 ) -> np.ndarray:
     """Encoded images -> float32 [N, height, width, 3]; InvalidArgument names the first bad index.
-    Stops with DeadlineExceeded between images once ``deadline`` (``time.monotonic()``) has passed."""
-    out = np.empty((len(images), height, width, 3), dtype=np.float32)
+    Every header is read and checked (bytes, format, pixels, and the request's pixel total) before
+    any image is decoded. Stops with DeadlineExceeded between images once ``deadline``
+    (``time.monotonic()``) has passed."""
+    opened = []
+    total = 0
     for index, data in enumerate(images):
+        try:
+            image = open_image(data, allowed, max_pixels, max_bytes)
+        except ValueError as exc:
+            raise InvalidArgument(f"image {index}: {exc}") from None
+        total += image.size[0] * image.size[1]
+        if max_request_pixels is not None and total > max_request_pixels:
+            raise InvalidArgument(
+                f"images 0..{index} declare {total} pixels, more than the limit of {max_request_pixels} "
+                "per request (setting max_request_pixels); send fewer or smaller images"
+            )
+        opened.append(image)
+    out = np.empty((len(images), height, width, 3), dtype=np.float32)
+    for index, image in enumerate(opened):
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded(f"the deadline passed while decoding image {index} of {len(images)}")
         try:
-            out[index] = decode(data, height, width, allowed, max_pixels)
+            out[index] = to_pixels(image, height, width, jpeg_draft)
         except ValueError as exc:
             raise InvalidArgument(f"image {index}: {exc}") from None
+        opened[index] = None  # type: ignore[call-overload]  # NOTE: free each decoded image at once
     return out

@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 from tlserve.errors import TlserveError
-from tlserve.service.client import Client
+from tlserve.service.client import Client, Tls
 
-LISTENING = re.compile(r"listening: grpc=[^:]+:(\d+) http=(?:[^:]+:(\d+)|off) metrics=(?:[^:]+:(\d+)|off)")
+LISTENING = re.compile(
+    r"listening: grpc=[^:]+:(\d+) http=(?:[^:]+:(\d+)|off) metrics=(?:[^:]+:(\d+)|off)"
+    r"(?: health=(?:[^:]+:(\d+)|off))?"
+)
 
 
 class ServerProcess:
@@ -22,8 +25,17 @@ class ServerProcess:
     Needs the INFO-level ``listening:`` line, so do not pass a higher ``--log-level``."""
 
     def __init__(
-        self, repository: Path, *args: str, env: dict[str, str] | None = None, start_timeout_s: float = 120
+        self,
+        repository: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 120,
+        tls: Tls | None = None,
+        token: str | None = None,
     ) -> None:
+        """``tls`` and ``token``: what ``client()`` connects with (the server's flags are in ``args``)."""
+        self.tls = tls
+        self.token = token
         where = ["--repository", str(repository), "--host", "127.0.0.1"]
         ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
         command = [sys.executable, "-m", "tlserve", "serve", *where, *ports, *args]
@@ -34,7 +46,7 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self._listening = threading.Event()
-        self.grpc_port = self.http_port = self.metrics_port = 0
+        self.grpc_port = self.http_port = self.metrics_port = self.health_port = 0
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + start_timeout_s
         while not self._listening.wait(0.1) and self.proc.poll() is None and time.monotonic() < deadline:
@@ -53,6 +65,7 @@ class ServerProcess:
                 self.grpc_port = int(match.group(1))
                 self.http_port = int(match.group(2) or 0)
                 self.metrics_port = int(match.group(3) or 0)
+                self.health_port = int(match.group(4) or 0)
                 self._listening.set()
 
     @property
@@ -60,7 +73,7 @@ class ServerProcess:
         return "".join(self.lines)
 
     def client(self, timeout_s: float = 10.0) -> Client:
-        return Client(self.target, timeout_s=timeout_s)
+        return Client(self.target, timeout_s=timeout_s, tls=self.tls, token=self.token)
 
     def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
         """Block until ``text`` appears in the log; AssertionError with the log if it does not."""
@@ -69,6 +82,17 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{self.log}")
             time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        """The server's resident memory now, in MB (Linux /proc)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise TlserveError("no VmRSS in /proc status")
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait; the exit code (0 for a clean shutdown)."""

@@ -12,10 +12,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tlserve import repository as repo
 
@@ -118,6 +118,11 @@ class ServerSettings(BaseSettings):
     """Larger images are rejected before decoding (decompression bombs)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
+    jpeg_draft: int = Field(4, ge=0, le=64)
+    """Fast JPEG path: a JPEG over this many times the model's input size is decoded at a reduced
+    DCT scale that keeps at least that many times the input size (a 12-megapixel photo for a 224 px
+    model: about 0.3 of the full decode's time, pixels within the JPEG parity of the exported
+    signature). 0: decode every pixel."""
     decode_threads: int = Field(0, ge=0)
     """Threads decoding images; 0 = one per CPU."""
     max_connection_age_s: float | None = Field(None, gt=0)
@@ -127,6 +132,31 @@ class ServerSettings(BaseSettings):
     """How long calls in flight on an aged connection may still take."""
     keepalive_time_s: float | None = Field(None, gt=0)
     """Send HTTP/2 keepalive pings this often on idle connections (detects dead peers). Unset: off."""
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    """Largest encoded image accepted, in bytes."""
+    max_request_pixels: int = Field(100_000_000, ge=1)
+    """Pixels all images of one request may declare together (checked from their headers before any
+    is decoded): bounds the CPU one request can cost."""
+    max_metadata_bytes: int = Field(16 * 1024, ge=1024)
+    """Largest gRPC metadata (headers) a call may carry; above it the call is refused."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the server: set with ``tls_key_file`` to serve gRPC and REST over
+    TLS. Unset: plaintext (put the server behind a mesh or ingress that terminates TLS)."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: set to require client certificates signed by it (mutual TLS)."""
+    auth_tokens_file: Path | None = None
+    """File of bearer tokens, one per line (``#`` comments and blank lines ignored): every call but
+    health checks must carry ``authorization: Bearer TOKEN``. Re-read when the file changes, so a
+    Kubernetes Secret can rotate tokens without a restart."""
+    auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Bearer tokens given directly (``TLSERVE_AUTH_TOKENS=tok1,tok2``), in addition to the file's."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """A plaintext port answering only grpc.health.v1, for Kubernetes probes (which cannot do TLS)
+    when the gRPC port uses TLS; 0 picks one. Unset: health is only on the gRPC port."""
+
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight calls may take to finish."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -145,6 +175,25 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _providers(cls, value: list[str]) -> list[str]:
         return [PROVIDER_ALIASES.get(p.lower(), p) for p in value]
+
+    @field_validator("auth_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):  # TLSERVE_AUTH_TOKENS=tok1,tok2
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @field_validator("allowed_image_formats")
     @classmethod

@@ -122,6 +122,12 @@ class Repository:
     def model(self, name: str) -> Model:
         if not name:
             raise InvalidArgument("no model name given")
+        if len(name) > 128:
+            raise InvalidArgument(f"model name of {len(name)} characters is too long (at most 128)")
+        try:
+            repo.check_model_name(name)  # NOTE: names never reach the file system; refuse them anyway
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         model = self.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"

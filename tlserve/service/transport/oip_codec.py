@@ -55,7 +55,7 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int) -> Input:
     if len(shape) > MAX_RANK or any(d < 0 or d > max_elements for d in shape):
         raise InvalidArgument(f"input {tensor.name!r}: invalid shape {shape}")
     count = math.prod(shape)
-    if count > max_elements:
+    if count > max_elements or math.prod(d for d in shape if d) > max_elements:  # NOTE: see tfs_codec
         raise InvalidArgument(
             f"input {tensor.name!r}: shape {shape} has {count} elements, above {max_elements}"
         )

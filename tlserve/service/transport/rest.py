@@ -28,6 +28,7 @@ from google.protobuf import json_format
 
 from tlserve import repository as repo
 from tlserve.service import logs
+from tlserve.service.auth import Tokens
 from tlserve.service.core import InferenceCore, ModelRef
 from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError
 from tlserve.service.metrics import Metrics, current_model
@@ -44,6 +45,7 @@ HTTP_STATUS = {
     Code.UNAVAILABLE: 503,
     Code.INTERNAL: 500,
     Code.CANCELLED: 499,
+    Code.UNAUTHENTICATED: 401,
 }
 TFS_STATE = {State.LOADING: "LOADING", State.AVAILABLE: "AVAILABLE", State.UNLOADING: "UNLOADING",
              State.UNLOADED: "END", State.FAILED: "END"}  # fmt: skip
@@ -57,7 +59,10 @@ def _error(status: int, message: str, rid: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers={"x-request-id": rid})
 
 
-def middleware(metrics: Metrics, access_log: bool) -> Any:
+HEALTH_PATHS = ("/v2/health/",)
+
+
+def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None = None) -> Any:
     @web.middleware
     async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
@@ -68,11 +73,17 @@ def middleware(metrics: Metrics, access_log: bool) -> Any:
         code = "OK"
         metrics.in_flight.labels("rest").inc()
         try:
+            if tokens is not None and not request.path.startswith(HEALTH_PATHS):
+                tokens.check(request.headers.get("Authorization"))
             response = await handler(request)
             response.headers["x-request-id"] = rid
             return response
         except ServiceError as exc:
             code = exc.code.name
+            if exc.code is Code.UNAUTHENTICATED:
+                response = _error(401, exc.message, rid)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="tlserve"'
+                return response
             if exc.code is Code.INTERNAL:
                 log.error("%s %s failed: %s", request.method, request.path, exc.message)
                 return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
@@ -213,8 +224,12 @@ class RestApi:
         })  # fmt: skip
 
 
-def make_app(core: InferenceCore, metrics: Metrics, max_body_bytes: int, access_log: bool) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[middleware(metrics, access_log)])
+def make_app(
+    core: InferenceCore, metrics: Metrics, max_body_bytes: int, access_log: bool, tokens: Tokens | None = None
+) -> web.Application:
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[middleware(metrics, access_log, tokens)]
+    )
     RestApi(core).routes(app)
     OipRest(core).routes(app)
     return app

@@ -16,11 +16,14 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,10 +31,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from tlserve.service import logs
+from tlserve.service.auth import Tokens
 from tlserve.service.core import InferenceCore
 from tlserve.service.metrics import Metrics
 from tlserve.service.settings import ServerSettings
 from tlserve.service.transport import oip, rest
+from tlserve.service.transport.auth import AuthInterceptor
 from tlserve.service.transport.errors import ErrorInterceptor
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
@@ -61,6 +66,8 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # NOTE: else a second server silently shares the port
+        ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
     ]
     if settings.max_connection_age_s is not None:
         options += [
@@ -78,6 +85,78 @@ class Ports:
     grpc: int
     http: int | None
     metrics: int | None
+    health: int | None = None
+
+
+def auth_tokens(settings: ServerSettings) -> Tokens | None:
+    """The accepted bearer tokens, or None when authentication is off. ValueError when misconfigured."""
+    if not settings.auth_tokens and settings.auth_tokens_file is None:
+        return None
+    return Tokens([t.get_secret_value() for t in settings.auth_tokens], settings.auth_tokens_file)
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{what} {path} is not PEM (no -----BEGIN line)")
+    return data
+
+
+def tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """gRPC server credentials from the TLS settings (None: plaintext). ValueError names a bad file."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    tls_context(settings)  # NOTE: validates the files with a clear message; gRPC's own is opaque
+    cert = _read_pem(settings.tls_cert_file, "tls_cert_file")
+    key = _read_pem(settings.tls_key_file, "tls_key_file")
+    ca = settings.tls_client_ca_file
+    client_ca = None if ca is None else _read_pem(ca, "tls_client_ca_file")
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The REST port's TLS context, same files and rules as gRPC's (None: plaintext)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValueError(f"cannot use tls_cert_file {settings.tls_cert_file} with tls_key_file "
+                         f"{settings.tls_key_file}: {reason}") from None  # fmt: skip
+    if settings.tls_client_ca_file is not None:
+        try:
+            context.load_verify_locations(settings.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot use tls_client_ca_file {settings.tls_client_ca_file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None  # fmt: skip
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _tls_summary(settings: ServerSettings) -> str:
+    if settings.tls_cert_file is None:
+        return "plaintext (no TLS)"
+    return "mutual TLS (client certificates required)" if settings.tls_client_ca_file else "TLS"
+
+
+def _bind(
+    server: aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None, what: str
+) -> int:
+    address = f"{host}:{port}"
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {what} to {address}: {exc}") from exc
 
 
 class Server:
@@ -95,10 +174,14 @@ class Server:
             settings, self._compute, metrics=self.metrics, on_change=self._model_changed
         )
         self.core = InferenceCore(self.repository, settings, self._decoder)
-        self._grpc = aio.server(
-            interceptors=[ErrorInterceptor(self.metrics, access_log=settings.access_log)],
-            options=channel_options(settings),
-        )
+        self.tokens = auth_tokens(settings)
+        interceptors: list[aio.ServerInterceptor] = [
+            ErrorInterceptor(self.metrics, access_log=settings.access_log)
+        ]
+        if self.tokens is not None:
+            interceptors.append(AuthInterceptor(self.tokens))
+        self._grpc = aio.server(interceptors=interceptors, options=channel_options(settings))
+        self._health_grpc: aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics_http: Any = None
         self._rest: web.AppRunner | None = None
@@ -125,21 +208,29 @@ class Server:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(SERVICE_NAMES, self._grpc, pool=_pool.POOL)
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
-        try:
-            port = self._grpc.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot bind gRPC to {address}: {exc}") from exc
+        credentials = tls_credentials(self.settings)
+        port = _bind(self._grpc, self.settings.host, self.settings.grpc_port, credentials, "gRPC")
+        health_port = None
+        if self.settings.health_port is not None:  # plaintext, health only: for Kubernetes probes
+            self._health_grpc = aio.server(options=channel_options(self.settings))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
+            health_port = _bind(
+                self._health_grpc, self.settings.host, self.settings.health_port, None, "health"
+            )
         await self.health.set("", NOT_SERVING)
         await self._grpc.start()
+        if self._health_grpc is not None:
+            await self._health_grpc.start()
         http_port = None
         if self.settings.http_port is not None:
             app = rest.make_app(
-                self.core, self.metrics, self.settings.max_message_bytes, self.settings.access_log
-            )
+                self.core, self.metrics, self.settings.max_message_bytes, self.settings.access_log,
+                self.tokens,
+            )  # fmt: skip
             self._rest = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._rest.setup()
-            site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False)
+            site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False,
+                               ssl_context=tls_context(self.settings))  # fmt: skip
             await site.start()
             http_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         metrics_port = None
@@ -148,11 +239,15 @@ class Server:
                 self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
             )
             metrics_port = int(self._metrics_http.server_port)
-        ports = Ports(port, http_port, metrics_port)
+        ports = Ports(port, http_port, metrics_port, health_port)
         host = self.settings.host
-        log.info("listening: grpc=%s:%d http=%s metrics=%s", host, port,
+        log.info("listening: grpc=%s:%d http=%s metrics=%s health=%s", host, port,
                  f"{host}:{http_port}" if http_port is not None else "off",
-                 f"{host}:{metrics_port}" if metrics_port is not None else "off")  # fmt: skip
+                 f"{host}:{metrics_port}" if metrics_port is not None else "off",
+                 f"{host}:{health_port}" if health_port is not None else "off")  # fmt: skip
+        log.info("security: %s; %s", _tls_summary(self.settings),
+                 f"bearer tokens required ({self.tokens.count} accepted; health exempt)"
+                 if self.tokens is not None else "no authentication")  # fmt: skip
         await self.repository.poll()
         ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
         self._set_health("", bool(ready))
@@ -175,10 +270,12 @@ class Server:
             "shutting down: refusing new calls, %.1f s for in-flight ones", self.settings.shutdown_grace_s
         )
         await self.health.enter_graceful_shutdown()
-        if self._rest is not None:  # NOTE: both refuse new calls and drain together
-            await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_s), self._rest.cleanup())
-        else:
-            await self._grpc.stop(self.settings.shutdown_grace_s)
+        stopping = [self._grpc.stop(self.settings.shutdown_grace_s)]
+        if self._rest is not None:  # NOTE: all refuse new calls and drain together
+            stopping.append(self._rest.cleanup())
+        if self._health_grpc is not None:  # NOT_SERVING stays visible to probes while others drain
+            stopping.append(self._health_grpc.stop(self.settings.shutdown_grace_s))
+        await asyncio.gather(*stopping)
         await self.repository.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

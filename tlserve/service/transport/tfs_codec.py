@@ -30,6 +30,8 @@ _NUMERIC: dict[int, tuple[type[np.generic], str]] = {
     tf_pb.DT_BOOL: (np.bool_, "bool_val"),
 }
 
+_VALUE_FIELDS = sorted({field for _, field in _NUMERIC.values()} | {"string_val"})
+
 
 def dtype_name(dtype: int) -> str:
     try:
@@ -60,11 +62,18 @@ def to_array(proto: tf_pb.TensorProto, name: str, max_elements: int) -> np.ndarr
     dtype, field = _NUMERIC[proto.dtype]
     shape = shape_of(proto, name)
     count = math.prod(shape)
-    if count > max_elements:
+    # NOTE: with a zero dimension the count is 0, but numpy still refuses (ValueError) to make an
+    # empty array whose other dimensions multiply past its limits: bound those too
+    if count > max_elements or math.prod(d for d in shape if d) > max_elements:
         raise InvalidArgument(
             f"input {name!r}: shape {shape} has {count} elements, above the limit of {max_elements}"
         )
     if proto.tensor_content:
+        typed = [f for f in _VALUE_FIELDS if len(getattr(proto, f))]
+        if typed:  # NOTE: TensorFlow would silently ignore them; ambiguous input is refused
+            raise InvalidArgument(
+                f"input {name!r}: both tensor_content and {typed[0]} are set; send the values in one"
+            )
         expected = count * np.dtype(dtype).itemsize
         if len(proto.tensor_content) != expected:
             raise InvalidArgument(
