@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench-cache bench-export bench-server export-matrix clean
+.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench-cache bench-export bench-server reliability export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
 	@echo "make bench-server   gRPC server vs in-process onnxruntime (MobileNetV2 224)"
+	@echo "make reliability    load, fault and bad-input suites (long versions), rewrite docs/reliability.md (~4 min)"
 	@echo "make protos     regenerate tlserve/service/wire from protos/"
 	@echo "make constraints    re-pin constraints.txt (the Dockerfile's versions) from .venv"
 
@@ -47,7 +48,7 @@ test-all: lint typecheck
 
 constraints: install
 	{ echo "# Pinned versions for every Dockerfile stage, from a working .venv: make constraints"; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(-e|tlserve|py-spy)"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(-e|tlserve)"; \
 	  echo "onnxruntime-gpu==1.31.1"; } > constraints.txt
 
 prometheusrule: install
@@ -64,6 +65,9 @@ bench-export: install
 
 bench-server: install
 	$(BIN)/python benchmarks/server_speed.py
+
+reliability: install
+	$(BIN)/python benchmarks/reliability_report.py
 
 export-matrix: install
 	$(BIN)/python benchmarks/export_matrix.py
