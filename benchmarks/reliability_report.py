@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"bad-input", "steady-long", "overload-long", "sigterm-under-load", "hot-swap-under-load", "bombs"}
+EXPECTED = {
+    "bad-input",
+    "steady-long",
+    "overload-long",
+    "overload-deadlines-long",
+    "sigterm-under-load",
+    "hot-swap-under-load",
+    "bombs",
+}
 
 
 def cpu_model() -> str:
@@ -92,6 +100,14 @@ def render(data: dict[str, dict[str, Any]], passed: bool) -> str:
         rows.append(("3× overload: excess rejected at once, p99 of rejections < 50 ms",
                      f"{overload['rejected_pct']} % rejected, p99 {p99:.1f} ms, other statuses: "
                      f"{', '.join(sorted(others)) or 'none'}", p99 < 50 and not others))  # fmt: skip
+    deadlines = data.get("overload-deadlines-long") or data.get("overload-deadlines-short")
+    if deadlines:
+        dl = deadlines["overload"]["codes"]
+        expired = dl.get("DEADLINE_EXCEEDED", 0)
+        total = sum(dl.values())
+        rows.append(("3× overload with 1 s deadlines behind the default queue (256): excess refused at once, "
+                     "not left to time out", f"{dl.get('RESOURCE_EXHAUSTED', 0):,} refused at once, {expired} of "
+                     f"{total:,} ran out of time ({100 * expired / max(total, 1):.1f} %)", expired < 0.1 * total))  # fmt: skip
     if sigterm:
         lost = sum(v for k, v in sigterm["handled_by_server"].items() if k != "OK")
         rows.append(("SIGTERM under load: 0 accepted requests lost, exit 0",
@@ -151,6 +167,17 @@ def render(data: dict[str, dict[str, Any]], passed: bool) -> str:
                 "not growing with the overload or the length of the run. The excess is refused in "
                 f"{_ms(ov, 'RESOURCE_EXHAUSTED', 'p99_ms')} ms (p99) with RESOURCE_EXHAUSTED, never left to time "
                 "out."]  # fmt: skip
+    if deadlines:
+        f = deadlines["overload"]
+        out += ["", "### With deadlines behind a long queue", "",
+                f"The same model, the default `max_queue_size` of 256 (far more than 1 s of work), native Classify "
+                f"with PNGs at 3× capacity ({deadlines['offered_per_s']} calls/s) for {deadlines['seconds']:.0f} s, "
+                "each with a 1 s deadline. A queue that only counted requests would admit them all and let "
+                "them expire; admission also refuses a request whose estimated wait (the batches ahead, its own "
+                "and the one computing, at the recent time per batch) exceeds 0.9 of its remaining deadline.", "",
+                "| Calls | Statuses | OK p50 (ms) | OK p99 (ms) | Refused p99 (ms) |", "|---|---|---|---|---|",
+                f"| {f['calls']:,} | {_codes(f['codes'])} | {_ms(f, 'OK', 'p50_ms')} | {_ms(f, 'OK', 'p99_ms')} | "
+                f"{_ms(f, 'RESOURCE_EXHAUSTED', 'p99_ms')} |"]  # fmt: skip
     if sigterm:
         out += ["", "## SIGTERM under load", "",
                 f"{sigterm['clients']} clients calling a slow model (about 13 ms per image); SIGTERM after 2 s. The "

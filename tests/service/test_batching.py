@@ -207,3 +207,29 @@ def test_a_failure_outside_the_backend_fails_the_batch_not_the_worker() -> None:
         return await batcher.submit(rows(5))  # the worker is still alive
 
     assert asyncio.run(main())[0, 0] == 5
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_deadline_shorter_than_the_queue_ahead_is_refused_at_once(enabled: bool) -> None:
+    """Batches take 50 ms; 20 requests (4 batches of 4, or 20 one by one) are queued: a request
+    with a 20 ms deadline cannot make it and is refused at once; one with 20 s is admitted."""
+    recorder = Recorder(delay_s=0.05)
+
+    async def main() -> None:
+        batcher = make(recorder, enabled=enabled, max_batch_size=4, max_batch_delay_s=0)
+        await batcher.submit(rows(0))  # one batch computed: the batcher now knows what one costs
+        recorder.gate.clear()
+        blocked = asyncio.ensure_future(batcher.submit(rows(1)))
+        await asyncio.sleep(0.02)
+        queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(20)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhausted, match="remaining deadline"):
+            await batcher.submit(rows(99), deadline=time.monotonic() + 0.02)
+        admitted = asyncio.ensure_future(batcher.submit(rows(7), deadline=time.monotonic() + 20))
+        recorder.gate.set()
+        await asyncio.gather(blocked, *queued)
+        assert float((await admitted)[0, 0]) == 7.0
+        await batcher.close()
+
+    asyncio.run(main())
+    assert sum(recorder.batches) == 1 + 1 + 20 + 1  # the refused request never reached the backend

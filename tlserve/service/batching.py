@@ -8,6 +8,9 @@ that batch fails with the same error.
 
 - A full queue (``max_queue_size`` requests waiting) rejects new requests at once with
   RESOURCE_EXHAUSTED: under overload a client learns immediately instead of timing out.
+- So does a request whose deadline would pass before its answer could come (the batches queued
+  ahead, its own and the one computing, at the recent time per batch): a short deadline behind a
+  long queue is refused at once, rather than left to expire in it after costing compute.
 - Requests whose deadline has passed, or whose caller gave up (cancelled future), are dropped before
   compute and never take a batch slot.
 - ``enabled=False`` (setting ``batching``) runs each request as its own batch, one at a time.
@@ -27,6 +30,10 @@ from typing import Protocol
 import numpy as np
 
 from tlserve.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+DEADLINE_MARGIN = 0.9
+"""Admit a request only if its estimated wait fits in this share of its remaining deadline (what is
+left covers the estimate's own error, the answer's way back and the client's scheduling)."""
 
 
 class BatchObserver(Protocol):
@@ -76,6 +83,9 @@ class Batcher:
         """True from taking a batch's first request until its results are handed out."""
         self._pending = 0
         """Requests waiting for the worker (abandoned ones stop counting at once)."""
+        self._pending_rows = 0
+        self._batch_s: float | None = None
+        """Recent time of one backend call (an exponentially weighted average)."""
 
     @property
     def pending(self) -> int:
@@ -85,6 +95,7 @@ class Batcher:
         if request.waiting:
             request.waiting = False
             self._pending -= 1
+            self._pending_rows -= len(request.pixels)
             if self._observer is not None:
                 self._observer.queued(self._pending)
 
@@ -97,11 +108,25 @@ class Batcher:
             raise ResourceExhausted(
                 f"the queue of this model is full ({self.max_queue_size} requests waiting); retry later"
             )
+        if deadline is not None and self._batch_s is not None and (self._pending or self._busy):
+            # NOTE: the batches queued ahead, this request's own and the one computing now: under
+            # sustained overload the queue settles where this estimate meets the deadlines, so an
+            # estimate that left any of them out would admit requests bound to expire
+            rows = self._pending_rows + len(pixels)
+            batches = -(-rows // self.max_batch_size) if self.enabled else self._pending + 1
+            wait = (batches + self._busy) * self._batch_s
+            remaining = deadline - time.monotonic()
+            if wait > DEADLINE_MARGIN * remaining:
+                raise ResourceExhausted(
+                    f"{self._pending} requests queued ahead: this one would take about {wait * 1000:.0f} ms, "
+                    f"more than its remaining deadline of {max(remaining, 0) * 1000:.0f} ms; retry later"
+                )
         if self._worker is None:  # NOTE: asyncio primitives are made inside the running loop
             self._wakeup = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run())
         request = _Request(pixels, deadline, asyncio.get_running_loop().create_future())
         self._pending += 1
+        self._pending_rows += len(pixels)
         if self._observer is not None:
             self._observer.queued(self._pending)
         request.future.add_done_callback(lambda _: self._leave(request))
@@ -169,8 +194,10 @@ class Batcher:
                         self._observer.waited(now - request.submitted)
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
+                took = time.perf_counter() - started
+                self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
                 if self._observer is not None:
-                    self._observer.computed(len(pixels), time.perf_counter() - started)
+                    self._observer.computed(len(pixels), took)
                 start = 0
                 for request in batch:
                     end = start + len(request.pixels)

@@ -8,6 +8,7 @@ their protos to these calls and map ``ServiceError.code`` to their own statuses.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlserve.service.batching import DEADLINE_MARGIN
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from tlserve.service.images import decode_batch
 from tlserve.service.metrics import current_model
@@ -64,6 +66,9 @@ class InferenceCore:
         self._decoder = decoder
         self._decoding = 0
         """Requests whose images are being decoded or wait for a decode thread."""
+        self._decode_threads = settings.decode_threads or os.cpu_count() or 1
+        self._decode_s: float | None = None
+        """Recent time to decode one request's images (an exponentially weighted average)."""
 
     # --- inference --------------------------------------------------------------------------------
     async def predict(self, ref: ModelRef, pixels: np.ndarray, deadline: float | None = None) -> Prediction:
@@ -101,16 +106,30 @@ class InferenceCore:
             raise ResourceExhausted(
                 f"{self._decoding} requests are already decoding images (setting max_queue_size); retry later"
             )
+        if deadline is not None and self._decode_s is not None:  # NOTE: as the batcher's estimate
+            wait = (self._decoding // self._decode_threads + 1) * self._decode_s
+            remaining = deadline - time.monotonic()
+            if wait > DEADLINE_MARGIN * remaining:
+                raise ResourceExhausted(
+                    f"{self._decoding} requests waiting to decode need about {wait * 1000:.0f} ms, more than "
+                    f"this request's remaining deadline of {max(remaining, 0) * 1000:.0f} ms; retry later"
+                )
         started = time.perf_counter()
         self._decoding += 1
+        settings = self.settings
+
+        def timed() -> tuple[np.ndarray, float]:  # NOTE: the decode alone, without the wait for a thread
+            begin = time.perf_counter()
+            out = decode_batch(images, height, width, settings.allowed_image_formats,
+                               settings.max_image_pixels, deadline, settings.max_image_bytes,
+                               settings.max_request_pixels, settings.jpeg_draft)  # fmt: skip
+            return out, time.perf_counter() - begin
+
         try:
-            pixels = await asyncio.get_running_loop().run_in_executor(
-                self._decoder, decode_batch, images, height, width,
-                self.settings.allowed_image_formats, self.settings.max_image_pixels, deadline,
-                self.settings.max_image_bytes, self.settings.max_request_pixels, self.settings.jpeg_draft,
-            )  # fmt: skip
+            pixels, decoding = await asyncio.get_running_loop().run_in_executor(self._decoder, timed)
         finally:
             self._decoding -= 1
+        self._decode_s = decoding if self._decode_s is None else 0.8 * self._decode_s + 0.2 * decoding
         if served.metrics is not None:
             served.metrics.preprocess.observe(time.perf_counter() - started)
         return await self._run(served, pixels, deadline)

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument
 
+ORIENTATION = 0x0112  # the EXIF tag
 # NOTE: Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb must be an error
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
@@ -48,11 +49,22 @@ def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return top + (bottom - top) * wy[:, None, None]
 
 
-def _rgb(image: Image.Image) -> np.ndarray:
+def _channels(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, C]: C = 1 for grayscale (expanded to RGB after the resize, which is per channel,
+    so a large grey image never costs three full-size planes), else 3."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: keep the high byte, as TF does
-        high = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(high[:, :, None], 3, axis=2)
+        return (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)[:, :, None]
+    if image.mode == "L":
+        return np.asarray(image)[:, :, None]
     return np.asarray(image.convert("RGB"))
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; only when there is one (exif_transpose copies the image otherwise too)."""
+    with contextlib.suppress(Exception):  # malformed EXIF: serve the image as stored, not refuse it
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            return ImageOps.exif_transpose(image) or image
+    return image
 
 
 def open_image(
@@ -92,13 +104,11 @@ def to_pixels(image: Image.Image, height: int, width: int, jpeg_draft: int = 0) 
             side = jpeg_draft * max(height, width)  # NOTE: both ways: EXIF may rotate it by 90 degrees
             image.draft(image.mode, (side, side))
         image.load()
-        upright: Image.Image = image
-        with contextlib.suppress(Exception):  # malformed EXIF: serve the image as stored, not refuse it
-            upright = ImageOps.exif_transpose(image) or image
-        rgb = _rgb(upright)
+        pixels = _channels(_oriented(image))
     except Exception as exc:  # truncated or corrupt data
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
-    return resize_bilinear(rgb, height, width)
+    out = resize_bilinear(pixels, height, width)
+    return np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out
 
 
 def decode(
