@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench-cache bench-export bench-server reliability export-matrix clean
+.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server reliability export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
 	@echo "make test       install, then ruff + mypy + the test suite CI runs"
 	@echo "make test-all   also the slow checks: all 18 bases, and the export matrix (docs/bases.md)"
+	@echo "make bench      the performance report: server vs in-process, APIs, batching, backends,"
+	@echo "                JPEG decoding, cold start, profile; rewrites docs/performance.md (~5 min)"
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
@@ -56,6 +58,9 @@ prometheusrule: install
 
 protos: install
 	$(BIN)/python protos/generate.py
+
+bench: install
+	$(BIN)/python benchmarks/performance.py
 
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py

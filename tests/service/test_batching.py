@@ -233,3 +233,17 @@ def test_a_deadline_shorter_than_the_queue_ahead_is_refused_at_once(enabled: boo
 
     asyncio.run(main())
     assert sum(recorder.batches) == 1 + 1 + 20 + 1  # the refused request never reached the backend
+
+
+def test_a_request_larger_than_the_merge_limit_runs_alone() -> None:
+    recorder = Recorder(delay_s=0.02)
+
+    async def main() -> None:
+        batcher = make(recorder, max_batch_size=4, max_batch_delay_s=0)
+        results = await asyncio.gather(batcher.submit(rows(1, 2, 3, 4, 5, 6)), batcher.submit(rows(7)),
+                                       batcher.submit(rows(8)))  # fmt: skip
+        assert [r[:, 0].tolist() for r in results] == [[1, 2, 3, 4, 5, 6], [7], [8]]
+        await batcher.close()
+
+    asyncio.run(main())
+    assert recorder.batches == [6, 2]

@@ -1,7 +1,8 @@
 """Dynamic batching: requests for one model version share backend calls.
 
 Each request gets a future. One worker task takes the oldest request, then collects more until the
-batch holds ``max_batch_size`` images or ``max_batch_delay_s`` has passed, runs the backend once in a
+batch holds ``max_batch_size`` images (setting ``dynamic_batch_size``; a larger request runs alone)
+or ``max_batch_delay_s`` has passed, runs the backend once in a
 worker thread, and hands every request its rows. While the backend computes, new requests queue up and
 form the next batch, so under load batches grow by themselves. If the backend fails, every request of
 that batch fails with the same error.

@@ -97,7 +97,12 @@ class ServerSettings(BaseSettings):
     batching: bool = True
     """Dynamic batching; off, every request runs on its own (still one at a time per model)."""
     max_batch_size: int = Field(32, ge=1)
-    """Most images in one backend call; larger requests get INVALID_ARGUMENT."""
+    """Most images in one request; larger requests get INVALID_ARGUMENT."""
+    dynamic_batch_size: int = Field(8, ge=1)
+    """Most images the batcher merges from several requests into one backend call (a single request
+    with more, up to ``max_batch_size``, runs alone); the server warms up at this size. 8 suits CPUs:
+    MobileNetV2 on onnxruntime serves within the noise of batch 32's throughput at less than half its
+    memory (228 vs 482 MB at start, docs/performance.md); GPUs want more (the gpu overlay sets 32)."""
     max_batch_delay_s: float = Field(0.0, ge=0)
     """How long a batch may wait for more requests once the model is free. 0 (default) adds no
     latency: a batch takes whatever queued while the previous one computed, which under load fills

@@ -262,7 +262,8 @@ class Repository:
         )
         served.batcher = Batcher(
             backend.predict, self._compute, enabled=self.settings.batching,
-            max_batch_size=self.settings.max_batch_size, max_batch_delay_s=self.settings.max_batch_delay_s,
+            max_batch_size=self.settings.dynamic_batch_size,
+            max_batch_delay_s=self.settings.max_batch_delay_s,
             max_queue_size=self.settings.max_queue_size, observer=served.metrics,
         )  # fmt: skip
         served.metrics.serving(self.settings.max_queue_size)
@@ -281,7 +282,8 @@ class Repository:
         backend.load()
         height, width = manifest.image_size
         rng = np.random.default_rng(0)
-        for size in sorted({1, self.settings.max_batch_size}):  # warm-up: first runs allocate and tune
+        merged = min(self.settings.dynamic_batch_size, self.settings.max_batch_size)
+        for size in sorted({1, merged}):  # warm-up: first runs allocate and tune
             pixels = rng.uniform(0, 255, (size, height, width, 3)).astype(np.float32)
             out = backend.predict(pixels)
             if out.shape != (size, len(manifest.labels)) or not np.isfinite(out).all():
