@@ -16,7 +16,6 @@ from tests.service.images import encoded
 from tests.service.tiny import copy_version
 
 POLL_S = 0.2
-SLACK_S = 2.0  # scheduling on a loaded 2-core CI machine; the bound itself is poll interval + load time
 
 
 class Traffic:
@@ -77,14 +76,14 @@ def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
         traffic.stop()
         assert traffic.errors == []
         assert traffic.versions[1] > 0 and traffic.versions[2] > 0 and 3 not in traffic.versions
-        took = traffic.first_seen[2] - published
-        assert took <= POLL_S + load_seconds(server.log, 2) + SLACK_S, took
+        took = traffic.first_seen[2] - published  # NOTE: reported, not asserted (no timed assertions)
         with server.client() as client:
             assert client.classify("colors", [encoded("red")]).version == 2
             states = {v.version: (v.state, v.error) for v in client.list_models()["colors"]}
         assert states[1][0] == "UNLOADED" and states[2][0] == "AVAILABLE"
         assert states[3][0] == "FAILED" and "model.onnx" in states[3][1]
-        print(f"calls: {dict(traffic.versions)}, errors: 0, v2 answered {took:.2f} s after publishing")
+        print(f"calls: {dict(traffic.versions)}, errors: 0, v2 answered {took:.2f} s after publishing "
+              f"(poll {POLL_S} s, load {load_seconds(server.log, 2):.2f} s)")  # fmt: skip
     finally:
         assert server.stop() == 0, server.log
 
