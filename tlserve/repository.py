@@ -52,7 +52,7 @@ class ManifestError(ValueError):
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a safe single path component; raise ValueError saying why not."""
-    if not _NAME.match(name) or name in {".", ".."}:
+    if not _NAME.fullmatch(name) or name in {".", ".."}:  # NOTE: match() lets "name\n" through ($)
         raise ValueError(
             f"model name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (one path component, no '/' or '..')"

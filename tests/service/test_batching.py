@@ -248,3 +248,38 @@ def test_a_request_larger_than_the_merge_limit_runs_alone() -> None:
 
     asyncio.run(main())
     assert recorder.batches == [6, 2]
+
+
+def test_the_wait_estimate_packs_batches_as_the_worker_does() -> None:
+    """5-image requests with batches of 8: one request per backend call. A request admitted behind
+    13 of them must not be one that then expires: it is answered or refused at once."""
+    recorder = Recorder(delay_s=0.05)
+
+    async def main() -> list[str]:
+        batcher = make(recorder, max_batch_size=8, max_batch_delay_s=0)
+        await batcher.submit(rows(*[0] * 5))  # the batcher learns what one call costs
+
+        async def one() -> str:
+            try:
+                await batcher.submit(rows(*[1] * 5), deadline=time.monotonic() + 0.6)
+            except ResourceExhausted:
+                return "refused"
+            except DeadlineExceeded:
+                return "expired"
+            return "ok"
+
+        outcomes = await asyncio.gather(*(one() for _ in range(14)))
+        await batcher.close()
+        return list(outcomes)
+
+    outcomes = asyncio.run(main())
+    assert "expired" not in outcomes and "refused" in outcomes and "ok" in outcomes, outcomes
+
+
+def test_decode_wait_is_zero_while_a_decode_thread_is_free() -> None:
+    from tlserve.service.core import decode_wait
+
+    assert decode_wait(0, 2, 0.45) == 0.0 and decode_wait(1, 2, 0.45) == 0.0  # slow history, idle now
+    assert decode_wait(2, 2, 0.1) == pytest.approx(0.2)  # both busy: one to finish, then its own
+    assert decode_wait(5, 2, 0.1) == pytest.approx(0.3)
+    assert decode_wait(9, 2, None) == 0.0  # nothing measured yet

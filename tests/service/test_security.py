@@ -72,7 +72,7 @@ def test_weak_or_missing_tokens_are_refused_at_start(tokens: list[str], message:
         Tokens(tokens)
 
 
-def test_token_file_comments_rotation_and_a_bad_rewrite(
+def test_token_file_comments_rotation_and_bad_rewrites(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auth, "RECHECK_S", 0.0)
@@ -85,11 +85,22 @@ def test_token_file_comments_rotation_and_a_bad_rewrite(
     tokens.check(f"Bearer {OTHER}")
     with pytest.raises(Unauthenticated):
         tokens.check(f"Bearer {TOKEN}")
-    path.write_text("# emptied by mistake\n")  # keeps the last good tokens rather than locking all out
+    path.unlink()  # missing for a moment (a rotation in progress): the last tokens stay
+    tokens.check(f"Bearer {OTHER}")
+    path.write_text(f"{OTHER}\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000))
     tokens.check(f"Bearer {OTHER}")
-    path.unlink()
-    tokens.check(f"Bearer {OTHER}")
+    path.write_text("short\n# revoked OTHER, replacement too short\n")  # a readable file is the truth:
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 3_000_000))  # the invalid line is not used and
+    for header in (f"Bearer {OTHER}", "Bearer short"):  # the revoked token is gone
+        with pytest.raises(Unauthenticated):
+            tokens.check(header)
+
+
+def test_an_empty_token_variable_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TLSERVE_AUTH_TOKENS", " , ")
+    with pytest.raises(pydantic.ValidationError, match="holds no token"):
+        load_settings()
 
 
 # --- settings -------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Tokens come from ``auth_tokens`` (settings, e.g. ``TLSERVE_AUTH_TOKENS``) and ``auth_tokens_file``
 (one per line; ``#`` comments and blank lines ignored). The file is re-read when its modification
 time or size changes (checked at most once a second), so rotating a mounted Kubernetes Secret needs
-no restart; a file that becomes unreadable or empty keeps the previous tokens and logs an error.
+no restart. A readable file is the truth: its valid tokens replace the previous ones, even when
+there are none (every call is then refused, and an error is logged for each invalid line); only a
+file that cannot be read (missing for a moment during a rotation) keeps the previous tokens.
 
 A call is let in when its ``authorization`` header is ``Bearer TOKEN`` for one of the tokens. Every
 configured token is compared with ``hmac.compare_digest`` (constant time, no early exit), so the
@@ -97,11 +99,25 @@ class Tokens:
                 return
             self._stamp = stamp
             try:
-                tokens = read_tokens(self._path)
-            except ValueError as exc:
-                log.error("%s; keeping the %d token(s) read before", exc, len(self._from_file))
+                text = self._path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("cannot read auth_tokens_file %s (%s); keeping the %d token(s) read before",
+                          self._path, exc, len(self._from_file))  # fmt: skip
                 return
-            self._from_file = [t.encode() for t in tokens]
+            tokens = []
+            for line in text.splitlines():
+                token = line.strip()
+                if not token or token.startswith("#"):
+                    continue
+                try:
+                    check_token(token, f"a token in {self._path}")
+                except ValueError as exc:
+                    log.error("%s: refused, not used", exc)
+                    continue
+                tokens.append(token.encode())
+            self._from_file = tokens
+            if not tokens and not self._static:
+                log.error("auth_tokens_file %s now holds no valid token: every call is refused", self._path)
             log.info("auth: re-read %s: %d token(s)", self._path, len(tokens))
 
     def check(self, header: str | bytes | None) -> None:

@@ -113,9 +113,7 @@ class Batcher:
             # NOTE: the batches queued ahead, this request's own and the one computing now: under
             # sustained overload the queue settles where this estimate meets the deadlines, so an
             # estimate that left any of them out would admit requests bound to expire
-            rows = self._pending_rows + len(pixels)
-            batches = -(-rows // self.max_batch_size) if self.enabled else self._pending + 1
-            wait = (batches + self._busy) * self._batch_s
+            wait = (self._batches_ahead(len(pixels)) + self._busy) * self._batch_s
             remaining = deadline - time.monotonic()
             if wait > DEADLINE_MARGIN * remaining:
                 raise ResourceExhausted(
@@ -135,6 +133,19 @@ class Batcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await request.future
+
+    def _batches_ahead(self, rows: int) -> int:
+        """Backend calls until a request of ``rows`` is answered, packing the queue as ``_collect``
+        does (a batch closes when the next request does not fit), its own call included."""
+        if not self.enabled:
+            return self._pending + 1
+        batches, filled = 0, self.max_batch_size
+        sizes = [len(r.pixels) for r in self._queue if r.waiting and not r.future.done()]
+        for size in [*sizes, rows]:
+            if filled + size > self.max_batch_size and filled:
+                batches, filled = batches + 1, 0
+            filled += size
+        return batches
 
     def _take(self, now: float) -> _Request | None:
         """The oldest live request, failing expired ones and skipping abandoned ones on the way."""

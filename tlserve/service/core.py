@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -60,7 +60,7 @@ class Classification:
 
 
 class InferenceCore:
-    def __init__(self, repository: Repository, settings: ServerSettings, decoder: Executor) -> None:
+    def __init__(self, repository: Repository, settings: ServerSettings, decoder: ThreadPoolExecutor) -> None:
         self.repository = repository
         self.settings = settings
         self._decoder = decoder
@@ -106,8 +106,8 @@ class InferenceCore:
             raise ResourceExhausted(
                 f"{self._decoding} requests are already decoding images (setting max_queue_size); retry later"
             )
-        if deadline is not None and self._decode_s is not None:  # NOTE: as the batcher's estimate
-            wait = (self._decoding // self._decode_threads + 1) * self._decode_s
+        wait = decode_wait(self._decoding, self._decode_threads, self._decode_s)
+        if deadline is not None and wait:  # NOTE: as the batcher's estimate
             remaining = deadline - time.monotonic()
             if wait > DEADLINE_MARGIN * remaining:
                 raise ResourceExhausted(
@@ -125,14 +125,19 @@ class InferenceCore:
                                settings.max_request_pixels, settings.jpeg_draft)  # fmt: skip
             return out, time.perf_counter() - begin
 
-        try:
-            pixels, decoding = await asyncio.get_running_loop().run_in_executor(self._decoder, timed)
-        finally:
-            self._decoding -= 1
+        loop = asyncio.get_running_loop()
+        job = self._decoder.submit(timed)
+        # NOTE: the count drops when the thread is done, not when the caller gives up: a cancelled
+        # call's decode that already started still holds its thread
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._decoded))
+        pixels, decoding = await asyncio.wrap_future(job)
         self._decode_s = decoding if self._decode_s is None else 0.8 * self._decode_s + 0.2 * decoding
         if served.metrics is not None:
             served.metrics.preprocess.observe(time.perf_counter() - started)
         return await self._run(served, pixels, deadline)
+
+    def _decoded(self) -> None:
+        self._decoding -= 1
 
     @contextmanager
     def _lease(self, ref: ModelRef) -> Iterator[ServedVersion]:
@@ -189,6 +194,14 @@ class InferenceCore:
         stay unlabelled, which keeps the label's cardinality bounded)."""
         if ref.name in self.repository.models:
             current_model.set((ref.name, ""))
+
+
+def decode_wait(decoding: int, threads: int, per_request_s: float | None) -> float:
+    """Lower-bound wait for a decode thread plus the decode itself, in seconds; 0 while a thread is
+    free (so a few slow requests can never lock out short deadlines on an idle server)."""
+    if per_request_s is None or decoding < threads:
+        return 0.0
+    return ((decoding - threads) // threads + 2) * per_request_s
 
 
 def top_labels(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[LabelScore]]:

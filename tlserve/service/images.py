@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def _channels(image: Image.Image) -> np.ndarray:
         return (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)[:, :, None]
     if image.mode == "L":
         return np.asarray(image)[:, :, None]
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # NOTE: convert() copies
 
 
 def _oriented(image: Image.Image) -> Image.Image:
@@ -75,13 +76,17 @@ def open_image(
         raise ValueError("empty image")
     if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"{len(data)} bytes is more than the limit of {max_bytes} (setting max_image_bytes)")
+    if max_pixels != Image.MAX_IMAGE_PIXELS:  # NOTE: Pillow's bomb check follows the setting, up or down
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=list(allowed))
     except UnidentifiedImageError:
         raise ValueError(f"not a {' or '.join(allowed)} image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own, far above ours
-        raise ValueError(f"declares more pixels than the limit of {max_pixels} (setting max_image_pixels; "
-                         "decompression bomb)") from None  # fmt: skip
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+        raise ValueError(f"declares {declared}, more than the limit of {max_pixels} (setting "
+                         "max_image_pixels; decompression bomb)") from None  # fmt: skip
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
     pixels = image.size[0] * image.size[1]

@@ -123,11 +123,12 @@ class ServerSettings(BaseSettings):
     """Larger images are rejected before decoding (decompression bombs)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent."""
-    jpeg_draft: int = Field(4, ge=0, le=64)
-    """Fast JPEG path: a JPEG over this many times the model's input size is decoded at a reduced
-    DCT scale that keeps at least that many times the input size (a 12-megapixel photo for a 224 px
-    model: about 0.3 of the full decode's time, pixels within the JPEG parity of the exported
-    signature). 0: decode every pixel."""
+    jpeg_draft: int = Field(0, ge=0, le=64)
+    """Fast JPEG path, off by default: N > 0 decodes a JPEG over N times the model's input size at a
+    reduced DCT scale keeping at least N times that size. At 4, a 12-megapixel photo for a 224 px
+    model takes 0.25-0.3 of the full decode's time with pixels within the JPEG tolerance on
+    photo-like images; but scaled decoding averages where the exported signature's resize samples,
+    so on fine detail (noise, thin stripes) pixels differ far more (docs/performance.md)."""
     decode_threads: int = Field(0, ge=0)
     """Threads decoding images; 0 = one per CPU."""
     max_connection_age_s: float | None = Field(None, gt=0)
@@ -190,6 +191,9 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
+        if "auth_tokens" in self.model_fields_set and not self.auth_tokens:  # NOTE: fail closed
+            raise ValueError("auth_tokens is set but holds no token (an empty TLSERVE_AUTH_TOKENS would "
+                             "otherwise turn authentication off)")  # fmt: skip
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

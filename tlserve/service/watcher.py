@@ -262,7 +262,7 @@ class Repository:
         )
         served.batcher = Batcher(
             backend.predict, self._compute, enabled=self.settings.batching,
-            max_batch_size=self.settings.dynamic_batch_size,
+            max_batch_size=min(self.settings.dynamic_batch_size, self.settings.max_batch_size),
             max_batch_delay_s=self.settings.max_batch_delay_s,
             max_queue_size=self.settings.max_queue_size, observer=served.metrics,
         )  # fmt: skip
@@ -282,8 +282,10 @@ class Repository:
         backend.load()
         height, width = manifest.image_size
         rng = np.random.default_rng(0)
-        merged = min(self.settings.dynamic_batch_size, self.settings.max_batch_size)
-        for size in sorted({1, merged}):  # warm-up: first runs allocate and tune
+        sizes = {1, min(self.settings.dynamic_batch_size, self.settings.max_batch_size)}
+        if set(backend.providers[:1]) & {repo.TENSORRT, repo.CUDA}:  # NOTE: TensorRT builds its engine
+            sizes.add(self.settings.max_batch_size)  # profile from the shapes it has run: cover them all
+        for size in sorted(sizes):  # warm-up: first runs allocate and tune
             pixels = rng.uniform(0, 255, (size, height, width, 3)).astype(np.float32)
             out = backend.predict(pixels)
             if out.shape != (size, len(manifest.labels)) or not np.isfinite(out).all():

@@ -271,11 +271,11 @@ class Server:
         )
         await self.health.enter_graceful_shutdown()
         stopping = [self._grpc.stop(self.settings.shutdown_grace_s)]
-        if self._rest is not None:  # NOTE: all refuse new calls and drain together
+        if self._rest is not None:  # NOTE: both refuse new calls and drain together
             stopping.append(self._rest.cleanup())
-        if self._health_grpc is not None:  # NOT_SERVING stays visible to probes while others drain
-            stopping.append(self._health_grpc.stop(self.settings.shutdown_grace_s))
         await asyncio.gather(*stopping)
+        if self._health_grpc is not None:  # NOTE: last: probes see NOT_SERVING while the others drain
+            await self._health_grpc.stop(0)
         await self.repository.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
