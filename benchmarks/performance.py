@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 from PIL import Image
+from server_speed import p50_ms  # NOTE: one timing helper for the benchmarks (warm-up, then median)
 
 from tlserve import repository as repo
 from tlserve.service.launch import ServerProcess
@@ -122,17 +123,6 @@ def summary(doc: Figures, side: str = "server") -> Figures:
             "codes": figures["errors_by_code"], "client_cpu": figures.get("client_cpu_percent")}  # fmt: skip
 
 
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(5):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -150,10 +140,10 @@ def in_process_onnx(model: Path, repeats: int) -> Figures:
     by_batch = {}
     for batch in (1, 2, 4, 8, 16, 32):
         pixels = rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)
-        ms = median_ms(lambda: session.run(None, {repo.INPUT_NAME: pixels}), max(8, repeats // batch))  # noqa: B023
+        ms = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: pixels}), max(8, repeats // batch))  # noqa: B023
         by_batch[batch] = batch * 1000 / ms
     one = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
-    p50 = median_ms(lambda: session.run(None, {repo.INPUT_NAME: one}), repeats)
+    p50 = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: one}), repeats)
     best = max(by_batch, key=lambda b: by_batch[b])
     return {"p50": p50, "best_ips": by_batch[best], "best_batch": best, "by_batch": by_batch}
 
@@ -164,7 +154,7 @@ def in_process_tensorflow(savedmodel: Path, repeats: int) -> float:
     loaded = tf.saved_model.load(str(savedmodel))
     signature = loaded.signatures["serving_default"]
     one = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32))
-    return median_ms(lambda: signature(one), repeats)
+    return p50_ms(lambda: signature(one), repeats)
 
 
 def decoding(repeats: int) -> Figures:
@@ -182,8 +172,8 @@ def decoding(repeats: int) -> Figures:
     images = {"12 MP (4000x3000)": photo_like_jpeg(4000, 3000), "0.3 MP (640x480)": photo_like_jpeg(640, 480),
               "12 MP fine detail (3 px stripes)": buffer.getvalue()}  # fmt: skip
     for label, data in images.items():
-        full = median_ms(lambda: decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=0), repeats)  # noqa: B023
-        fast = median_ms(lambda: decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=4), repeats)  # noqa: B023
+        full = p50_ms(lambda: decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=0), repeats)  # noqa: B023
+        fast = p50_ms(lambda: decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=4), repeats)  # noqa: B023
         reference = tf.image.resize(tf_decode(data), (SIZE, SIZE), method=RESIZE_METHOD).numpy()
         diff = np.abs(decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=4) - reference)
         diff_full = np.abs(decode(data, SIZE, SIZE, ["JPEG"], 10**8, jpeg_draft=0) - reference)
