@@ -25,7 +25,7 @@ from PIL import Image
 
 from tests.reliability.conftest import RELIABILITY_DIR, write_record
 from tests.reliability.load import jpeg, png
-from tests.service.bombs import png_bomb
+from tests.service.bombs import jpeg_scan_bomb, png_bomb
 from tests.service.certs import Certs, make_certs
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import SIZE, publish
@@ -51,6 +51,7 @@ class Stubs:
     native: inference_pb2_grpc.InferenceStub
     oip: oip_grpc.GRPCInferenceServiceStub
     metadata: list[tuple[str, str]]
+    channel: grpc.Channel
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def stubs(server: ServerProcess) -> Iterator[Stubs]:
     channel = grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 8 << 20)])
     yield Stubs(serving_pb2_grpc.PredictionServiceStub(channel), inference_pb2_grpc.InferenceStub(channel),
-                oip_grpc.GRPCInferenceServiceStub(channel), [("authorization", f"Bearer {TOKEN}")])  # fmt: skip
+                oip_grpc.GRPCInferenceServiceStub(channel), [("authorization", f"Bearer {TOKEN}")], channel)  # fmt: skip
     channel.close()
 
 
@@ -125,8 +126,8 @@ def classify(images: list[bytes], model: str = "colors", top_k: int = 1) -> infe
 
 
 def infer(datatype: str = "FP32", shape: list[int] | None = None, raw: bytes | None = None,
-          typed: list[float] | None = None) -> oip_pb2.ModelInferRequest:  # fmt: skip
-    request = oip_pb2.ModelInferRequest(model_name="colors")
+          typed: list[float] | None = None, version: str = "") -> oip_pb2.ModelInferRequest:  # fmt: skip
+    request = oip_pb2.ModelInferRequest(model_name="colors", model_version=version)
     entry = request.inputs.add(name=repo.INPUT_NAME, datatype=datatype, shape=shape or [1, SIZE, SIZE, 3])
     if typed is not None:
         entry.contents.fp32_contents.extend(typed)
@@ -194,6 +195,16 @@ def oip(request: Any) -> Callable[[Stubs], Any]:
     return lambda s: s.oip.ModelInfer(request, timeout=10, metadata=s.metadata)
 
 
+def wire(method: str, data: bytes) -> Callable[[Stubs], Any]:
+    """``data`` sent as the request message of ``method`` as it is, whatever it holds."""
+    return lambda s: s.channel.unary_unary(method)(data, timeout=10, metadata=s.metadata)
+
+
+CLASSIFY = "/tlserve.v1.Inference/Classify"
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
 CASES: dict[str, Case] = {
     # tensors (TF Serving Predict)
     "unknown dtype (enum value 99)": (tfs(with_tensor(set_attr(dtype=99))), S.INVALID_ARGUMENT, "dtype"),
@@ -253,11 +264,22 @@ CASES: dict[str, Case] = {
     "no images": (native(classify([])), S.INVALID_ARGUMENT, "empty batch"),
     "images above the maximum batch": (native(classify([PNG] * (MAX_BATCH + 1))), S.INVALID_ARGUMENT, "maximum"),
     "negative top_k": (native(classify([PNG], top_k=-1)), S.INVALID_ARGUMENT, "top_k"),
+    "progressive JPEG scan bomb, 5,000 scans in 55 KB": (native(classify([jpeg_scan_bomb(5000)])),
+                                                         S.INVALID_ARGUMENT, "max_jpeg_scans"),
     # OIP ModelInfer
     "OIP unknown datatype": (oip(infer("FP99", raw=RAW)), S.INVALID_ARGUMENT, "FP99"),
     "OIP raw length does not match the shape": (oip(infer(raw=RAW[:-8])), S.INVALID_ARGUMENT, "bytes"),
     "OIP raw and typed contents both set": (oip(infer(raw=RAW, typed=[1.0])), S.INVALID_ARGUMENT, "both"),
     "OIP negative dimension": (oip(infer(shape=[1, -SIZE, SIZE, 3], raw=RAW)), S.INVALID_ARGUMENT, "invalid shape"),
+    "OIP version '²' (str.isdigit accepts it, int refuses it)": (oip(infer(raw=RAW, version="²")),
+                                                                 S.INVALID_ARGUMENT, "positive integer"),
+    "OIP version of 5,000 digits": (oip(infer(raw=RAW, version="1" * 5000)), S.INVALID_ARGUMENT, "1 to 18 digits"),
+    # protobuf that does not parse (grpcio alone would answer UNKNOWN, uncounted)
+    "garbage bytes as a Classify request": (wire(CLASSIFY, b"\xff\xff\xff"), S.INVALID_ARGUMENT, "not a valid protobuf"),
+    "garbage bytes as a Predict request": (wire(PREDICT, b"\x0a\xff"), S.INVALID_ARGUMENT, "not a valid protobuf"),
+    "garbage bytes as a ModelInfer request": (wire(MODEL_INFER, b"\x08"), S.INVALID_ARGUMENT, "not a valid protobuf"),
+    "invalid UTF-8 in a string field (model name)": (wire(CLASSIFY, b"\x0a\x02\xff\xfe"), S.INVALID_ARGUMENT,
+                                                     "bad UTF-8"),
     # transport and authentication
     "message above max_message_bytes": (
         native(classify([b"x" * (MAX_MESSAGE + 1024)])), S.RESOURCE_EXHAUSTED, "larger than max"),
@@ -297,6 +319,9 @@ def test_bad_input_covers_at_least_30_cases() -> None:
 
 
 # --- REST (same rules on the HTTP port) -----------------------------------------------------------
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.mark.parametrize(
     ("case", "body", "headers", "status"),
     [
@@ -304,6 +329,13 @@ def test_bad_input_covers_at_least_30_cases() -> None:
         ("invalid JSON", b"{not json", {"Authorization": f"Bearer {TOKEN}"}, 400),
         ("instances of the wrong shape", json.dumps({"instances": [[1, 2, 3]]}).encode(),
          {"Authorization": f"Bearer {TOKEN}"}, 400),
+        ("signature_name as a list", b'{"signature_name": ["predict_images"], "instances": []}', AUTH, 400),
+        ("signature_name as an object", b'{"signature_name": {}, "instances": []}', AUTH, 400),
+        ("JSON nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000, AUTH, 400),
+        ("a 400-digit integer pixel", b'{"instances": [[[[1' + b"0" * 400 + b', 0, 0]]]]}', AUTH, 400),
+        ("a lone surrogate in a string", b'{"signature_name": "predict_images", "instances": ["\\ud800"]}', AUTH,
+         400),
+        ("a corrupt gzip body", b"not gzip", {**AUTH, "Content-Encoding": "gzip"}, 400),
     ],
 )  # fmt: skip
 def test_bad_rest_input(server: ServerProcess, stubs: Stubs, case: str, body: bytes, headers: dict[str, str],
@@ -316,6 +348,18 @@ def test_bad_rest_input(server: ServerProcess, stubs: Stubs, case: str, body: by
                      "details": error.value.read()[:160].decode()})  # fmt: skip
     assert error.value.code == status
     _still_serving(stubs)
+
+
+@pytest.mark.parametrize(("width", "height"), [(250_000, 1), (1, 250_000)])
+def test_images_of_extreme_aspect_ratios_are_served(stubs: Stubs, width: int, height: int) -> None:
+    """A PNG of 250,000 x 1 pixels is well-formed and within max_image_pixels: it is classified, and
+    resized in memory of the model's input size (tests/service/test_images.py bounds the resize)."""
+    data = png_bomb(width, height)
+    start = time.perf_counter()
+    response = stubs.native.Classify(classify([data]), timeout=10, metadata=stubs.metadata)
+    OUTCOMES.append({"case": f"{width}x{height} PNG of {len(data)} bytes (served)", "expected": "OK",
+                     "got": "OK", "ms": round((time.perf_counter() - start) * 1000, 1), "details": ""})  # fmt: skip
+    assert len(response.predictions) == 1 and len(response.predictions[0].labels) == 1
 
 
 # --- TLS ------------------------------------------------------------------------------------------

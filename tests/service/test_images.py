@@ -45,6 +45,30 @@ def test_resize_is_tensorflows_bilinear(shape: tuple[int, int, int, int]) -> Non
     np.testing.assert_allclose(resize_bilinear(pixels, oh, ow), expected, atol=2e-2)
 
 
+@pytest.mark.parametrize(("h", "w"), [(5000, 1), (1, 5000), (3, 4000), (3000, 4000)])
+def test_resize_of_extreme_aspect_ratios_is_tensorflows_bilinear(h: int, w: int) -> None:
+    """Shrinking 20 times or more too (source positions in float64 were up to 0.06 levels off)."""
+    pixels = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    expected = tf.image.resize(pixels, (224, 224), method="bilinear").numpy()
+    np.testing.assert_allclose(resize_bilinear(pixels, 224, 224), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize(("h", "w"), [(250_000, 1), (1, 250_000)])
+def test_resize_memory_is_of_the_output_size_whatever_the_source(h: int, w: int) -> None:
+    """An 807-byte PNG of 250000x1 pixels used to cost [224, 250000, 3] float32 rows (670 MB each)."""
+    import tracemalloc
+
+    pixels = np.zeros((h, w, 3), np.uint8)
+    tracemalloc.start()
+    try:
+        out = resize_bilinear(pixels, 224, 224)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (224, 224, 3)
+    assert peak < 8 * out.nbytes, f"{peak / 1e6:.1f} MB for a {out.nbytes / 1e6:.1f} MB output"
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
 def test_png_decodes_exactly_as_the_signature(mode: str) -> None:
     image = make_image(COLORS["green"], np.random.default_rng(1), 40).convert(mode)

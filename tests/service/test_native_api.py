@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from pathlib import Path
 
@@ -98,6 +99,31 @@ def test_metrics_count_requests(server: ServerProcess) -> None:
     )
     assert "tlserve_request_duration_seconds_bucket" in text
     assert 'tlserve_model_ready{model="colors"} 1.0' in text
+
+
+UNPARSEABLE = {
+    "/tlserve.v1.Inference/Classify": ("native", b"\x0a\x02\xff\xfe", "String field had bad UTF-8"),
+    "/tensorflow.serving.PredictionService/Predict": ("tfs", b"\xff\xff\xff", "Wire format was corrupt"),
+    "/inference.GRPCInferenceService/ModelInfer": ("oip", b"\x0a", "not a valid protobuf message"),
+}
+
+
+@pytest.mark.parametrize("method", list(UNPARSEABLE))
+def test_unparseable_messages_are_invalid_argument_and_counted(server: ServerProcess, method: str) -> None:
+    api, data, text = UNPARSEABLE[method]
+    name = method.rsplit("/", 1)[1]
+    counted = rf'tlserve_requests_total{{api="{api}",code="INVALID_ARGUMENT",method="{name}",[^}}]*}} (\S+)'
+
+    def count() -> float:
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
+        return sum(float(v) for v in re.findall(counted, metrics.decode()))
+
+    before, lines = count(), len(server.lines)
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(method)(data, timeout=10)  # the bytes as they are, no serializer
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in error.value.details()
+    assert count() == before + 1
+    assert not [line for line in server.lines[lines:] if "Traceback" in line or " ERROR " in line]
 
 
 def test_serving_onnx_never_imports_tensorflow(server: ServerProcess) -> None:

@@ -160,6 +160,13 @@ def tensors(*inputs: dict[str, Any]) -> bytes:
 
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+BYTES_INPUT = {"name": "images", "datatype": "BYTES", "shape": [1], "data": ["x"]}
+
+
+def top_k(k: Any) -> dict[str, Any]:
+    return {"name": "probabilities", "parameters": {"classification": k}}
+
+
 BINARY_HEADER = b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], '
 BINARY_HEADER += b'"parameters": {"binary_data_size": 99}}]}'
 HTTP_BAD = {
@@ -182,6 +189,21 @@ HTTP_BAD = {
     ),
     "no inputs": (b"{}", JSON, 400, '"inputs" must be a list'),
     "oversized body": (b"[" + b"0," * (1 << 20) + b"0]", JSON, 413, "Too Large"),
+    "JSON nested 100,000 deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, 400,
+                                 "nested too deeply"),
+    "a 400-digit integer": (tensors({**IMAGE, "data": [10**400] + [0] * (SIZE * SIZE * 3 - 1)}), JSON, 400,
+                            "data must be numbers"),
+    "a lone surrogate in BYTES data": (
+        b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["\\ud800"]}]}',
+        JSON, 400, "lone UTF-16 surrogate"),
+    "top-k of 2**70": (json.dumps({"inputs": [BYTES_INPUT], "outputs": [top_k(2**70)]}).encode(), JSON, 400,
+                       "an integer of 71 bits"),
+    "top-k true": (json.dumps({"inputs": [BYTES_INPUT], "outputs": [top_k(True)]}).encode(), JSON, 400,
+                   "got True"),
+    "binary_data_size true": (BINARY_HEADER.replace(b"99", b"true"),
+                              {HEADER_LENGTH: str(len(BINARY_HEADER) + 2)}, 400, "binary_data_size must be"),
+    "header length in non-ASCII digits": (b"{}", {HEADER_LENGTH: "\u00b2"}, 400, "1 to 18 digits 0-9"),
+    "a corrupt gzip body": (b"not gzip", {**JSON, "Content-Encoding": "gzip"}, 400, "cannot be read"),
 }  # fmt: skip
 
 
@@ -193,6 +215,19 @@ def test_http_bad_requests(server: ServerProcess, case: str) -> None:
     valid = tensors({**IMAGE, "data": [0.0] * (SIZE * SIZE * 3)})
     got, answer = post(server, "/v2/models/nope/versions/1/infer", valid, JSON)
     assert got == 404 and "'nope' not found" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("version", "text"),
+    [("%C2%B2", "positive integer"), ("0", "positive integer"), ("1" * 5000, "1 to 18 digits")],
+    ids=["superscript two", "zero", "5000 digits"],
+)
+@pytest.mark.parametrize("path", ["", "/ready"])
+def test_http_versions_are_ascii_digits(server: ServerProcess, version: str, text: str, path: str) -> None:
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/colors/versions/{version}{path}"
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(url, timeout=10)
+    assert error.value.code == 400 and text in json.loads(error.value.read())["error"]
 
 
 def test_messages_match_tritonclients(triton_python: Path) -> None:

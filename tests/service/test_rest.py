@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,9 +30,11 @@ def http(
     body: Any = None,
     content_type: str = "application/json",
     raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method)
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method,
+                                     headers=headers or {})  # fmt: skip
     if data is not None:
         request.add_header("Content-Type", content_type)
     try:
@@ -99,6 +103,12 @@ BAD = [
     ("POST", "/v1/models/colors:predict", {"signature_name": "predict_images", "instances": ["raw"]},
      400, '{"b64": "..."}'),
     ("GET", "/v1/models/colors/versions/9", None, 404, "no version 9"),
+    ("GET", "/v1/models/colors/versions/" + "1" * 5000, None, 400, "1 to 18 digits"),
+    ("POST", f"/v1/models/colors/versions/{'1' * 5000}:predict", {"instances": []}, 400, "1 to 18 digits"),
+    ("POST", "/v1/models/colors:predict", {"signature_name": ["predict_images"], "instances": []}, 400,
+     '"signature_name" must be a string; got list'),
+    ("POST", "/v1/models/colors:predict", {"signature_name": {"a": 1}, "instances": []}, 400,
+     '"signature_name" must be a string; got dict'),
     ("GET", "/v2/nothing/here", None, 404, "Not Found"),
 ]  # fmt: skip
 
@@ -119,6 +129,73 @@ def test_malformed_json_wrong_type_and_oversized(server: ServerProcess) -> None:
     assert status == 400 and "Content-Type application/json" in answer["error"]
     status, answer = http(server, "POST", "/v1/models/colors:predict", raw=b"[" + b"0," * (1 << 20) + b"0]")
     assert status == 413, answer  # the fixture's server takes 1 MiB bodies at most
+
+
+HOSTILE_BODIES = {
+    "JSON nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, {}, "nested too deeply"),
+    "a 400-digit integer pixel": (json.dumps({"instances": [[[[10**400, 0, 0]] * SIZE] * SIZE]}).encode(), {},
+                                  "nested lists of numbers"),
+    "a lone surrogate in a string": (b'{"signature_name": "predict_images", "instances": ["\\ud800"]}', {},
+                                     "lone UTF-16 surrogate"),
+    "a corrupt gzip body": (b"not gzip at all", {"Content-Encoding": "gzip"}, "cannot be read"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_BODIES))
+def test_hostile_bodies_are_invalid_argument_without_a_traceback(server: ServerProcess, case: str) -> None:
+    body, headers, text = HOSTILE_BODIES[case]
+    before = len(server.lines)
+    status, answer = http(server, "POST", "/v1/models/colors:predict", raw=body, headers=headers)
+    assert status == 400 and text in answer["error"], answer
+    assert http(server, "POST", "/v1/models/colors:predict", {"instances": pixels("red")})[0] == 200
+    assert not [line for line in server.lines[before:] if "Traceback" in line or " ERROR " in line]
+
+
+def raw_http(server: ServerProcess, data: bytes) -> bytes:
+    """Send bytes to the REST port as they are; the first bytes of the answer."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(4096)
+
+
+REQUEST_LINE = b"POST /v1/models/colors:predict HTTP/1.1\r\nHost: localhost\r\n"
+MALFORMED_HTTP = {
+    "bad Content-Length": (REQUEST_LINE + b"Content-Length: abc\r\n\r\n", "Invalid character in Content-"),
+    "Content-Length and chunked": (
+        REQUEST_LINE + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding can't be present with Content-Length"),
+    "too many headers": (REQUEST_LINE + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+                         "Too many headers"),
+    "HTTP/2 preface of a gRPC client": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "PRI"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_HTTP))
+def test_malformed_http_is_400_and_one_warning_line(server: ServerProcess, case: str) -> None:
+    data, logged = MALFORMED_HTTP[case]
+    before = len(server.lines)
+    assert raw_http(server, data).startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    server.wait_for(logged)
+    new = server.lines[before:]
+    assert [line for line in new if logged in line and " WARNING aiohttp.server: " in line], new
+    assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
+
+
+def requests_counted(server: ServerProcess, code: str) -> float:
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read()
+    pattern = rf'tlserve_requests_total{{api="rest",code="{code}",method="predict",[^}}]*}} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, metrics.decode()))
+
+
+def test_a_client_gone_mid_body_is_counted_as_cancelled(server: ServerProcess) -> None:
+    before, cancelled = len(server.lines), requests_counted(server, "CANCELLED")
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(REQUEST_LINE + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inst')
+    deadline = time.monotonic() + 10  # NOTE: a wait for the server to notice, not a timed assertion
+    while requests_counted(server, "CANCELLED") == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests_counted(server, "CANCELLED") == cancelled + 1
+    assert not [line for line in server.lines[before:] if "Traceback" in line or " ERROR " in line]
 
 
 def test_the_readme_curl_examples(server: ServerProcess, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-image-bytes", "max_image_bytes", int, "largest encoded image accepted"),
     ("--max-image-pixels", "max_image_pixels", int, "largest image (from its header, before decoding)"),
     ("--max-request-pixels", "max_request_pixels", int, "pixels all images of one request may declare"),
+    ("--max-jpeg-scans", "max_jpeg_scans", int, "most scans in a JPEG (progressive scan bombs)"),
     ("--tls-cert-file", "tls_cert_file", Path, "PEM certificate chain: serve gRPC and REST over TLS"),
     ("--tls-key-file", "tls_key_file", Path, "PEM private key of --tls-cert-file"),
     ("--tls-client-ca-file", "tls_client_ca_file", Path, "PEM CA: require client certificates (mTLS)"),

@@ -122,7 +122,8 @@ class InferenceCore:
             begin = time.perf_counter()
             out = decode_batch(images, height, width, settings.allowed_image_formats,
                                settings.max_image_pixels, deadline, settings.max_image_bytes,
-                               settings.max_request_pixels, settings.jpeg_draft)  # fmt: skip
+                               settings.max_request_pixels, settings.jpeg_draft,
+                               settings.max_jpeg_scans)  # fmt: skip
             return out, time.perf_counter() - begin
 
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ ServiceError                    the message is safe to send to the client
 ├── DeadlineExceeded            the deadline passed before the request reached the model
 ├── Unavailable                 the model has no version ready, or the server is shutting down
 ├── Unauthenticated             bearer tokens are required and the call has none or a wrong one
+├── Cancelled                   the client went away before its request was read
 └── Internal                    a backend failed; the client gets a generic message and a request id
 
 The core knows nothing of gRPC: ``Code`` names match gRPC's status codes, and the transports map them
@@ -60,6 +61,10 @@ class Unavailable(ServiceError):
 
 class Unauthenticated(ServiceError):
     code = Code.UNAUTHENTICATED
+
+
+class Cancelled(ServiceError):
+    code = Code.CANCELLED
 
 
 class Internal(ServiceError):

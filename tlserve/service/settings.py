@@ -143,6 +143,10 @@ class ServerSettings(BaseSettings):
     max_request_pixels: int = Field(100_000_000, ge=1)
     """Pixels all images of one request may declare together (checked from their headers before any
     is decoded): bounds the CPU one request can cost."""
+    max_jpeg_scans: int = Field(100, ge=1)
+    """Most scans a JPEG may have, counted from its bytes before decoding: each scan of a progressive
+    JPEG makes the decoder pass over the whole image again, so a small file of thousands of tiny
+    scans costs seconds (a scan bomb). A progressive JPEG from libjpeg has 10 (6 grey), a baseline 1."""
     max_metadata_bytes: int = Field(16 * 1024, ge=1024)
     """Largest gRPC metadata (headers) a call may carry; above it the call is refused."""
 

@@ -1,7 +1,10 @@
 """The one place where errors become gRPC statuses, calls are timed and request ids assigned.
 
 ServiceError -> its code and message. Anything else -> INTERNAL with a generic message carrying the
-request id; the traceback goes to the log with the same id. The request id is the client's
+request id; the traceback goes to the log with the same id. The request message is parsed here too,
+not by grpcio before the handler: bytes that are not the method's protobuf message (garbage, invalid
+UTF-8 in a string field) are INVALID_ARGUMENT and counted like any other call; grpcio itself would
+answer UNKNOWN with a traceback and no metrics. The request id is the client's
 ``x-request-id`` metadata when sent (else a new one) and is echoed in the response's trailing metadata.
 """
 
@@ -15,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from tlserve.service import logs
-from tlserve.service.errors import Code, ServiceError
+from tlserve.service.errors import Code, InvalidArgument, ServiceError
 from tlserve.service.metrics import Metrics, current_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
         service, _, name = method.strip("/").partition("/")
         api = API_NAMES.get(service, service)
         behaviour = handler.unary_unary
+        deserialize = handler.request_deserializer  # NOTE: None when auth refused the call unparsed
         metrics = self.metrics
         access_log = self.access_log
 
@@ -73,7 +78,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             metrics.in_flight.labels(api).inc()
             try:
-                return await behaviour(request, context)
+                return await behaviour(_parse(deserialize, request), context)
             except ServiceError as exc:
                 code = grpc_code(exc.code)
                 if exc.code is Code.INTERNAL:
@@ -109,7 +114,14 @@ class ErrorInterceptor(aio.ServerInterceptor):
                              version or "-", code.name, elapsed * 1000)  # fmt: skip
 
         return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            wrapped, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+def _parse(deserialize: Callable[[bytes], Any] | None, data: Any) -> Any:
+    if deserialize is None:
+        return data
+    try:
+        return deserialize(data)
+    except DecodeError as exc:
+        raise InvalidArgument(f"the request is not a valid protobuf message of this method: {exc}") from None

@@ -10,7 +10,8 @@ from grpc import aio
 import tlserve
 from tlserve import repository as repo
 from tlserve.service.core import InferenceCore, ModelRef, top_labels
-from tlserve.service.errors import InvalidArgument, NotFound
+from tlserve.service.errors import NotFound
+from tlserve.service.parsing import parse_version
 from tlserve.service.transport import oip_codec
 from tlserve.service.transport.deadline import deadline_of
 from tlserve.service.watcher import ServedVersion, State
@@ -21,15 +22,6 @@ Context: TypeAlias = aio.ServicerContext[Any, Any]
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorflow": "tensorflow_savedmodel"}
 STATES = {State.AVAILABLE: "READY", State.LOADING: "LOADING", State.UNLOADING: "UNLOADING",
           State.UNLOADED: "UNAVAILABLE", State.FAILED: "UNAVAILABLE"}  # fmt: skip
-
-
-def parse_version(text: str) -> int | None:
-    """ "" -> None (the newest serving); otherwise a positive integer."""
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidArgument(f"model version must be a positive integer or empty; got {text!r}")
-    return int(text)
 
 
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):

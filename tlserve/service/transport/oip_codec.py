@@ -15,6 +15,7 @@ import numpy as np
 
 from tlserve import repository as repo
 from tlserve.service.errors import InvalidArgument
+from tlserve.service.parsing import parse_count
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 
 ITEM_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
@@ -125,8 +126,7 @@ def requested_classification(request: pb.ModelInferRequest) -> int:
     for output in request.outputs:
         if CLASSIFICATION in output.parameters:
             parameter = output.parameters[CLASSIFICATION]
-            k = parameter.int64_param if parameter.WhichOneof("parameter_choice") == "int64_param" else -1
-            if k < 1:
-                raise InvalidArgument("the classification parameter must be an int64 >= 1 (the top-k)")
-            return int(k)
+            if parameter.WhichOneof("parameter_choice") != "int64_param":
+                raise InvalidArgument("the classification parameter (the top-k) must be an int64_param")
+            return parse_count(parameter.int64_param, "the classification parameter (the top-k)")
     return 0

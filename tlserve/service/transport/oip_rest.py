@@ -19,15 +19,16 @@ import binascii
 import json
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 import tlserve
 from tlserve import repository as repo
 from tlserve.service.core import InferenceCore, ModelRef
 from tlserve.service.errors import InvalidArgument
+from tlserve.service.parsing import parse_count, parse_number, parse_version
 from tlserve.service.transport import oip_codec
-from tlserve.service.transport.oip import PLATFORMS, infer, parse_version
+from tlserve.service.transport.http import json_numbers, parse_json, read_body
+from tlserve.service.transport.oip import PLATFORMS, infer
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -48,16 +49,11 @@ def _split_body(request: web.Request, body: bytes) -> tuple[dict[str, Any], byte
                                   f"{HEADER_LENGTH} header); got {request.content_type}")  # fmt: skip
         header, binary = body, b""
     else:
-        if not length.isdigit() or int(length) > len(body):
-            raise InvalidArgument(f"{HEADER_LENGTH} {length!r} does not fit a body of {len(body)} bytes")
-        header, binary = body[: int(length)], body[int(length) :]
-    try:
-        parsed = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the request is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidArgument("the request must be a JSON object")
-    return parsed, binary
+        size = parse_number(length, HEADER_LENGTH)
+        if size > len(body):
+            raise InvalidArgument(f"{HEADER_LENGTH} {size} does not fit a body of {len(body)} bytes")
+        header, binary = body[:size], body[size:]
+    return parse_json(header), binary
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -90,8 +86,8 @@ def to_proto(
                                    shape=shape)  # fmt: skip
         parameters = _parameters(tensor.get("parameters"), f"inputs[{index}]")
         if "binary_data_size" in parameters:
-            size = parameters["binary_data_size"]
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            size = parse_count(parameters["binary_data_size"], f"inputs[{index}]: binary_data_size", 0)
+            if offset + size > len(binary):
                 raise InvalidArgument(f"inputs[{index}]: binary_data_size {size!r} does not fit the "
                                       f"{len(binary) - offset} binary bytes left")  # fmt: skip
             request.raw_input_contents.append(binary[offset : offset + size])
@@ -111,8 +107,8 @@ def to_proto(
         output = request.outputs.add(name=str(wanted.get("name", "")))
         parameters = _parameters(wanted.get("parameters"), f"outputs[{index}]")
         if oip_codec.CLASSIFICATION in parameters:
-            k = parameters[oip_codec.CLASSIFICATION]
-            output.parameters[oip_codec.CLASSIFICATION].int64_param = k if isinstance(k, int) else -1
+            k = parse_count(parameters[oip_codec.CLASSIFICATION], "the classification parameter (the top-k)")
+            output.parameters[oip_codec.CLASSIFICATION].int64_param = k
     return request
 
 
@@ -131,13 +127,10 @@ def _typed(entry: Any, data: Any, parameters: dict[str, Any], index: int, max_el
         return
     if entry.datatype not in oip_codec.ITEM_BYTES:
         raise InvalidArgument(f"inputs[{index}]: unknown datatype {entry.datatype!r}")
-    try:
-        values = np.asarray(data, dtype=np.float64).ravel()
-    except (ValueError, TypeError):
-        raise InvalidArgument(f"inputs[{index}]: data must be numbers (flat or nested lists)") from None
+    values = json_numbers(data, f"inputs[{index}]: data must be numbers (flat or nested lists)").ravel()
     if entry.datatype != "FP32":
         raise InvalidArgument(f"input {entry.name!r} must be FP32; got {entry.datatype}")
-    entry.contents.fp32_contents.extend(values.astype(np.float32).tolist())
+    entry.contents.fp32_contents.extend(values.tolist())
 
 
 def from_proto(response: pb.ModelInferResponse, binary: bool) -> web.Response:
@@ -215,7 +208,7 @@ class OipRest:
         return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     async def infer(self, request: web.Request) -> web.Response:
-        body, binary = _split_body(request, await request.read())
+        body, binary = _split_body(request, await read_body(request))
         max_elements = self.core.settings.max_message_bytes // 4
         proto = to_proto(request.match_info["name"], _version(request), body, binary, max_elements)
         wants_binary = bool(

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
@@ -32,6 +30,8 @@ from tlserve.service.auth import Tokens
 from tlserve.service.core import InferenceCore, ModelRef
 from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError
 from tlserve.service.metrics import Metrics, current_model
+from tlserve.service.parsing import parse_version
+from tlserve.service.transport.http import json_numbers, parse_json, read_body
 from tlserve.service.transport.oip_rest import OipRest
 from tlserve.service.transport.tfs import SIGNATURE_INPUTS, signature_defs
 from tlserve.service.watcher import State
@@ -113,18 +113,12 @@ async def _json(request: web.Request) -> dict[str, Any]:
         raise InvalidArgument(
             f"expected a JSON body (Content-Type application/json); got {request.content_type}"
         )
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("the body must be a JSON object")
-    return body
+    return parse_json(await read_body(request))
 
 
 def _ref(request: web.Request) -> ModelRef:
     info = request.match_info
-    return ModelRef(info["name"], int(info["version"]) if "version" in info else None, info.get("label"))
+    return ModelRef(info["name"], parse_version(info.get("version", "")), info.get("label"))
 
 
 def _b64(value: Any, where: str) -> bytes:
@@ -167,7 +161,10 @@ class RestApi:
     async def predict(self, request: web.Request) -> web.Response:
         body = await _json(request)
         ref = _ref(request)
-        signature = body.get("signature_name") or repo.SIGNATURE_PIXELS
+        signature = body.get("signature_name")
+        if signature is not None and not isinstance(signature, str):
+            raise InvalidArgument(f'"signature_name" must be a string; got {type(signature).__name__}')
+        signature = signature or repo.SIGNATURE_PIXELS
         if signature not in SIGNATURE_INPUTS:
             raise InvalidArgument(
                 f"signature {signature!r} not found; this model has {', '.join(SIGNATURE_INPUTS)}"
@@ -186,10 +183,7 @@ class RestApi:
                 ref, [_b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
             )
         else:
-            try:
-                pixels = np.asarray(values, dtype=np.float32)
-            except (ValueError, TypeError):
-                raise InvalidArgument(f"{name}: expected nested lists of numbers [N, H, W, 3]") from None
+            pixels = json_numbers(values, f"{name}: expected nested lists of numbers [N, H, W, 3]")
             result = await self.core.predict(ref, pixels)
         probabilities = result.probabilities.tolist()
         return web.json_response({"predictions": probabilities} if rows else {"outputs": probabilities})

@@ -38,6 +38,7 @@ from tlserve.service.settings import ServerSettings
 from tlserve.service.transport import oip, rest
 from tlserve.service.transport.auth import AuthInterceptor
 from tlserve.service.transport.errors import ErrorInterceptor
+from tlserve.service.transport.http import ProtocolLog
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
 from tlserve.service.watcher import Repository
@@ -227,7 +228,8 @@ class Server:
                 self.core, self.metrics, self.settings.max_message_bytes, self.settings.access_log,
                 self.tokens,
             )  # fmt: skip
-            self._rest = web.AppRunner(app, access_log=None, handle_signals=False)
+            # NOTE: aiohttp answers malformed HTTP itself; ProtocolLog makes its log of them one line
+            self._rest = web.AppRunner(app, access_log=None, handle_signals=False, logger=ProtocolLog())
             await self._rest.setup()
             site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False,
                                ssl_context=tls_context(self.settings))  # fmt: skip
