@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server reliability export-matrix clean
+.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-all   also the slow checks: all 18 bases, and the export matrix (docs/bases.md)"
 	@echo "make bench      the performance report: server vs in-process, APIs, batching, backends,"
 	@echo "                JPEG decoding, cold start, profile; rewrites docs/performance.md (~5 min)"
+	@echo "make bench-transfer the trainer's defaults vs a small sweep vs scratch on three transfer tasks"
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
@@ -61,6 +62,9 @@ protos: install
 
 bench: install
 	$(BIN)/python benchmarks/performance.py
+
+bench-transfer: install
+	$(BIN)/python benchmarks/transfer_defaults.py
 
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,28 @@ def _clean_tlserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+_RANDOM_WEIGHTS = Path(tempfile.mkdtemp(prefix="tlserve-random-weights-"))
+atexit.register(shutil.rmtree, _RANDOM_WEIGHTS, ignore_errors=True)
+
+
+def random_weights(base: str) -> str:
+    """The path of a weights file holding a randomly initialised ``base`` (no top), made once.
+
+    The trainer refuses a frozen base with ``--weights none`` (its features would be noise); tests
+    that want a cheap frozen base that still learns (VGG16 has no BatchNorm: its random features
+    carry colours) pass a random weights file instead, which is what a user's own file looks like.
+    """
+    path = _RANDOM_WEIGHTS / f"{base}.weights.h5"
+    if not path.is_file():
+        import keras
+
+        from tlserve.training.bases import get_base
+
+        builder = getattr(keras.applications, get_base(base).builder)
+        builder(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained run that has learnt something (so parity compares informative outputs):
@@ -63,8 +88,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "run"
     train(
         TrainConfig(
-            data_dir=data, out=out, base="vgg16", weights="none", image_size=32, epochs=12, lr=2e-2,
-            batch_size=8, augment=False, val_split=0.25,
+            data_dir=data, out=out, base="vgg16", weights=random_weights("vgg16"), image_size=32,
+            epochs=12, lr=2e-2, batch_size=8, augment=(), val_split=0.25,
         )
     )  # fmt: skip
     assert rundir.read_run(out)["metrics"]["accuracy"] >= 0.8

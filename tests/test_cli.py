@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import write_folder
 from tlserve.cli import main
 
-TINY = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-augment"]
+TINY = ["--mode", "scratch", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+TINY += ["--no-augment"]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -54,7 +55,9 @@ def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], comm
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
     assert "usage: tlserve " + command in out
     if command == "train":
-        assert "(default: frozen)" in out and "(default: 1e-05)" in out and "--unfreeze" in out
+        assert "(default: frozen)" in out and "--unfreeze" in out
+        assert "1e-5 for ImageNet weights, a tenth of the rate an earlier network" in out
+        assert "(default: rotate,zoom,translate)" in out and "(default: auto)" in out
 
 
 def test_bases_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,8 +198,35 @@ def test_imagenet_weights_offline_gives_a_hint(
     out = tmp_path / "run"
     argv = ["train", str(image_folder), "--out", str(out), "--base", "mobilenet", "--weights", "imagenet"]
     argv += ["--image-size", "128", "--epochs", "1"]
-    assert_usage_error(capsys, argv, "could not download", "--weights PATH", "--weights none")
+    assert_usage_error(
+        capsys,
+        argv,
+        "could not download",
+        "--weights PATH",
+        "--base RUN_DIR",
+        "--mode scratch --weights none",
+    )
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_a_frozen_random_base_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path, mode: str
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", str(image_folder), "--out", str(out), "--weights", "none", "--mode", mode]
+    assert_usage_error(capsys, argv, f"--mode {mode} with --weights none", "--mode scratch", "--base RUN_DIR")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_bad_augmentation_names_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "flip,shear"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "argument --augment: 'flip,shear': expected none, default, or a comma-separated list of flip" in err
+    )
 
 
 def test_weights_file_that_does_not_fit_the_base(

@@ -10,8 +10,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tlserve.errors import TlserveError, UsageError
+from tlserve.training.augment import AUGMENTATIONS, DEFAULT_AUGMENT
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -35,13 +37,36 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})" if text else f"(default: {default})"
 
 
-def _unfreeze(value: str) -> int | None:
+def _unfreeze(value: str) -> int | str | None:
     if value == "all":
         return None
+    if value == "auto":
+        return value
     try:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of layers or 'all'; got {value!r}") from None
+
+
+def _auto(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        if value == "auto":
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or 'auto'; got {value!r}") from None
+
+    return parse
+
+
+def _augment(value: str) -> tuple[str, ...]:
+    from tlserve.training.augment import parse
+
+    try:
+        return parse(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--augment ")) from None
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -89,34 +114,71 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--mode", choices=["frozen", "finetune", "scratch"], default="frozen", help="see modes above"
     )
-    g.add_argument("--epochs", type=int, default=10, help="epochs of the head (or scratch) phase")
+    g.add_argument(
+        "--epochs",
+        type=_auto(int),
+        default=None,
+        metavar="N|auto",
+        help="most epochs of the head (or scratch) phase; auto: planned in steps (600 on cached "
+        "features, 300 when a pretrained base runs, 1500 from scratch), 10..200 epochs (default: auto)",
+    )
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (or scratch) phase")
-    g.add_argument("--fine-tune-epochs", type=int, default=10, help="epochs of the fine-tuning phase")
-    g.add_argument("--fine-tune-lr", type=float, default=1e-5, help="learning rate of the fine-tuning phase")
+    g.add_argument(
+        "--fine-tune-epochs",
+        type=_auto(int),
+        default=None,
+        metavar="N|auto",
+        help="most epochs of the fine-tuning phase; 0 skips it (default: auto, as --epochs)",
+    )
+    g.add_argument(
+        "--fine-tune-lr",
+        type=_auto(float),
+        default=None,
+        metavar="LR|auto",
+        help="learning rate of the fine-tuning phase; auto: 1e-5 for ImageNet weights, a tenth of the "
+        "rate an earlier network (--base RUN_DIR) was trained at (default: auto)",
+    )
     g.add_argument(
         "--unfreeze",
         type=_unfreeze,
-        default=30,
-        metavar="N|all",
-        help="layers to unfreeze from the top of the base in finetune mode, rounded up to whole blocks",
+        default="auto",
+        metavar="N|all|auto",
+        help="layers to unfreeze from the top of the base in finetune mode, rounded up to whole blocks; "
+        "auto: all of an earlier network (--base RUN_DIR), the top 30 of a Keras Application",
     )
     g.add_argument("--batch-size", type=int, default=32, help="images per training step")
     g.add_argument("--dropout", type=float, default=0.2, help="dropout before the classification layer")
     g.add_argument(
         "--hidden", type=int, default=0, help="width of an extra ReLU dense layer in the head; 0 = none"
     )
-    g.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val loss")
+    g.add_argument(
+        "--patience",
+        type=_auto(int),
+        default=None,
+        metavar="N|auto",
+        help="stop a phase after N epochs in which neither val loss nor val accuracy improved; the "
+        "learning rate drops after N/2; auto: a fifth of the planned epochs, at least 5 (default: auto)",
+    )
     g.add_argument(
         "--class-weight", choices=["none", "auto"], default="none", help="auto: balance imbalanced classes"
     )
     g.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="turn off random flip/rotation/zoom"
+        "--augment",
+        type=_augment,
+        default=",".join(DEFAULT_AUGMENT),
+        metavar="LIST",
+        help="random transforms of training images: none, or a comma-separated list of "
+        f"{', '.join(AUGMENTATIONS)}; add flip for photos, never for text or digits",
+    )
+    g.add_argument(
+        "--no-augment", dest="augment", action="store_const", const=(), help="same as --augment none"
     )
     g.add_argument(
         "--feature-cache",
         choices=["auto", "on", "off"],
         default="auto",
-        help="auto: run a frozen base once and train the head on cached features when augmentation is off",
+        help="auto/on: run a frozen base once over the training images (and a few augmented copies of them) "
+        "and train the head on the cached features; off: run the base in every epoch",
     )
     g.add_argument(
         "--cache-memory-mb", type=int, default=2048, help="cached features/images beyond this spill to disk"
@@ -188,7 +250,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "requests), model.onnx (fp32), optionally model.fp16.onnx and model.int8.onnx, labels.txt\n"
             "and manifest.json. Every artifact is checked against the Keras model on the run's\n"
             "validation images (at least 32) and carries its figures in the manifest. The version is\n"
-            "assembled elsewhere and renamed into place; existing versions are never overwritten.\n\n"
+            "assembled elsewhere and renamed into place; existing versions are never overwritten.\n"
+            "A weak run (no better than chance on validation, or constant predictions) is refused\n"
+            "unless --allow-weak is given.\n\n"
             "examples:\n"
             "  tlserve export runs/pets --repository models --name pets\n"
             "  tlserve export runs/pets --repository models --name pets --int8 --fp16"
@@ -209,6 +273,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="images for int8 calibration (default: the run's training images)",
     )  # fmt: skip
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..18")
+    p.add_argument(
+        "--allow-weak", action="store_true",
+        help="publish the run even if it is weak (validation accuracy not clearly above chance, i.e. the "
+        "largest class's share plus max(5 points, 2 standard errors), or one class predicted for every "
+        "validation image); the export then warns instead of refusing",
+    )  # fmt: skip
     p.set_defaults(handler=_run_export)
 
 
@@ -226,6 +296,7 @@ def _run_export(args: argparse.Namespace) -> int:
             int8=args.int8,
             calibration_data=args.calibration_data,
             opset=args.opset,
+            allow_weak=args.allow_weak,
         )
     )
     print(f"\npublished {result.path}")
@@ -254,7 +325,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "Uses the handwritten digits that scikit-learn ships (no download): trains a MobileNetV2\n"
             "from scratch on digits 0-4 (the source task), then transfers it to digits 5-9 with a few\n"
             "images per class (frozen and finetune), trains scratch on the same few images, and\n"
-            "exports the best target model to WORKDIR/models (SavedModel, ONNX fp32 and int8)."
+            "exports the best target model to WORKDIR/models (SavedModel, ONNX fp32 and int8).\n"
+            "Every training run is a plain `tlserve train` with default settings, printed as it runs."
         ),
     )
     p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and run dirs go")
@@ -262,18 +334,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--per-class",
         type=int,
         nargs="+",
-        default=[5, 20],
+        default=[10],
         metavar="N",
         help="target-task training images per class (one row per value and mode)",
     )
-    p.add_argument("--source-epochs", type=int, default=15, help="epochs of the scratch source model")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from tlserve.demo import run_demo
 
-    run_demo(args.workdir, per_class=args.per_class, source_epochs=args.source_epochs)
+    run_demo(args.workdir, per_class=args.per_class)
     return 0
 
 

@@ -11,15 +11,17 @@ Data: the 1,797 handwritten digits (8x8 grayscale) that scikit-learn ships, upsc
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tlserve.errors import UsageError
+from tlserve.errors import TlserveError, UsageError
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -66,12 +68,21 @@ class Row:
     seconds: float
 
 
-def _train(data: Path, out: Path, **options: object) -> tuple[float, float]:
-    from tlserve.training.config import TrainConfig
-    from tlserve.training.trainer import train
+def train_command(*args: str | Path) -> dict[str, Any]:
+    """Run ``tlserve train ARGS`` exactly as a user would type it (printed first); its run.json."""
+    from tlserve.cli import main
+    from tlserve.training import rundir
 
+    argv = ["train", *map(str, args)]
+    print(f"$ {shlex.join(['tlserve', *argv])}", flush=True)
+    if main(argv) != 0:
+        raise TlserveError(f"tlserve {shlex.join(argv)} failed (see above)")
+    return rundir.read_run(Path(argv[argv.index("--out") + 1]))
+
+
+def _train(*args: str | Path) -> tuple[float, float]:
     started = time.perf_counter()
-    report = train(TrainConfig(data_dir=data, out=out, overwrite=True, augment=False, **options))  # type: ignore[arg-type]
+    report = train_command(*args)
     return float(report["metrics"]["accuracy"]), time.perf_counter() - started
 
 
@@ -103,7 +114,7 @@ def prepare_workdir(workdir: Path) -> None:
     (workdir / MARKER).write_text("made by tlserve demo; the next demo run may delete this folder\n")
 
 
-def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> list[Row]:
+def run_demo(workdir: Path, per_class: list[int]) -> list[Row]:
     if not per_class or min(per_class) < 1:
         raise UsageError(f"--per-class takes positive numbers; got {per_class}")
     prepare_workdir(workdir)
@@ -111,62 +122,23 @@ def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> li
     runs = workdir / "runs"
     runs.mkdir()
     rows: list[Row] = []
-    common = {"image_size": IMAGE_SIZE, "batch_size": 32, "seed": 42}
+    # NOTE: no tuning flag anywhere: what the demo shows is what these commands give a user.
+    scratch: tuple[str, ...] = ("--base", "mobilenet_v2", "--weights", "none", "--mode", "scratch")
+    scratch += ("--image-size", str(IMAGE_SIZE))
     print("== source task: digits 0-4, MobileNetV2 from scratch ==", flush=True)
     source_run = runs / "source-scratch"
-    acc, sec = _train(
-        paths["source"],
-        source_run,
-        base="mobilenet_v2",
-        weights="none",
-        mode="scratch",
-        epochs=source_epochs,
-        lr=1e-3,
-        patience=4,
-        **common,
-    )
+    acc, sec = _train(paths["source"], "--out", source_run, *scratch)
     n_source = len(list(paths["source"].rglob("*.png"))) // len(SOURCE_CLASSES)
     rows.append(Row("source 0-4", "scratch", "mobilenet_v2", f"~{int(n_source * 0.8)}", acc, sec))
     for n in per_class:
         data = paths[f"target_train_{n}"]
-        val = {"val_data": paths["target_val"]}
-        print(f"== target task: digits 5-9, {n} images per class ==", flush=True)
+        val = ("--val-data", paths["target_val"])
+        print(f"\n== target task: digits 5-9, {n} images per class ==", flush=True)
         for mode in ("frozen", "finetune"):
-            acc, sec = _train(
-                data,
-                runs / f"target-{n}-{mode}",
-                base=str(source_run),
-                mode=mode,
-                epochs=60,
-                lr=3e-3,
-                patience=8,
-                fine_tune_epochs=30,
-                # NOTE: 1e-3, not the 1e-5 meant for ImageNet bases: this base is small, was trained
-                # from scratch minutes ago on similar images, and 1e-4 left it short (0.78 vs 0.84
-                # at 20 images per class, measured).
-                fine_tune_lr=1e-3,
-                unfreeze=None,
-                **val,
-                batch_size=16,
-                seed=42,
-            )
+            out = runs / f"target-{n}-{mode}"
+            acc, sec = _train(data, "--out", out, "--base", source_run, "--mode", mode, *val)
             rows.append(Row("target 5-9", mode, "source net", n, acc, sec))
-        # NOTE: the baseline gets more epochs and patience than the source run: with few images its
-        # validation loss stays flat for longer before (if ever) it drops.
-        acc, sec = _train(
-            data,
-            runs / f"target-{n}-scratch",
-            base="mobilenet_v2",
-            weights="none",
-            mode="scratch",
-            epochs=2 * source_epochs,
-            lr=1e-3,
-            patience=10,
-            **val,
-            image_size=IMAGE_SIZE,
-            batch_size=16,
-            seed=42,
-        )
+        acc, sec = _train(data, "--out", runs / f"target-{n}-scratch", *scratch, *val)
         rows.append(Row("target 5-9", "scratch", "mobilenet_v2", n, acc, sec))
     print()
     print(format_rows(rows))
@@ -174,19 +146,37 @@ def run_demo(workdir: Path, per_class: list[int], source_epochs: int = 15) -> li
     for n in per_class:
         at_n = [r for r in rows if r.per_class == n]
         best = max((r for r in at_n if r.mode != "scratch"), key=lambda r: r.accuracy)
-        scratch = next(r for r in at_n if r.mode == "scratch")
-        verdict = "ahead of" if best.accuracy > scratch.accuracy else "NOT ahead of"
+        scratch_row = next(r for r in at_n if r.mode == "scratch")
+        verdict = "ahead of" if best.accuracy > scratch_row.accuracy else "NOT ahead of"
         print(
             f"{n} images/class: transfer ({best.mode}) {best.accuracy:.3f} is {verdict} "
-            f"scratch {scratch.accuracy:.3f} ({best.accuracy - scratch.accuracy:+.3f})"
+            f"scratch {scratch_row.accuracy:.3f} ({best.accuracy - scratch_row.accuracy:+.3f})"
         )
-    print(f"\nrun dirs under {runs}; open their history.png and confusion.png")
-    export_best(workdir, rows, per_class)
+    print(f"\nrun dirs under {runs}; open their history.png, confusion.png and mistakes.png")
+    published = export_best(workdir, rows, per_class)
     serve_demo(workdir, paths["target_val"])
+    print_next_steps(workdir, published, paths["target_val"])
     return rows
 
 
-def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> None:
+def print_next_steps(workdir: Path, published: Path, val_dir: Path) -> None:
+    sample = sorted((val_dir / f"digit_{TARGET_CLASSES[0]}").glob("*.png"))[0]
+    print(
+        "\nnext steps, on your own images (one folder per class):\n"
+        f"  tlserve train MY_IMAGES --out runs/mine --base {workdir / 'runs' / 'source-scratch'}"
+        " --mode finetune\n"
+        "  tlserve train MY_PHOTOS --out runs/photos --base mobilenet_v2 --augment flip,rotate,zoom"
+        "   # online: ImageNet weights\n"
+        "  tlserve export runs/mine --repository models --name mine\n"
+        "  tlserve serve --repository models\n"
+        "  tlserve predict IMAGE.png --model mine\n"
+        f"this demo's model, published as {published}:\n"
+        f"  tlserve serve --repository {workdir / 'models'}\n"
+        f"  tlserve predict {sample} --model digits"
+    )
+
+
+def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> Path:
     """Publish the best transfer model of the largest target set: SavedModel, ONNX fp32 and int8."""
     from tlserve.exporters.export import ExportOptions, export, summary_table
 
@@ -194,9 +184,11 @@ def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> None:
     best = max((r for r in rows if r.per_class == n and r.mode != "scratch"), key=lambda r: r.accuracy)
     run_dir = workdir / "runs" / f"target-{n}-{best.mode}"
     print(f"\n== exporting {run_dir.name} (val accuracy {best.accuracy:.3f}) to {workdir / 'models'} ==")
+    print(f"$ tlserve export {run_dir} --repository {workdir / 'models'} --name digits --int8", flush=True)
     result = export(ExportOptions(run_dir=run_dir, repository=workdir / "models", name="digits", int8=True))
     print(f"\npublished {result.path}")
     print(summary_table(result))
+    return result.path
 
 
 def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:

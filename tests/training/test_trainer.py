@@ -9,33 +9,39 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import write_folder
+from tests.conftest import random_weights, write_folder
 from tlserve.training import rundir
 from tlserve.training.config import TrainConfig
 from tlserve.training.trainer import train
 
 TINY: dict[str, Any] = {
     "base": "mobilenet_v2",
-    "weights": "none",
+    "weights": "random",
     "image_size": 32,
     "epochs": 2,
     "fine_tune_epochs": 2,
     "batch_size": 8,
-    "augment": False,
+    "augment": (),
     "val_split": 0.25,
 }
 
 
 def run(data: Path, out: Path, **overrides: Any) -> dict[str, Any]:
-    return train(TrainConfig(data_dir=data, out=out, **{**TINY, **overrides}))
+    """``weights="random"``: a random weights file of the base (the trainer refuses a frozen base
+    with weights none)."""
+    options = {**TINY, **overrides}
+    if options["weights"] == "random":
+        is_table_base = "/" not in options["base"]
+        options["weights"] = random_weights(options["base"]) if is_table_base else "none"
+    return train(TrainConfig(data_dir=data, out=out, **options))
 
 
 def check_run_dir(out: Path, classes: list[str]) -> keras.Model:
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*rundir.REQUIRED_FILES, rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT]
+        [*rundir.REQUIRED_FILES, rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT, rundir.MISTAKES_PLOT]
     )
     assert rundir.read_labels(out) == classes
-    for plot in (rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT):
+    for plot in (rundir.HISTORY_PLOT, rundir.CONFUSION_PLOT, rundir.MISTAKES_PLOT):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the contract: plain Keras, safe mode, no tlserve needed to load it
     model = keras.models.load_model(out / rundir.MODEL_FILE, safe_mode=True)
@@ -143,8 +149,19 @@ def test_cached_and_uncached_training_agree(data: Path, tmp_path: Path) -> None:
     assert cached["metrics"]["confusion_matrix"] == direct["metrics"]["confusion_matrix"]
 
 
-def test_augmentation_turns_the_cache_off(data: Path, tmp_path: Path) -> None:
-    report = run(data, tmp_path / "aug", mode="frozen", epochs=1, augment=True)
+def test_augmentation_is_cached_as_augmented_copies(data: Path, tmp_path: Path) -> None:
+    report = run(data, tmp_path / "aug", mode="frozen", epochs=1, augment=("flip", "zoom"))
+    (phase,) = report["phases"]
+    assert phase["used_feature_cache"] is True
+    # 18 training images: as many copies as fit in the budget, at most 10
+    assert phase["augmented_copies"] == report["timings"]["feature_cache"]["augmented_copies"] == 10
+    assert report["timings"]["feature_cache"]["train_bytes"] == 11 * 18 * 1280 * 4
+    assert list(report["augmentation"]) == ["flip", "zoom"]
+    assert report["config"]["augment"] == ["flip", "zoom"]
+
+
+def test_augmentation_without_the_cache_runs_the_base(data: Path, tmp_path: Path) -> None:
+    report = run(data, tmp_path / "aug", mode="frozen", epochs=1, augment=("zoom",), feature_cache="off")
     assert report["phases"][0]["used_feature_cache"] is False
     assert "feature_extraction_seconds" not in report["timings"]
 
@@ -159,7 +176,7 @@ def test_mixed_precision_runs_and_keeps_float32_probabilities(data: Path, tmp_pa
 
 
 def test_seed_makes_a_run_repeatable(data: Path, tmp_path: Path) -> None:
-    options = {"base": "vgg16", "mode": "frozen", "epochs": 2, "lr": 1e-2, "augment": True}
+    options = {"base": "vgg16", "mode": "frozen", "epochs": 2, "lr": 1e-2, "augment": ("flip", "rotate")}
     a = run(data, tmp_path / "a", seed=3, **options)
     b = run(data, tmp_path / "b", seed=3, **options)
     c = run(data, tmp_path / "c", seed=4, **options)
@@ -226,5 +243,28 @@ def test_a_users_own_keras_file_becomes_the_base(data: Path, tmp_path: Path) -> 
     report = run(data, tmp_path / "run", base=str(path), image_size=None, mode="frozen")
     assert report["base"]["image_size"] == 24
     model = keras.models.load_model(tmp_path / "run" / rundir.MODEL_FILE)
-    assert model.get_layer("base").outputs[0].shape[-1] == 16  # cut below the old classifier
+    # cut below the old classifier: its 16 features and the 8 pooled ones of its max-pooling stage
+    assert model.get_layer("base").outputs[0].shape[-1] == 16 + 8
     assert model.get_layer("probabilities").units == 3
+
+
+def test_a_run_that_learnt_nothing_is_flagged_weak(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a frozen random MobileNetV2: BatchNorm in inference mode leaves its features nearly constant
+    report = run(data, tmp_path / "weak", base="mobilenet_v2", mode="frozen", epochs=2)
+    err = capsys.readouterr().err
+    assert report["quality"]["weak"] is True and report["quality"]["reasons"]
+    assert rundir.read_run(tmp_path / "weak")["quality"] == report["quality"]
+    assert err.count("warning: weak model:") == 1 and "--allow-weak" in err
+
+
+def test_a_good_run_is_not_weak_and_lists_its_mistakes(vgg_run: Path) -> None:
+    report = rundir.read_run(vgg_run)
+    assert report["quality"]["weak"] is False
+    head = report["phases"][0]
+    assert 1 <= head["kept_epoch"] <= head["epochs_run"]
+    assert head["kept"] == head["history"][head["kept_epoch"] - 1]
+    wrong = sum(report["metrics"]["confusion_matrix"][i][j] for i in range(3) for j in range(3) if i != j)
+    assert len(report["mistakes"]) == min(wrong, 16)
+    assert all(m["true"] != m["predicted"] for m in report["mistakes"])

@@ -3,7 +3,8 @@
 Every artifact is checked against the Keras model before the version is published, and carries its
 measured figures in ``manifest.json``. The version is assembled in a hidden staging directory beside
 it and renamed into place: a server polling the repository never sees half of one, and an existing
-version is never overwritten.
+version is never overwritten. A run whose validation shows a weak model (``tlserve.training.quality``)
+is refused unless ``allow_weak`` is set.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tlserve import __version__
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
 from tlserve.exporters import checks
-from tlserve.training import rundir
+from tlserve.training import quality, rundir
 
 FORMATS = ("savedmodel", "onnx")
 
@@ -48,6 +49,9 @@ class ExportOptions:
     """fp32 ONNX: max abs difference of probabilities allowed against Keras."""
     fp16_tolerance: float = 5e-2
     int8_max_drop_points: float = 1.0
+    allow_weak: bool = False
+    """Publish a run even when its validation accuracy is not clearly above chance or its predictions
+    are constant (see ``tlserve.training.quality``); the export then warns instead of refusing."""
 
 
 @dataclass
@@ -99,7 +103,13 @@ def check_options(options: ExportOptions) -> None:
                 f"--calibration-data {folder} holds no images "
                 f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively)"
             )
-    rundir.read_run(options.run_dir)  # a corrupt run.json is bad input, found before any work
+    run = rundir.read_run(options.run_dir)  # a corrupt run.json is bad input, found before any work
+    verdict = run_quality(options.run_dir, run)
+    if verdict is not None and verdict["weak"] and not options.allow_weak:
+        raise UsageError(
+            f"{options.run_dir}: weak model, not exported: {_reasons(verdict)}; retrain it, or pass "
+            "--allow-weak to publish it anyway"
+        )
     if options.version is not None and (model_dir / str(options.version)).exists():
         raise UsageError(
             f"version {options.version} of {options.name} already exists in {target}; versions are never "
@@ -122,6 +132,32 @@ class _Steps:
 
     def end(self, note: str = "") -> None:
         print(f" {time.perf_counter() - self.started:.1f}s{('  ' + note) if note else ''}", flush=True)
+
+
+def run_quality(run_dir: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's quality verdict: the one the trainer stored in run.json, or, for runs trained before
+    it did, one computed from the validation confusion matrix; None when run.json has neither."""
+    stored = run.get("quality")
+    if isinstance(stored, dict) and isinstance(stored.get("weak"), bool):
+        return stored
+    metrics = run.get("metrics")
+    confusion = metrics.get("confusion_matrix") if isinstance(metrics, dict) else None
+    if confusion is None:
+        return None
+    labels = rundir.read_labels(run_dir)
+    # NOTE: labels that do not fit the matrix are reported once the model is loaded (it says why).
+    names = labels if isinstance(confusion, list) and len(labels) == len(confusion) else None
+    try:
+        return quality.assess(confusion, names)
+    except ValueError as exc:
+        raise UsageError(f"{run_dir / rundir.RUN_FILE}: metrics.confusion_matrix: {exc}") from None
+
+
+def _reasons(verdict: dict[str, Any]) -> str:
+    reasons = verdict.get("reasons")
+    if not isinstance(reasons, list) or not reasons:
+        reasons = ["run.json marks it weak"]
+    return "; ".join(str(r) for r in reasons)
 
 
 def export(options: ExportOptions) -> ExportResult:
@@ -150,6 +186,11 @@ def export(options: ExportOptions) -> ExportResult:
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a server may run as another user
     scratch = Path(tempfile.mkdtemp(prefix="tlserve-export-"))
     warnings: list[str] = []
+    verdict = run_quality(options.run_dir, run)
+    if verdict is None:
+        warnings.append("run.json has no validation confusion matrix, so the model's quality was not checked")
+    elif verdict["weak"]:
+        warnings.append(f"weak model published because of --allow-weak: {_reasons(verdict)}")
     steps = _Steps(2 + ("onnx" in options.formats) + options.fp16 + options.int8)
     try:
         steps.start("loading validation images")

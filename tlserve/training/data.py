@@ -240,12 +240,13 @@ def image_dataset(
     seed: int,
     augment: Any = None,
     cache: bool = True,
+    repeats: int = 1,
 ) -> Any:
     """A batched tf.data pipeline of (float32 RGB 0..255 images, int labels).
 
     ``cache`` keeps the decoded images in memory after the first pass; without it every epoch
     decodes again and nothing but a few batches is held. ``augment`` is a Keras layer applied to
-    training batches.
+    training batches. ``repeats`` passes over the set (each shuffled anew) make one epoch.
     """
     import tensorflow as tf
 
@@ -268,21 +269,9 @@ def image_dataset(
         if shuffle:
             ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeats > 1:
+        ds = ds.repeat(repeats)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def build_augmentation(seed: int) -> Any:
-    """Random horizontal flip, rotation (±10 % of a turn) and zoom (±10 %)."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.1, seed=seed + 1),
-            keras.layers.RandomZoom(0.1, seed=seed + 2),
-        ],
-        name="augmentation",
-    )

@@ -63,26 +63,32 @@ def extract(
     return FeatureCache(features, labels, on_disk)
 
 
-def batches(cache: FeatureCache, batch_size: int, *, shuffle: bool, seed: int) -> Any:
-    """Training batches of cached features: a tf.data pipeline in RAM, a reader for a memory map."""
+def batches(cache: FeatureCache, batch_size: int, *, shuffle: bool, seed: int, repeats: int = 1) -> Any:
+    """Training batches of cached features: a tf.data pipeline in RAM, a reader for a memory map.
+    ``repeats`` passes over the cache (each shuffled anew) make one epoch."""
     if cache.on_disk:
-        return FeatureBatches(cache, batch_size, shuffle=shuffle, seed=seed)
+        return FeatureBatches(cache, batch_size, shuffle=shuffle, seed=seed, repeats=repeats)
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((cache.features, cache.labels))
     if shuffle:
         ds = ds.shuffle(len(cache.labels), seed=seed, reshuffle_each_iteration=True)
+    if repeats > 1:
+        ds = ds.repeat(repeats)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 class FeatureBatches(keras.utils.PyDataset):
     """Batches of cached features read from a memory map; reshuffled every epoch when ``shuffle``."""
 
-    def __init__(self, cache: FeatureCache, batch_size: int, *, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self, cache: FeatureCache, batch_size: int, *, shuffle: bool, seed: int, repeats: int = 1
+    ) -> None:
         super().__init__()
         self.cache = cache
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.repeats = repeats
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(cache.labels))
         self.on_epoch_end()
@@ -96,5 +102,6 @@ class FeatureBatches(keras.utils.PyDataset):
         return self.cache.features[idx], self.cache.labels[idx]
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.rng.shuffle(self.order)
+        n = len(self.cache.labels)
+        passes = [self.rng.permutation(n) if self.shuffle else np.arange(n) for _ in range(self.repeats)]
+        self.order = np.concatenate(passes)

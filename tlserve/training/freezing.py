@@ -25,11 +25,11 @@ class FlatGraph:
     """``clean[k]`` says whether unfreezing ``leaves[k:]`` keeps every block whole (len(leaves) + 1)."""
 
 
-def _is_functional(layer: keras.layers.Layer) -> bool:
+def is_functional(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.Model) and hasattr(layer, "_nodes") and hasattr(layer, "operations")
 
 
-def _edges(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+def edges(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
     # NOTE: Keras 3 keeps the nodes of a functional graph as keys "<id(op)>_ib-<i>" in `_nodes`;
     # a layer shared with another graph has inbound nodes that do not belong to this one.
     edges: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
@@ -41,7 +41,7 @@ def _edges(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.La
     return edges
 
 
-def _clean_cuts(ops: list[keras.layers.Layer], edges: list[tuple[object, object]]) -> list[bool]:
+def clean_cuts(ops: list[keras.layers.Layer], edges: list[tuple[object, object]]) -> list[bool]:
     """Cut k (before ops[k]) is clean when at most one producer has consumers on both sides."""
     index = {id(op): i for i, op in enumerate(ops)}
     last_use: dict[int, int] = {}
@@ -58,11 +58,11 @@ def _clean_cuts(ops: list[keras.layers.Layer], edges: list[tuple[object, object]
 
 def flatten(model: keras.Model) -> FlatGraph:
     ops = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
-    outer_clean = _clean_cuts(ops, _edges(model))
+    outer_clean = clean_cuts(ops, edges(model))
     leaves: list[keras.layers.Layer] = []
     clean: list[bool] = []
     for j, op in enumerate(ops):
-        if _is_functional(op):
+        if is_functional(op):
             inner = flatten(op)
             whole = outer_clean[j] and outer_clean[j + 1]
             clean.append(outer_clean[j])

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 from tlserve.errors import UsageError, first_line
-from tlserve.training import preprocessing
+from tlserve.training import preprocessing, taps
 from tlserve.training.bases import BaseSpec
 from tlserve.training.rundir import load_run_model
 
@@ -51,7 +51,8 @@ def build_application(spec: BaseSpec, image_size: int, weights: str | None) -> k
         if weights == "imagenet" and _is_download_failure(exc):
             raise UsageError(
                 f"could not download the ImageNet weights of {spec.name} (no network?): "
-                f"pass --weights PATH to a local {spec.builder} *_no_top.h5 file, or --weights none"
+                f"pass --weights PATH to a local {spec.builder} *_no_top.h5 file, --base RUN_DIR to "
+                "reuse a network you trained, or --mode scratch --weights none to train one from scratch"
             ) from exc
         if weights not in (None, "imagenet"):
             raise UsageError(
@@ -71,7 +72,8 @@ def _is_download_failure(exc: BaseException) -> bool:
 def build_from_earlier(path: Path) -> tuple[keras.Model, int]:
     """The network of an earlier run dir or ``.keras`` file without its classification layer.
 
-    Returns the base (pixels -> features, its own preprocessing included) and its input size.
+    Returns the base (pixels -> features, its own preprocessing included) and its input size. The
+    features are those of several depths (``taps``) where the network has block boundaries.
     """
     earlier = load_run_model(path)
     shape = earlier.inputs[0].shape
@@ -94,7 +96,8 @@ def build_from_earlier(path: Path) -> tuple[keras.Model, int]:
         node_layer = tensor._keras_history.operation
     if stripped == 0:
         raise UsageError(f"{path}: the earlier network has no Dense classification layer to replace")
-    base = keras.Model(earlier.inputs, tensor, name="base")
+    # NOTE: several depths, not just the last layer: see taps.py for why and what it measured.
+    base = taps.with_taps(earlier, tensor) or keras.Model(earlier.inputs, tensor, name="base")
     return base, int(shape[1])
 
 

@@ -3,8 +3,9 @@
     RUN_DIR/model.keras      loads with plain keras.models.load_model (built-in layers only)
             labels.txt       one label a line, in class-index order
             run.json         config, dataset, per-phase history, metrics, timings, versions
-            history.png      loss and accuracy per epoch
+            history.png      loss, accuracy and learning rate per epoch; the kept epochs marked
             confusion.png    validation confusion matrix
+            mistakes.png     the misclassified validation images with the highest loss
 
 A run is written into a hidden sibling directory and renamed into place when complete, so an
 interrupted or failed run leaves nothing half-written at ``RUN_DIR``.
@@ -29,6 +30,7 @@ LABELS_FILE = "labels.txt"
 RUN_FILE = "run.json"
 HISTORY_PLOT = "history.png"
 CONFUSION_PLOT = "confusion.png"
+MISTAKES_PLOT = "mistakes.png"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, RUN_FILE)
 
 
@@ -57,6 +59,20 @@ def read_run(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path / RUN_FILE} does not hold a JSON object")
     return data
+
+
+ASSUMED_LEARNING_RATE = 1e-3
+"""For a .keras file with no run.json: Adam's default, what most Keras scripts train at."""
+
+
+def trained_learning_rate(path: Path) -> float:
+    """The learning rate the network of an earlier run dir (or .keras file) was trained at last."""
+    if path.is_dir():
+        phases = read_run(path).get("phases") or []
+        rate = phases[-1].get("learning_rate") if phases and isinstance(phases[-1], dict) else None
+        if isinstance(rate, (int, float)) and rate > 0:
+            return float(rate)
+    return ASSUMED_LEARNING_RATE
 
 
 def model_file(path: Path) -> Path:

@@ -12,13 +12,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlserve.training import freezing, preprocessing, report, rundir
+from tlserve.training import augment as augmentation
+from tlserve.training import freezing, policy, preprocessing, quality, report, rundir
 from tlserve.training.config import TrainConfig
-from tlserve.training.data import DatasetPlan, Split, build_augmentation, image_dataset
-from tlserve.training.features import batches, extract
+from tlserve.training.data import RESIZE_METHOD, DatasetPlan, Split, decode, image_dataset
+from tlserve.training.features import FeatureCache, batches, extract
 from tlserve.training.fit import PhaseResult, run_phase
 from tlserve.training.metrics import classification_metrics, format_metrics
 from tlserve.training.network import Classifier, build_application, build_classifier, build_from_earlier
+from tlserve.training.policy import PhasePlan
 
 if TYPE_CHECKING:
     from tlserve.training.trainer import ResolvedBase
@@ -35,6 +37,8 @@ class TrainingSession:
         self.phases: list[PhaseResult] = []
         self.model: keras.Model | None = None
         self.metrics: dict[str, Any] = {}
+        self.quality: dict[str, Any] = {}
+        self.probabilities = np.zeros((0, 0), dtype=np.float32)
 
     # -- set-up -----------------------------------------------------------------------------------
     def _setup_runtime(self) -> tf.distribute.Strategy:
@@ -73,7 +77,7 @@ class TrainingSession:
             base_in_inference_mode=config.mode != "scratch",
         )
 
-    def _images(self, split: Split, *, train: bool, cache: bool = True) -> Any:
+    def _images(self, split: Split, *, train: bool, cache: bool = True, repeats: int = 1) -> Any:
         """Decoded images are cached in memory when they fit under --cache-memory-mb."""
         config = self.config
         size = self.resolved.image_size
@@ -84,51 +88,83 @@ class TrainingSession:
             config.batch_size,
             shuffle=train,
             seed=config.seed,
-            augment=build_augmentation(config.seed) if train and config.augment else None,
+            augment=augmentation.build(config.augment, config.seed) if train else None,
             cache=cache and fits,
+            repeats=repeats,
         )
 
     def _use_feature_cache(self) -> bool:
-        if self.config.mode == "scratch" or self.config.feature_cache == "off":
-            return False
-        if self.config.feature_cache == "on":
-            if self.config.augment:
-                print("note: --feature-cache on: augmentation is not applied to cached features")
-            return True
-        return not self.config.augment
+        return self.config.mode != "scratch" and self.config.feature_cache != "off"
+
+    def _plan(self, lr: float, *, cached: bool, images: int, epochs: int | None) -> PhasePlan:
+        return policy.plan_phase(
+            images=images,
+            batch_size=self.config.batch_size,
+            learning_rate=lr,
+            cached=cached,
+            scratch=self.config.mode == "scratch",
+            epochs=epochs,
+            patience=self.config.patience,
+        )
 
     # -- phases -----------------------------------------------------------------------------------
+    def _extract(self, clf: Classifier, split: Split, name: str, copies: int) -> FeatureCache:
+        """Features of ``split``, then of ``copies`` augmented passes over it, in one cache."""
+        limit = self.config.cache_memory_mb * 2**20
+        passes = [self._images(split, train=False, cache=False)]
+        for copy in range(copies):
+            augment = augmentation.build(self.config.augment, self.config.seed + 1000 * (copy + 1))
+            passes.append(
+                image_dataset(
+                    split, self.resolved.image_size, self.config.batch_size, shuffle=False,
+                    seed=self.config.seed, augment=augment, cache=False,
+                )
+            )  # fmt: skip
+        count = len(split) * len(passes)
+        return extract(
+            clf.features,
+            (batch for dataset in passes for batch in dataset),
+            count,
+            memory_limit_bytes=limit,
+            spill_dir=self.work,
+            name=name,
+            progress=self.progress,
+        )
+
     def _fit_frozen(self, clf: Classifier, class_weight: dict[int, float] | None) -> None:
         config = self.config
         if self._use_feature_cache():
             started = time.perf_counter()
-            limit = config.cache_memory_mb * 2**20
+            copies = policy.augmented_copies(len(self.plan.train)) if config.augment else 0
+            extra = f" and {copies} augmented copies of the train set" if copies else ""
             print(
                 f"feature cache: running the frozen base once over {len(self.plan.train)} train and "
-                f"{len(self.plan.val)} val images",
+                f"{len(self.plan.val)} val images{extra}",
                 flush=True,
             )
-            caches = {}
-            for name, split in (("train", self.plan.train), ("val", self.plan.val)):
-                caches[name] = extract(
-                    clf.features,
-                    self._images(split, train=False, cache=False),
-                    len(split),
-                    memory_limit_bytes=limit,
-                    spill_dir=self.work,
-                    name=name,
-                    progress=self.progress,
-                )
+            caches = {
+                "train": self._extract(clf, self.plan.train, "train", copies),
+                "val": self._extract(clf, self.plan.val, "val", 0),
+            }
             self.timings["feature_extraction_seconds"] = round(time.perf_counter() - started, 3)
             self.timings["feature_cache"] = {
                 "train_bytes": caches["train"].nbytes,
                 "on_disk": caches["train"].on_disk,
+                "augmented_copies": copies,
             }
-            train = batches(caches["train"], config.batch_size, shuffle=True, seed=config.seed)
-            val = batches(caches["val"], config.batch_size, shuffle=False, seed=config.seed)
             model, cached = clf.head, True
+            # NOTE: planned in steps over all cached rows: an epoch over 10 augmented copies is
+            # worth about 10 epochs over the originals.
+            rows = len(self.plan.train) * (copies + 1)
+            plan = self._plan(config.lr, cached=True, images=rows, epochs=config.epochs)
+            train = batches(
+                caches["train"], config.batch_size, shuffle=True, seed=config.seed, repeats=plan.repeats
+            )
+            val = batches(caches["val"], config.batch_size, shuffle=False, seed=config.seed)
         else:
-            train = self._images(self.plan.train, train=True)
+            copies = 0
+            plan = self._plan(config.lr, cached=False, images=len(self.plan.train), epochs=config.epochs)
+            train = self._images(self.plan.train, train=True, repeats=plan.repeats)
             val = self._images(self.plan.val, train=False)
             model, cached = clf.model, False
         self.phases.append(
@@ -137,11 +173,10 @@ class TrainingSession:
                 model,
                 train,
                 val,
-                epochs=config.epochs,
-                learning_rate=config.lr,
-                patience=config.patience,
+                plan=plan,
                 class_weight=class_weight,
                 used_feature_cache=cached,
+                augmented_copies=copies,
             )
         )
         for path in self.work.glob("features-*.npy"):
@@ -152,23 +187,28 @@ class TrainingSession:
         name: str,
         clf: Classifier,
         lr: float,
-        epochs: int,
+        epochs: int | None,
         class_weight: dict[int, float] | None,
         unfrozen: int | None,
     ) -> None:
+        plan = self._plan(lr, cached=False, images=len(self.plan.train), epochs=epochs)
         self.phases.append(
             run_phase(
                 name,
                 clf.model,
-                self._images(self.plan.train, train=True),
+                self._images(self.plan.train, train=True, repeats=plan.repeats),
                 self._images(self.plan.val, train=False),
-                epochs=epochs,
-                learning_rate=lr,
-                patience=self.config.patience,
+                plan=plan,
                 class_weight=class_weight,
+                from_start=name == "finetune",
                 unfrozen_layers=unfrozen,
             )
         )
+
+    def fine_tune_lr(self) -> float:
+        if self.config.fine_tune_lr is not None:
+            return self.config.fine_tune_lr
+        return policy.fine_tune_lr(self.resolved.earlier_lr if self.resolved.earlier else None)
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -194,18 +234,21 @@ class TrainingSession:
                 self._fit_end_to_end("scratch", clf, config.lr, config.epochs, weights, layers)
             else:
                 self._fit_frozen(clf, weights)
-                if config.mode == "finetune" and config.fine_tune_epochs > 0:
-                    unfrozen = freezing.unfreeze_top(clf.base, config.unfreeze)
+                if config.mode == "finetune" and config.fine_tune_epochs != 0:
+                    count = config.unfreeze
+                    if count == "auto":
+                        count = policy.unfreeze_count(earlier=self.resolved.earlier is not None)
+                    unfrozen = freezing.unfreeze_top(clf.base, count)
+                    lr = self.fine_tune_lr()
                     print(f"fine-tuning the top {unfrozen} layers of the base (whole blocks)", flush=True)
-                    self._fit_end_to_end(
-                        "finetune", clf, config.fine_tune_lr, config.fine_tune_epochs, weights, unfrozen
-                    )
+                    self._fit_end_to_end("finetune", clf, lr, config.fine_tune_epochs, weights, unfrozen)
         started = time.perf_counter()
         val = self._images(self.plan.val, train=False, cache=False)
-        probabilities = clf.model.predict(val, verbose=0)
+        self.probabilities = clf.model.predict(val, verbose=0)
         self.metrics = classification_metrics(
-            np.asarray(self.plan.val.labels), probabilities, self.plan.class_names
+            np.asarray(self.plan.val.labels), self.probabilities, self.plan.class_names
         )
+        self.quality = quality.assess(self.metrics["confusion_matrix"], self.plan.class_names)
         self.timings["evaluation_seconds"] = round(time.perf_counter() - started, 3)
         print(format_metrics(self.metrics), flush=True)
         return self._report(clf)
@@ -237,8 +280,10 @@ class TrainingSession:
                 "params": int(clf.model.count_params()),
             },
             "dataset": self.plan.summary(),
+            "augmentation": {name: augmentation.AUGMENTATIONS[name] for name in self.config.augment},
             "phases": [p.as_dict() for p in self.phases],
             "metrics": self.metrics,
+            "quality": self.quality,
             "timings": self.timings,
             "versions": report.library_versions(),
         }
@@ -248,7 +293,6 @@ class TrainingSession:
         work = self.work
         self.model.save(work / rundir.MODEL_FILE)
         (work / rundir.LABELS_FILE).write_text("\n".join(self.plan.class_names) + "\n", encoding="utf-8")
-        report.write_json(work / rundir.RUN_FILE, run)
         earlier = self.resolved.earlier
         base_name = run["base"]["name"] or f"earlier network {earlier.name if earlier else ''}"
         title = f"{base_name} · {self.config.mode}"
@@ -259,3 +303,29 @@ class TrainingSession:
             work / rundir.CONFUSION_PLOT,
             f"{title} · val accuracy {self.metrics['accuracy']:.3f}",
         )
+        run["mistakes"] = report.plot_mistakes(
+            ValImages(self.plan.val, self.resolved.image_size),
+            np.asarray(self.plan.val.labels),
+            self.probabilities,
+            self.plan.class_names,
+            run["dataset"]["val_files"],
+            work / rundir.MISTAKES_PLOT,
+            title,
+        )
+        report.write_json(work / rundir.RUN_FILE, run)
+
+
+class ValImages:
+    """Validation images as the model saw them (decoded, resized), read one at a time on access:
+    the mistakes sheet shows a few of them, and a large validation set must not be held in memory."""
+
+    def __init__(self, split: Split, image_size: int) -> None:
+        self.split = split
+        self.size = image_size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image = decode(tf.io.read_file(str(self.split.paths[index])))
+        return np.asarray(tf.image.resize(image, (self.size, self.size), method=RESIZE_METHOD))

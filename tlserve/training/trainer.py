@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tlserve.errors import UsageError
-from tlserve.training import rundir
+from tlserve.training import quality, rundir
 from tlserve.training.bases import BaseSpec, base_names, get_base
 from tlserve.training.config import MODES, TrainConfig
 from tlserve.training.data import RESIZE_METHOD, DatasetPlan, plan_dataset
@@ -28,6 +28,8 @@ class ResolvedBase:
     """The Keras Application, or None for an earlier network."""
     earlier: Path | None
     image_size: int
+    earlier_lr: float | None = None
+    """The learning rate an earlier run dir trained its network at (its last phase), if known."""
 
 
 def resolve_base(config: TrainConfig) -> ResolvedBase:
@@ -52,7 +54,7 @@ def resolve_base(config: TrainConfig) -> ResolvedBase:
             raise UsageError(
                 f"--base {path}: the earlier network must take square RGB images [N, S, S, 3]; got {shape}"
             )
-        return ResolvedBase(None, path, 0)
+        return ResolvedBase(None, path, 0, rundir.trained_learning_rate(path))
     try:
         spec = get_base(config.base)
     except KeyError as exc:
@@ -66,6 +68,14 @@ def resolve_base(config: TrainConfig) -> ResolvedBase:
     weights = config.weights
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise UsageError(f"--weights {weights}: expected imagenet, none or an existing .h5 file")
+    if weights == "none" and config.mode != "scratch":
+        # NOTE: a frozen random base gives features that carry almost nothing (BatchNorm in
+        # inference mode makes most of them constant): the head learns chance, and that model
+        # would export without a word.
+        raise UsageError(
+            f"--mode {config.mode} with --weights none would train on a frozen random network; "
+            "use --mode scratch to train every layer, or --base RUN_DIR to reuse a network you trained"
+        )
     if weights == "imagenet" and spec.imagenet_sizes and size not in spec.imagenet_sizes:
         sizes = "/".join(map(str, spec.imagenet_sizes))
         print(
@@ -80,10 +90,10 @@ def check_config(config: TrainConfig) -> None:
     if config.mode not in MODES:
         raise UsageError(f"--mode {config.mode!r}: expected one of {', '.join(MODES)}")
     at_least = {
-        "--epochs": (config.epochs, 1),
+        "--epochs": (1 if config.epochs is None else config.epochs, 1),
         "--batch-size": (config.batch_size, 1),
-        "--fine-tune-epochs": (config.fine_tune_epochs, 0),
-        "--patience": (config.patience, 0),
+        "--fine-tune-epochs": (config.fine_tune_epochs or 0, 0),
+        "--patience": (config.patience or 0, 0),
         "--hidden": (config.hidden, 0),
         "--cache-memory-mb": (config.cache_memory_mb, 0),
         "--seed": (config.seed, 0),
@@ -95,7 +105,7 @@ def check_config(config: TrainConfig) -> None:
         raise UsageError(f"--seed must be below 2**32; got {config.seed}")
     if config.image_size is not None and config.image_size < 1:
         raise UsageError(f"--image-size must be a positive number of pixels; got {config.image_size}")
-    if config.unfreeze is not None and config.unfreeze < 1:
+    if isinstance(config.unfreeze, int) and config.unfreeze < 1:
         raise UsageError(f"--unfreeze must be a positive number of layers or 'all'; got {config.unfreeze}")
     in_range = {
         "--dropout": (config.dropout, 0.0, 1.0),
@@ -106,8 +116,16 @@ def check_config(config: TrainConfig) -> None:
         if not floor <= fraction < ceiling:
             raise UsageError(f"{flag} must be in [{floor:g}, {ceiling:g}); got {fraction}")
     for flag, rate in {"--lr": config.lr, "--fine-tune-lr": config.fine_tune_lr}.items():
-        if not (math.isfinite(rate) and rate > 0):
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise UsageError(f"{flag} must be a positive number; got {rate}")
+    if config.mode != "finetune":
+        ignored = {
+            "--unfreeze": config.unfreeze != "auto",
+            "--fine-tune-lr": config.fine_tune_lr is not None,
+            "--fine-tune-epochs": config.fine_tune_epochs is not None,
+        }
+        for flag in (flag for flag, given in ignored.items() if given):
+            print(f"note: {flag} is ignored in --mode {config.mode} (it applies to --mode finetune)")
     rundir.check_output_dir(config.out, config.overwrite)
     base_path = Path(config.base) if config.base not in base_names() else None
     rundir.check_not_replacing(
@@ -144,10 +162,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
         report["config"]["resize"] = f"{RESIZE_METHOD}, no antialias, aspect ratio not kept"
         session.write(report)
     metrics = report["metrics"]
+    kept = ", ".join(
+        f"{p['name']}: kept epoch {p['kept_epoch']} of {p['epochs_run']}" for p in report["phases"]
+    )
     print(
-        f"wrote {config.out}: val accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-        f"{report['timings']['total_seconds']:.1f}s",
+        f"wrote {config.out}: val accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+        f"({kept}), {report['timings']['total_seconds']:.1f}s",
         file=sys.stdout,
         flush=True,
     )
+    warning = quality.summary_line(report["quality"])
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return report
