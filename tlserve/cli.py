@@ -45,7 +45,8 @@ def _unfreeze(value: str) -> int | str | None:
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of layers or 'all'; got {value!r}") from None
+        expected = "expected a number of layers, 'all' or 'auto'"
+        raise argparse.ArgumentTypeError(f"{expected}; got {value!r}") from None
 
 
 def _auto(kind: type) -> Any:
@@ -76,13 +77,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=_Formatter,
         description=(
             "Train an image classifier on DATA_DIR (one subfolder per class; JPEG, PNG, BMP, GIF)\n"
-            "and write a run dir: model.keras, labels.txt, run.json, history.png, confusion.png.\n\n"
+            "and write a run dir: model.keras, labels.txt, run.json, history.png, confusion.png,\n"
+            "mistakes.png. With no tuning flag, each phase trains until validation stops improving\n"
+            "and keeps its best epoch (docs/training.md says how).\n\n"
             "modes:\n"
             "  frozen    feature extraction: the base stays frozen, a new head is trained on its\n"
-            "            outputs (computed once and cached when augmentation is off).\n"
+            "            outputs, computed once for the training images and a few augmented copies.\n"
             "            Best with little data.\n"
             "  finetune  frozen first until the head converges, then the top --unfreeze layers of the\n"
-            "            base (whole blocks, BatchNorm kept in inference mode) train at --fine-tune-lr.\n"
+            "            base (whole blocks, BatchNorm kept in inference mode) train at --fine-tune-lr;\n"
+            "            the head's weights are kept if fine-tuning does not beat them.\n"
             "  scratch   every layer trains from the given initialisation: the baseline to compare\n"
             "            transfer against, and the way to make a first base offline.\n\n"
             "examples:\n"
@@ -120,7 +124,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N|auto",
         help="most epochs of the head (or scratch) phase; auto: planned in steps (600 on cached "
-        "features, 300 when a pretrained base runs, 1500 from scratch), 10..200 epochs (default: auto)",
+        "features, 300 when a pretrained base runs, 1500 from scratch), 10..200 epochs; a small set is "
+        "repeated to make at least 8 steps an epoch (default: auto)",
     )
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (or scratch) phase")
     g.add_argument(

@@ -95,6 +95,9 @@ def test_summary_line_names_the_reasons_and_the_way_out() -> None:
     line = summary_line(assess([[9, 1], [9, 1]], ["cat", "dog"]))
     assert line.startswith("warning: weak model: val accuracy 0.500 is not clearly above chance 0.500")
     assert "--mode scratch" in line and "--allow-weak" in line and "\n" not in line
+    # 2 of 4 right cannot be told from chance, nor could 4 of 4: more validation images is the way out
+    tiny = summary_line(assess([[1, 1], [1, 1]], ["cat", "dog"]))
+    assert "too small to tell" in tiny and "--val-data" in tiny and "--mode scratch" not in tiny
 
 
 @pytest.mark.parametrize(

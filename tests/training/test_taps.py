@@ -56,3 +56,27 @@ def test_an_earlier_run_shaped_network_gets_taps_and_still_loads_in_safe_mode(tm
     base.save(saved)
     reloaded = keras.models.load_model(saved, safe_mode=True)
     np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), features, rtol=1e-5, atol=1e-5)
+
+
+def test_graphs_it_cannot_follow_keep_the_plain_features(tmp_path: Path) -> None:
+    sequential = keras.Sequential(
+        [
+            keras.Input((24, 24, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(8, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    sequential.save(tmp_path / "sequential.keras")
+    base, _ = build_from_earlier(tmp_path / "sequential.keras")
+    assert base.outputs[0].shape[-1] == 8
+    # features behind a nested network (an earlier run trained with --hidden): plain features
+    inner = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    x = keras.layers.Dense(12, activation="relu", name="hidden")(x)
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "hidden.keras")
+    base, _ = build_from_earlier(tmp_path / "hidden.keras")
+    assert base.outputs[0].shape[-1] == 12

@@ -193,6 +193,12 @@ def test_finetune_unfreezes_whole_blocks_after_the_head(data: Path, tmp_path: Pa
     assert fine["learning_rate"] == 1e-5
     assert fine["unfrozen_layers"] >= 10
     assert fine["trainable_params"] > head["trainable_params"]
+    # fine-tuning starts from the kept head (scored by the full model, not the cached features),
+    # and never ends worse than it
+    assert fine["start"]["val_accuracy"] == pytest.approx(head["kept"]["val_accuracy"], abs=1e-5)
+    assert fine["start"]["val_loss"] == pytest.approx(head["kept"]["val_loss"], rel=1e-3)
+    assert fine["kept"]["val_accuracy"] >= fine["start"]["val_accuracy"]
+    assert report["metrics"]["accuracy"] == pytest.approx(fine["kept"]["val_accuracy"], abs=1e-5)
     model = check_run_dir(out, ["blue", "green", "red"])
     base = model.get_layer("base")
     assert all(

@@ -44,7 +44,7 @@ class TrainConfig:
     """Epochs without progress before a phase stops; None: planned from the data."""
     class_weight: Literal["none", "auto"] = "none"
     augment: tuple[str, ...] = DEFAULT_AUGMENT
-    """Random transforms of training images (names from data.AUGMENTATIONS); () = none."""
+    """Random transforms of training images (names from augment.AUGMENTATIONS); () = none."""
     feature_cache: Literal["auto", "on", "off"] = "auto"
     """auto/on: a frozen base runs once over the training images (and a few augmented copies of
     them) and the head trains on the cached features; off: the base runs every epoch."""

@@ -231,6 +231,14 @@ def plan_dataset(data_dir: Path, val_split: float, val_data: Path | None, seed: 
     return DatasetPlan(classes, train, val, data_dir, val_data, skipped, corrupt)
 
 
+def load_image(path: Any, image_size: int) -> Any:
+    """One image as the model sees it: decoded RGB, resized, float32 0..255."""
+    import tensorflow as tf
+
+    image = decode(tf.io.read_file(path))
+    return tf.image.resize(image, (image_size, image_size), method=RESIZE_METHOD)
+
+
 def image_dataset(
     split: Split,
     image_size: int,
@@ -255,9 +263,7 @@ def image_dataset(
     )
 
     def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = decode(tf.io.read_file(path))
-        image = tf.image.resize(image, (image_size, image_size), method=RESIZE_METHOD)
-        return image, label
+        return load_image(path, image_size), label
 
     if cache:
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()

@@ -41,7 +41,9 @@ class PhaseResult:
             "name": self.name,
             "learning_rate": self.plan.learning_rate,
             "planned_epochs": self.plan.epochs,
+            "passes_per_epoch": self.plan.repeats,
             "patience": self.plan.patience,
+            "plateau_patience": self.plan.plateau_patience,
             "min_epochs": self.plan.min_epochs,
             "trainable_params": self.trainable_params,
             "used_feature_cache": self.used_feature_cache,
@@ -119,9 +121,10 @@ class FitPolicy(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         loss, accuracy = logs.get("val_loss"), logs.get("val_accuracy")
-        if loss is None or accuracy is None or not np.isfinite(loss):
+        if loss is None or accuracy is None:
             return
-        if self._consider(epoch + 1, float(loss), float(accuracy)):
+        # NOTE: a diverged epoch (NaN loss) is never kept, and counts as no progress.
+        if np.isfinite(loss) and self._consider(epoch + 1, float(loss), float(accuracy)):
             self.waited = self.plateau_waited = 0
             return
         self.waited += 1
@@ -217,5 +220,12 @@ def kept_line(result: PhaseResult) -> str:
     figures = ""
     if "val_accuracy" in kept:
         figures = f" (val accuracy {kept['val_accuracy']:.3f}, loss {kept['val_loss']:.3f})"
-    where = "the starting weights" if result.kept_epoch == 0 else f"epoch {result.kept_epoch}"
-    return f"kept {where} of {len(result.epochs)}{figures}; {result.stop_reason}"
+    return f"{kept_epoch_words(result.kept_epoch, len(result.epochs))}{figures}; {result.stop_reason}"
+
+
+def kept_epoch_words(kept: int, run: int) -> str:
+    """ "kept epoch 12 of 40", or for fine-tuning that never beat its start, "kept its starting
+    weights (0 of 40 epochs better)"."""
+    if kept == 0:
+        return f"kept its starting weights (none of {run} epochs better)"
+    return f"kept epoch {kept} of {run}"

@@ -76,6 +76,10 @@ def build_from_earlier(path: Path) -> tuple[keras.Model, int]:
     features are those of several depths (``taps``) where the network has block boundaries.
     """
     earlier = load_run_model(path)
+    if len(earlier.inputs) != 1:
+        raise UsageError(
+            f"{path}: the earlier network must take one image input; it has {len(earlier.inputs)}"
+        )
     shape = earlier.inputs[0].shape
     if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]:
         raise UsageError(
@@ -96,9 +100,14 @@ def build_from_earlier(path: Path) -> tuple[keras.Model, int]:
         node_layer = tensor._keras_history.operation
     if stripped == 0:
         raise UsageError(f"{path}: the earlier network has no Dense classification layer to replace")
-    # NOTE: several depths, not just the last layer: see taps.py for why and what it measured.
-    base = taps.with_taps(earlier, tensor) or keras.Model(earlier.inputs, tensor, name="base")
-    return base, int(shape[1])
+    base = keras.Model(earlier.inputs, tensor, name="base")
+    try:
+        # NOTE: several depths, not just the last layer: see taps.py for why and what it measured.
+        # A graph it cannot follow keeps the plain features rather than failing the run.
+        return taps.with_taps(base, base.outputs[0]) or base, int(shape[1])
+    except Exception as exc:
+        print(f"note: features from the last layer only ({first_line(exc)})", flush=True)
+        return base, int(shape[1])
 
 
 def build_classifier(

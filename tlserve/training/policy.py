@@ -9,7 +9,7 @@ at the first wobble. So the defaults are set in *steps*, and turned into epochs 
   fewer;
 - a phase stops early only after ``patience`` epochs in which *neither* validation loss nor
   validation accuracy improved (a tiny validation set's loss can rise while its accuracy climbs),
-  and never before a quarter of its planned epochs;
+  and (with auto patience) never before a quarter of its planned epochs;
 - after half the patience without improvement the learning rate drops by ``PLATEAU_FACTOR``
   (down to a hundredth of where it started);
 - the weights kept are those of the epoch with the best validation accuracy, ties broken by the
@@ -22,7 +22,8 @@ gave 0.69), and the top 30 layers (whole blocks) of a Keras Application.
 The fine-tuning learning rate suits the base: 1e-5 for ImageNet weights (the Keras guide's value:
 a large pretrained network is easily destroyed), and for a network the user trained before, a tenth
 of the learning rate it was trained at (the TF tutorial's base_lr / 10). Every figure here can be
-overridden by a flag; docs/training.md gives the measurements behind them.
+overridden by a flag (the repeats, plateau factor and augmented copies excepted); docs/training.md
+gives the measurements behind them.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def plan_phase(
     per_epoch = steps_per_epoch(images, batch_size) * repeats(images, batch_size)
     if epochs is None:
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(steps / per_epoch)))
+    auto_patience = patience is None
     if patience is None:
         patience = max(MIN_PATIENCE, math.ceil(epochs / 5))
     return PhasePlan(
         epochs=epochs,
         repeats=repeats(images, batch_size),
         patience=patience,
-        min_epochs=min(epochs, max(1, epochs // 4)),
+        # NOTE: a --patience the user chose is taken at its word; the floor guards the auto one.
+        min_epochs=min(epochs, max(1, epochs // 4)) if auto_patience else 1,
         learning_rate=learning_rate,
         plateau_patience=max(1, patience // 2) if patience else 0,
         min_learning_rate=learning_rate * MIN_LR_FRACTION,

@@ -78,9 +78,13 @@ def summary_line(quality: dict[str, Any]) -> str:
     """One line for the trainer to print about a weak run (empty when it is not weak)."""
     if not quality.get("weak"):
         return ""
+    if quality.get("chance_accuracy", 0) + quality.get("margin", 0) >= 1:
+        advice = "the validation set is too small to tell: give more images with --val-data or --val-split"
+    else:
+        advice = "check the data and labels, try --mode scratch or another --base"
     return (
-        f"warning: weak model: {'; '.join(quality['reasons'])}; check the data and labels, try "
-        "--mode scratch or another --base; tlserve export refuses it without --allow-weak"
+        f"warning: weak model: {'; '.join(quality['reasons'])}; {advice}; "
+        "tlserve export refuses it without --allow-weak"
     )
 
 

@@ -65,13 +65,29 @@ ASSUMED_LEARNING_RATE = 1e-3
 """For a .keras file with no run.json: Adam's default, what most Keras scripts train at."""
 
 
-def trained_learning_rate(path: Path) -> float:
-    """The learning rate the network of an earlier run dir (or .keras file) was trained at last."""
-    if path.is_dir():
-        phases = read_run(path).get("phases") or []
-        rate = phases[-1].get("learning_rate") if phases and isinstance(phases[-1], dict) else None
-        if isinstance(rate, (int, float)) and rate > 0:
+_BASE_TRAINING_PHASES = ("finetune", "scratch")
+
+
+def trained_learning_rate(path: Path, _depth: int = 0) -> float | None:
+    """The learning rate the convolutional layers of an earlier run dir (or .keras file) were last
+    trained at; None when they are ImageNet weights no run of ours trained (a frozen run on an
+    Application), so the ImageNet fine-tuning policy applies."""
+    if not path.is_dir():
+        return ASSUMED_LEARNING_RATE
+    run = read_run(path)
+    phases = [p for p in run.get("phases") or [] if isinstance(p, dict)]
+    for phase in reversed(phases):
+        rate = phase.get("learning_rate")
+        if phase.get("name") in _BASE_TRAINING_PHASES and isinstance(rate, (int, float)) and rate > 0:
             return float(rate)
+    base = run.get("base")
+    if not isinstance(base, dict):
+        base = {}
+    earlier = base.get("earlier")
+    if isinstance(earlier, str) and Path(earlier).is_dir() and _depth < 8:
+        return trained_learning_rate(Path(earlier), _depth + 1)  # frozen on an earlier network
+    if base.get("name"):
+        return None
     return ASSUMED_LEARNING_RATE
 
 

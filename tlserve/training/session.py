@@ -15,7 +15,7 @@ import tensorflow as tf
 from tlserve.training import augment as augmentation
 from tlserve.training import freezing, policy, preprocessing, quality, report, rundir
 from tlserve.training.config import TrainConfig
-from tlserve.training.data import RESIZE_METHOD, DatasetPlan, Split, decode, image_dataset
+from tlserve.training.data import DatasetPlan, Split, image_dataset, load_image
 from tlserve.training.features import FeatureCache, batches, extract
 from tlserve.training.fit import PhaseResult, run_phase
 from tlserve.training.metrics import classification_metrics, format_metrics
@@ -77,18 +77,29 @@ class TrainingSession:
             base_in_inference_mode=config.mode != "scratch",
         )
 
-    def _images(self, split: Split, *, train: bool, cache: bool = True, repeats: int = 1) -> Any:
-        """Decoded images are cached in memory when they fit under --cache-memory-mb."""
+    def _images(
+        self,
+        split: Split,
+        *,
+        train: bool,
+        cache: bool = True,
+        repeats: int = 1,
+        augment_seed: int | None = None,
+    ) -> Any:
+        """Decoded images are cached in memory when they fit under --cache-memory-mb. Training
+        batches are augmented; so are others given an ``augment_seed`` (augmented copies)."""
         config = self.config
         size = self.resolved.image_size
         fits = len(split) * size * size * 3 * 4 <= config.cache_memory_mb * 2**20
+        if train and augment_seed is None:
+            augment_seed = config.seed
         return image_dataset(
             split,
             size,
             config.batch_size,
             shuffle=train,
             seed=config.seed,
-            augment=augmentation.build(config.augment, config.seed) if train else None,
+            augment=augmentation.build(config.augment, augment_seed) if augment_seed is not None else None,
             cache=cache and fits,
             repeats=repeats,
         )
@@ -111,15 +122,10 @@ class TrainingSession:
     def _extract(self, clf: Classifier, split: Split, name: str, copies: int) -> FeatureCache:
         """Features of ``split``, then of ``copies`` augmented passes over it, in one cache."""
         limit = self.config.cache_memory_mb * 2**20
-        passes = [self._images(split, train=False, cache=False)]
-        for copy in range(copies):
-            augment = augmentation.build(self.config.augment, self.config.seed + 1000 * (copy + 1))
-            passes.append(
-                image_dataset(
-                    split, self.resolved.image_size, self.config.batch_size, shuffle=False,
-                    seed=self.config.seed, augment=augment, cache=False,
-                )
-            )  # fmt: skip
+        passes = [
+            self._images(split, train=False, cache=False, augment_seed=seed)
+            for seed in [None, *(self.config.seed + 1000 * (copy + 1) for copy in range(copies))]
+        ]
         count = len(split) * len(passes)
         return extract(
             clf.features,
@@ -208,7 +214,7 @@ class TrainingSession:
     def fine_tune_lr(self) -> float:
         if self.config.fine_tune_lr is not None:
             return self.config.fine_tune_lr
-        return policy.fine_tune_lr(self.resolved.earlier_lr if self.resolved.earlier else None)
+        return policy.fine_tune_lr(self.resolved.earlier_lr)
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -237,7 +243,8 @@ class TrainingSession:
                 if config.mode == "finetune" and config.fine_tune_epochs != 0:
                     count = config.unfreeze
                     if count == "auto":
-                        count = policy.unfreeze_count(earlier=self.resolved.earlier is not None)
+                        own = self.resolved.earlier is not None and self.resolved.earlier_lr is not None
+                        count = policy.unfreeze_count(earlier=own)
                     unfrozen = freezing.unfreeze_top(clf.base, count)
                     lr = self.fine_tune_lr()
                     print(f"fine-tuning the top {unfrozen} layers of the base (whole blocks)", flush=True)
@@ -327,5 +334,4 @@ class ValImages:
         return len(self.split)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        image = decode(tf.io.read_file(str(self.split.paths[index])))
-        return np.asarray(tf.image.resize(image, (self.size, self.size), method=RESIZE_METHOD))
+        return np.asarray(load_image(str(self.split.paths[index]), self.size))

@@ -50,7 +50,7 @@ def stage_ends(model: keras.Model, final_size: int | None) -> list[Any]:
 
     A block output is a feature map at a block boundary made by a merge (the Add of a residual
     block, the Concatenate of a dense block) or, in a network without merges, by a pooling layer
-    (the end of a VGG stage); in a network with neither, any feature map at a boundary.
+    (the end of a VGG stage); in a network with neither, any learnt feature map at a boundary.
     """
     ops = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
     clean = clean_cuts(ops, edges(model))
@@ -64,6 +64,8 @@ def stage_ends(model: keras.Model, final_size: int | None) -> list[Any]:
         if any(isinstance(op, kinds) for op in maps):
             maps = [op for op in maps if isinstance(op, kinds)]
             break
+    else:
+        maps = [op for op in maps if op.weights]  # NOTE: not the rescaled pixels of a preprocess layer
     last: dict[int, Any] = {}
     for op in maps:
         size = op.output.shape[1]
@@ -75,13 +77,15 @@ def stage_ends(model: keras.Model, final_size: int | None) -> list[Any]:
 
 def with_taps(earlier: keras.Model, features: Any) -> keras.Model | None:
     """pixels -> [pooled stage ends of ``earlier``..., ``features``] concatenated, or None when the
-    graph has no such taps (or a shape this does not follow)."""
+    graph has no such taps (or a shape this does not follow); ``earlier`` is a functional model."""
     producer = _producer(features)
     final = features
     if isinstance(producer, _PASSTHROUGH) and _single_input(producer) is not None:
         final = _single_input(producer)
         producer = _producer(final)
     if is_functional(producer) and producer is not earlier:
+        if len(producer.outputs) != 1:
+            return None
         # NOTE: a tlserve run: pixels -> preprocess_* -> nested base -> pool. The taps live in the
         # nested graph, so that graph gets the extra outputs and the chain before it is replayed.
         chain: list[Any] = []
@@ -93,6 +97,8 @@ def with_taps(earlier: keras.Model, features: Any) -> keras.Model | None:
         if tensor is None or any(is_functional(layer) for layer in chain):
             return None
         graph, graph_final = producer, producer.outputs[0]
+    elif any(is_functional(op) for op in earlier.operations):
+        return None  # NOTE: features taken behind a nested network (a hidden layer, a Flatten)
     else:
         chain, graph, graph_final = [], earlier, final
     size = graph_final.shape[1] if len(graph_final.shape) == 4 else None

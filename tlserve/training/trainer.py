@@ -29,7 +29,7 @@ class ResolvedBase:
     earlier: Path | None
     image_size: int
     earlier_lr: float | None = None
-    """The learning rate an earlier run dir trained its network at (its last phase), if known."""
+    """The rate an earlier network of the user's was trained at; None for ImageNet weights."""
 
 
 def resolve_base(config: TrainConfig) -> ResolvedBase:
@@ -162,8 +162,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         report["config"]["resize"] = f"{RESIZE_METHOD}, no antialias, aspect ratio not kept"
         session.write(report)
     metrics = report["metrics"]
+    from tlserve.training.fit import kept_epoch_words
+
     kept = ", ".join(
-        f"{p['name']}: kept epoch {p['kept_epoch']} of {p['epochs_run']}" for p in report["phases"]
+        f"{p['name']}: {kept_epoch_words(p['kept_epoch'], p['epochs_run'])}" for p in report["phases"]
     )
     print(
         f"wrote {config.out}: val accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
