@@ -123,7 +123,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=_auto(int),
         default=None,
         metavar="N|auto",
-        help="most epochs of the head (or scratch) phase; auto: planned in steps (600 on cached "
+        help="most epochs of the head (or scratch) phase; auto: planned in steps (3000 on cached "
         "features, 300 when a pretrained base runs, 1500 from scratch), 10..200 epochs; a small set is "
         "repeated to make at least 8 steps an epoch (default: auto)",
     )

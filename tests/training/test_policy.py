@@ -21,7 +21,7 @@ def test_small_data_gets_more_epochs_and_patience_than_ten_and_three() -> None:
     assert tiny.epochs == 38  # ceil(300 steps / 8 per epoch)
     assert tiny.patience == 8 and tiny.plateau_patience == 4 and tiny.min_epochs == 9
     head = plan_phase(images=20, batch_size=32, learning_rate=1e-3, cached=True)
-    assert head.epochs == 75  # ceil(600 / 8): the head on cached features gets more steps
+    assert head.epochs == 200  # ceil(3000 / 8) capped: the head on cached features gets more steps
     scratch = plan_phase(images=20, batch_size=32, learning_rate=1e-3, cached=False, scratch=True)
     assert scratch.epochs == 188  # ceil(1500 / 8): from a random initialisation, many more
     # a large set: one pass is many steps, so few epochs, never fewer than the minimum

@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-HEAD_STEPS = 600
-"""Planned optimizer steps of the head on cached features."""
+HEAD_STEPS = 3000
+"""Planned optimizer steps of the head on cached features (a step costs microseconds: with 600,
+the head on shapes -> digits features stopped at 0.77 where a longer sweep point reached 0.84)."""
 END_TO_END_STEPS = 300
 """Planned steps of a phase that runs a pretrained base: the head without a cache, fine-tuning."""
 SCRATCH_STEPS = 1500
