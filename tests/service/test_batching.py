@@ -283,3 +283,27 @@ def test_decode_wait_is_zero_while_a_decode_thread_is_free() -> None:
     assert decode_wait(2, 2, 0.1) == pytest.approx(0.2)  # both busy: one to finish, then its own
     assert decode_wait(5, 2, 0.1) == pytest.approx(0.3)
     assert decode_wait(9, 2, None) == 0.0  # nothing measured yet
+
+
+def test_a_released_backend_failure_leaves_the_batcher_working() -> None:
+    """The transports ``release`` a failure; doing so once killed the batcher's own loop (a frame
+    of its suspended coroutine is on the failure's traceback): the next submit hung forever."""
+    from tlserve.service.errors import release
+
+    recorder = Recorder(fail=True)
+
+    async def main() -> np.ndarray:
+        batcher = make(recorder, max_batch_delay_s=0.0)
+        try:
+            await asyncio.wait_for(batcher.submit(rows(1)), 5)
+        except RuntimeError as exc:
+            release(exc)
+            assert exc.__traceback__ is None
+        else:
+            raise AssertionError("the backend did not fail")
+        recorder.fail = False
+        result = await asyncio.wait_for(batcher.submit(rows(2)), 5)
+        await asyncio.wait_for(batcher.close(), 5)
+        return result
+
+    np.testing.assert_array_equal(asyncio.run(main())[:, 0], [2])

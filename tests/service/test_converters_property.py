@@ -49,7 +49,7 @@ def test_tfs_tensor_converters(proto: tf_pb.TensorProto) -> None:
         assert isinstance(array, np.ndarray) and array.size <= MAX_ELEMENTS
         assert list(array.shape) == [d.size for d in proto.tensor_shape.dim]
     try:
-        strings = tfs_codec.to_strings(proto, "images")
+        strings = tfs_codec.to_strings(proto, "images", MAX_ELEMENTS)
     except InvalidArgument:
         pass
     else:
@@ -82,7 +82,7 @@ def oip_requests(draw: st.DrawFn) -> oip_pb.ModelInferRequest:
 @given(oip_requests())
 def test_oip_converters(request: oip_pb.ModelInferRequest) -> None:
     try:
-        given_input = oip_codec.parse_input(request, MAX_ELEMENTS)
+        given_input = oip_codec.parse_input(request, MAX_ELEMENTS, MAX_ELEMENTS)
     except InvalidArgument:
         pass
     else:
@@ -129,7 +129,7 @@ def test_oip_http_converter(body: dict[str, object], binary: bytes) -> None:
     except InvalidArgument:
         return
     try:
-        oip_codec.parse_input(request, MAX_ELEMENTS)
+        oip_codec.parse_input(request, MAX_ELEMENTS, MAX_ELEMENTS)
         oip_codec.requested_classification(request)
     except InvalidArgument:
         pass
@@ -147,4 +147,4 @@ def test_a_zero_dimension_does_not_hide_a_huge_shape() -> None:
     request.inputs.add(name="image", datatype="FP32", shape=[0, 200, 200, 200])
     request.raw_input_contents.append(b"")
     with pytest.raises(InvalidArgument):
-        oip_codec.parse_input(request, MAX_ELEMENTS)
+        oip_codec.parse_input(request, MAX_ELEMENTS, MAX_ELEMENTS)

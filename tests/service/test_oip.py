@@ -190,7 +190,9 @@ HTTP_BAD = {
     "no inputs": (b"{}", JSON, 400, '"inputs" must be a list'),
     "oversized body": (b"[" + b"0," * (1 << 20) + b"0]", JSON, 413, "Too Large"),
     "JSON nested 100,000 deep": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, 400,
-                                 "nested too deeply"),
+                                 "JSON values"),
+    "JSON nested 5,000 deep": (b'{"inputs": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", JSON, 400,
+                               "nested too deeply"),
     "a 400-digit integer": (tensors({**IMAGE, "data": [10**400] + [0] * (SIZE * SIZE * 3 - 1)}), JSON, 400,
                             "data must be numbers"),
     "a lone surrogate in BYTES data": (

@@ -132,7 +132,9 @@ def test_malformed_json_wrong_type_and_oversized(server: ServerProcess) -> None:
 
 
 HOSTILE_BODIES = {
-    "JSON nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, {}, "nested too deeply"),
+    "JSON nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, {}, "JSON values"),
+    "JSON nested 5,000 deep (fewer values than the limit)": (b"[" * 5_000 + b"]" * 5_000, {},
+                                                             "nested too deeply"),
     "a 400-digit integer pixel": (json.dumps({"instances": [[[[10**400, 0, 0]] * SIZE] * SIZE]}).encode(), {},
                                   "nested lists of numbers"),
     "a lone surrogate in a string": (b'{"signature_name": "predict_images", "instances": ["\\ud800"]}', {},

@@ -103,3 +103,9 @@ def test_connection_settings_become_grpc_options() -> None:
         tuned["grpc.max_connection_age_ms"] == 300_000 and tuned["grpc.max_connection_age_grace_ms"] == 30_000
     )
     assert tuned["grpc.keepalive_time_ms"] == 20_000
+
+
+def test_the_request_budget_must_fit_one_message() -> None:
+    with pytest.raises(pydantic.ValidationError, match="max_inflight_request_bytes"):
+        ServerSettings(max_message_bytes=64 << 20, max_inflight_request_bytes=32 << 20)
+    assert ServerSettings().max_inflight_request_bytes >= ServerSettings().max_message_bytes

@@ -158,11 +158,7 @@ class InferenceCore:
     def _check_batch(self, size: int) -> None:
         if size == 0:
             raise InvalidArgument("empty batch: send at least one image")
-        if size > self.settings.max_batch_size:
-            raise InvalidArgument(
-                f"batch of {size} images is above the maximum of {self.settings.max_batch_size} "
-                "(setting max_batch_size); split it"
-            )
+        check_batch_size(size, self.settings.max_batch_size)
 
     def _check_pixels(self, served: ServedVersion, pixels: np.ndarray) -> None:
         assert served.manifest is not None
@@ -195,6 +191,15 @@ class InferenceCore:
         stay unlabelled, which keeps the label's cardinality bounded)."""
         if ref.name in self.repository.models:
             current_model.set((ref.name, ""))
+
+
+def check_batch_size(size: int, maximum: int) -> None:
+    """InvalidArgument for more than ``maximum`` images (transports check a count they can read
+    cheaply with this before converting the images or tensors of a request)."""
+    if size > maximum:
+        raise InvalidArgument(
+            f"batch of {size} images is above the maximum of {maximum} (setting max_batch_size); split it"
+        )
 
 
 def decode_wait(decoding: int, threads: int, per_request_s: float | None) -> float:

@@ -69,3 +69,24 @@ class Cancelled(ServiceError):
 
 class Internal(ServiceError):
     code = Code.INTERNAL
+
+
+_CHAIN = 32
+"""At most this many exceptions of a chain (``__context__`` and ``__cause__``) are released."""
+
+
+def release(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and of the exceptions it was raised while handling, so that
+    the frames they passed through (a rejected request's message, its images, its arrays) are freed
+    with their callers instead of living as long as the exception does, until the garbage collector
+    happens to run. Frames are never cleared: a frame on a traceback may belong to a suspended
+    coroutine (a batcher's loop that awaited the failed batch), and clearing it would kill it."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(seen) < _CHAIN:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [e for e in (current.__context__, current.__cause__) if e is not None]

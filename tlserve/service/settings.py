@@ -149,6 +149,46 @@ class ServerSettings(BaseSettings):
     scans costs seconds (a scan bomb). A progressive JPEG from libjpeg has 10 (6 grey), a baseline 1."""
     max_metadata_bytes: int = Field(16 * 1024, ge=1024)
     """Largest gRPC metadata (headers) a call may carry; above it the call is refused."""
+    max_inflight_request_bytes: int = Field(2048 * 1024 * 1024, ge=1024)
+    """Request messages (gRPC) and bodies (REST) the server holds at once, in bytes (default: 32
+    times the default ``max_message_bytes``). A call reserves ``max_message_bytes`` (REST: its
+    Content-Length) while its message is read, then keeps what it really holds (a JSON body: its
+    bytes plus 32 per JSON value) until it is answered; calls wait for room, unread, in a 64 KiB
+    window. The gRPC messages being read from one client host reserve at most a quarter of it at
+    once (its other calls wait, holding nothing). Memory for requests stays about 2-3 times this. At
+    least ``max_message_bytes``."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """How long a request message (gRPC) or body (REST) may take to arrive once the server starts
+    reading it, waiting for room in ``max_inflight_request_bytes`` included: gRPC answers
+    DEADLINE_EXCEEDED (RESOURCE_EXHAUSTED if it never got room), REST 408. Raise it for large
+    messages over slow links (64 MiB at 20 Mbit/s take 27 s)."""
+    max_concurrent_streams: int = Field(100, ge=1)
+    """gRPC calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+    gRPC clients queue calls past it; streams opened past it anyway are refused (REFUSED_STREAM)."""
+    max_concurrent_calls: int = Field(1000, ge=1)
+    """gRPC calls in progress at once over all connections, health checks included; more get
+    RESOURCE_EXHAUSTED at once."""
+    max_health_watches: int = Field(100, ge=1)
+    """grpc.health.v1 Watch streams open at once (they need no token and last until the client
+    leaves); more get RESOURCE_EXHAUSTED. Kubernetes probes use Check, not Watch."""
+    stream_window_bytes: int = Field(64 * 1024, ge=16 * 1024, le=16 * 1024 * 1024)
+    """HTTP/2 flow-control window of a gRPC call that the server is not reading yet: what a client
+    can make the server buffer on a call before the call is authenticated and has room in
+    ``max_inflight_request_bytes``. A message being read gets a window of its size (bandwidth-delay
+    probing, which would grow every window to megabytes, is off)."""
+    max_grpc_connections: int = Field(1000, ge=1)
+    """Open client connections on the gRPC port; past it new ones are closed at once."""
+    max_http_connections: int = Field(1000, ge=1)
+    """Open connections on the REST port; past it a new one gets 503 and is closed. With
+    ``max_grpc_connections`` it keeps file descriptors for the other port: the server raises its
+    soft open-file limit to fit both (plus 256 of its own) when the hard limit allows."""
+    http_keepalive_timeout_s: float = Field(75.0, gt=0)
+    """A REST connection with no request in progress is closed after this long, counted from its
+    last response or, for a new connection, from its start: also the time a client has to send a
+    request's headers. Keep it above the idle timeout of a proxy in front (nginx: 60 s)."""
+    max_decompression_ratio: float = Field(100.0, ge=1)
+    """A REST body sent compressed (Content-Encoding gzip, deflate, br) may grow this many times
+    (beyond its first MiB) when decompressed; more is 413 (a decompression bomb)."""
 
     tls_cert_file: Path | None = None
     """PEM certificate chain of the server: set with ``tls_key_file`` to serve gRPC and REST over
@@ -202,6 +242,9 @@ class ServerSettings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.max_inflight_request_bytes < self.max_message_bytes:
+            raise ValueError(f"max_inflight_request_bytes ({self.max_inflight_request_bytes}) must be at "
+                             f"least max_message_bytes ({self.max_message_bytes})")  # fmt: skip
         return self
 
     @property

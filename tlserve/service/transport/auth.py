@@ -2,7 +2,10 @@
 every call but health checks with UNAUTHENTICATED unless it carries a valid token.
 
 It runs inside ErrorInterceptor, so refused calls are counted in the request metrics like any other
-status; the refusal happens before the request message is even deserialised.
+status. The refusal happens before the request message is received: a unary method is refused by a
+stream-request handler, which grpc.aio runs as soon as the call's headers arrive, without waiting for
+the message (a unary handler would get the whole message first: 600 unauthenticated calls sending
+4 MB each cost the server 2.4 GB before they were refused; now about 10 MB, the flow-control windows).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class AuthInterceptor(aio.ServerInterceptor):
 
 
 def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler | None:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED (None: unknown method,
-    which gRPC answers UNIMPLEMENTED; that says nothing a client could not learn from the protos)."""
+    """A handler that answers UNAUTHENTICATED without reading the request: stream-unary for a method
+    with one answer, stream-stream for a streaming one (None: unknown method, which gRPC answers
+    UNIMPLEMENTED; that says nothing a client could not learn from the protos)."""
     if handler is None:
         return None
 
@@ -51,11 +55,7 @@ def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMet
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield None  # pragma: no cover  # NOTE: makes this an async generator, as stream handlers are
 
-    raw = {"request_deserializer": None, "response_serializer": None}  # the request is never parsed
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **raw)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(stream, **raw)
-    if handler.stream_unary is not None:
+    raw = {"request_deserializer": None, "response_serializer": None}  # the request is never read
+    if handler.unary_unary is not None or handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(unary, **raw)
     return grpc.stream_stream_rpc_method_handler(stream, **raw)

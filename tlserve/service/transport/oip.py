@@ -86,7 +86,7 @@ async def infer(
     """One OIP inference, for gRPC and HTTP alike; output raw when ``raw`` (default: as the input came)."""
     ref = ModelRef(request.model_name, parse_version(request.model_version))
     top_k = oip_codec.requested_classification(request)
-    given = oip_codec.parse_input(request, core.settings.max_message_bytes // 4)
+    given = oip_codec.parse_input(request, core.settings.max_message_bytes // 4, core.settings.max_batch_size)
     raw = given.raw if raw is None else raw
     if given.pixels is not None:
         result = await core.predict(ref, given.pixels, deadline)

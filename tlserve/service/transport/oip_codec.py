@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlserve import repository as repo
+from tlserve.service.core import check_batch_size
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.parsing import parse_count
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
@@ -38,7 +39,9 @@ def _has_typed(contents: pb.InferTensorContents) -> bool:
     return any(contents.ListFields())
 
 
-def parse_input(request: pb.ModelInferRequest, max_elements: int) -> Input:
+def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int) -> Input:
+    """The request's one input, checked; a BYTES input of more than ``max_batch`` elements is refused
+    from its shape, before any element is split off or copied (16 M empty elements cost 11 s)."""
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
         raise InvalidArgument(f"expected one input, {repo.INPUT_NAME} (FP32 [N, H, W, 3]) or "
@@ -60,6 +63,12 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int) -> Input:
         raise InvalidArgument(
             f"input {tensor.name!r}: shape {shape} has {count} elements, above {max_elements}"
         )
+    if tensor.name == repo.IMAGES_INPUT_NAME:
+        if len(shape) != 1:
+            raise InvalidArgument(
+                f"input {tensor.name!r} must have shape [N] (one encoded image each); got {shape}"
+            )
+        check_batch_size(count, max_batch)
     raw = list(request.raw_input_contents)
     typed = _has_typed(tensor.contents)
     if raw and typed:
@@ -68,9 +77,9 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int) -> Input:
         raise InvalidArgument(f"{len(raw)} raw_input_contents entries for {len(request.inputs)} input(s)")
     if tensor.name == repo.INPUT_NAME:
         return Input(tensor.name, pixels=_fp32(tensor, shape, count, raw[0] if raw else None), raw=bool(raw))
-    if len(shape) != 1:
+    if not raw and len(tensor.contents.bytes_contents) != count:
         raise InvalidArgument(
-            f"input {tensor.name!r} must have shape [N] (one encoded image each); got {shape}"
+            f"input {tensor.name!r}: {len(tensor.contents.bytes_contents)} elements for shape {shape}"
         )
     images = _split_bytes(raw[0], count, tensor.name) if raw else list(tensor.contents.bytes_contents)
     if len(images) != count:

@@ -27,7 +27,16 @@ from tlserve.service.core import InferenceCore, ModelRef
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.parsing import parse_count, parse_number, parse_version
 from tlserve.service.transport import oip_codec
-from tlserve.service.transport.http import json_numbers, parse_json, read_body
+from tlserve.service.transport.http import (
+    LARGE_BODY_BYTES,
+    SHARE,
+    continue_later,
+    json_numbers,
+    max_json_values,
+    off_loop,
+    parse_json,
+    read_body,
+)
 from tlserve.service.transport.oip import PLATFORMS, infer
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 
@@ -40,7 +49,7 @@ def _version(request: web.Request) -> str:
     return request.match_info.get("version", "")
 
 
-def _split_body(request: web.Request, body: bytes) -> tuple[dict[str, Any], bytes]:
+async def _split_body(request: web.Request, body: bytes, max_values: int) -> tuple[dict[str, Any], bytes]:
     length = request.headers.get(HEADER_LENGTH)
     if length is None:
         # NOTE: tritonclient sends its JSON-only requests as application/octet-stream
@@ -53,7 +62,7 @@ def _split_body(request: web.Request, body: bytes) -> tuple[dict[str, Any], byte
         if size > len(body):
             raise InvalidArgument(f"{HEADER_LENGTH} {size} does not fit a body of {len(body)} bytes")
         header, binary = body[:size], body[size:]
-    return parse_json(header), binary
+    return await parse_json(header, max_values, request[SHARE]), binary
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -169,7 +178,7 @@ class OipRest:
         for prefix in (MODEL, VERSIONED):
             app.router.add_get(prefix, self.model_metadata)
             app.router.add_get(prefix + "/ready", self.model_ready)
-            app.router.add_post(prefix + "/{method:infer}", self.infer)
+            app.router.add_post(prefix + "/{method:infer}", self.infer, expect_handler=continue_later)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -208,9 +217,14 @@ class OipRest:
         return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     async def infer(self, request: web.Request) -> web.Response:
-        body, binary = _split_body(request, await read_body(request))
+        name, version = request.match_info["name"], _version(request)
+        served = self.core.resolve(ModelRef(name, parse_version(version)))
+        data = await read_body(request)
+        body, binary = await _split_body(request, data, max_json_values(self.core.settings, served))
         max_elements = self.core.settings.max_message_bytes // 4
-        proto = to_proto(request.match_info["name"], _version(request), body, binary, max_elements)
+        large = len(data) >= LARGE_BODY_BYTES
+        del data
+        proto = await off_loop(large, to_proto, name, version, body, binary, max_elements)
         wants_binary = bool(
             _parameters(body.get("parameters"), "parameters").get("binary_data_output")
         ) or any(

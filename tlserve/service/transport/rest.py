@@ -28,10 +28,22 @@ from tlserve import repository as repo
 from tlserve.service import logs
 from tlserve.service.auth import Tokens
 from tlserve.service.core import InferenceCore, ModelRef
-from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError
+from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError, release
 from tlserve.service.metrics import Metrics, current_model
 from tlserve.service.parsing import parse_version
-from tlserve.service.transport.http import json_numbers, parse_json, read_body
+from tlserve.service.transport.budget import RequestBudget
+from tlserve.service.transport.http import (
+    LARGE_BODY_BYTES,
+    LIMITS,
+    SHARE,
+    BodyLimits,
+    continue_later,
+    json_numbers,
+    max_json_values,
+    off_loop,
+    parse_json,
+    read_body,
+)
 from tlserve.service.transport.oip_rest import OipRest
 from tlserve.service.transport.tfs import SIGNATURE_INPUTS, signature_defs
 from tlserve.service.watcher import State
@@ -47,6 +59,8 @@ HTTP_STATUS = {
     Code.CANCELLED: 499,
     Code.UNAUTHENTICATED: 401,
 }
+HTTP_CODES = {404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}
+"""The code counted for aiohttp's HTTP errors (others: INVALID_ARGUMENT)."""
 TFS_STATE = {State.LOADING: "LOADING", State.AVAILABLE: "AVAILABLE", State.UNLOADING: "UNLOADING",
              State.UNLOADED: "END", State.FAILED: "END"}  # fmt: skip
 NAME = r"{name:[^/:]+}"
@@ -62,7 +76,7 @@ def _error(status: int, message: str, rid: str) -> web.Response:
 HEALTH_PATHS = ("/v2/health/",)
 
 
-def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None = None) -> Any:
+def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None, budget: RequestBudget) -> Any:
     @web.middleware
     async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
@@ -75,11 +89,14 @@ def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None = None)
         try:
             if tokens is not None and not request.path.startswith(HEALTH_PATHS):
                 tokens.check(request.headers.get("Authorization"))
-            response = await handler(request)
+            async with budget.hold() as share:
+                request[SHARE] = share
+                response = await handler(request)
             response.headers["x-request-id"] = rid
             return response
         except ServiceError as exc:
             code = exc.code.name
+            release(exc)
             if exc.code is Code.UNAUTHENTICATED:
                 response = _error(401, exc.message, rid)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="tlserve"'
@@ -88,12 +105,18 @@ def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None = None)
                 log.error("%s %s failed: %s", request.method, request.path, exc.message)
                 return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
             return _error(HTTP_STATUS[exc.code], exc.message, rid)
-        except web.HTTPException as exc:  # aiohttp's own: 404 unknown path, 405, 413 body too large
-            code = {404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED"}.get(exc.status, "INVALID_ARGUMENT")
-            return _error(exc.status, exc.reason, rid)
-        except Exception:
+        except web.HTTPException as exc:  # 404 unknown path, 405; 408, 413, 417 from http.read_body
+            code = HTTP_CODES.get(exc.status, "INVALID_ARGUMENT")
+            release(exc)
+            own = exc.text and not exc.text.startswith(f"{exc.status}: ")  # NOTE: aiohttp's own say only that
+            response = _error(exc.status, f"{exc.reason}: {exc.text}" if own else exc.reason, rid)
+            if exc.status in (408, 413):  # NOTE: the body was not read: do not wait for it
+                response.force_close()
+            return response
+        except Exception as exc:
             code = "INTERNAL"
             log.exception("%s %s failed [request id %s]", request.method, request.path, rid)
+            release(exc)
             return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
         finally:
             metrics.in_flight.labels("rest").dec()
@@ -108,12 +131,14 @@ def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None = None)
     return handle
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
+async def _json(request: web.Request, max_values: int) -> tuple[dict[str, Any], bool]:
+    """The body's JSON object, and whether it was large."""
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise InvalidArgument(
             f"expected a JSON body (Content-Type application/json); got {request.content_type}"
         )
-    return parse_json(await read_body(request))
+    data = await read_body(request)
+    return await parse_json(data, max_values, request[SHARE]), len(data) >= LARGE_BODY_BYTES
 
 
 def _ref(request: web.Request) -> ModelRef:
@@ -153,14 +178,14 @@ class RestApi:
             f"/v1/models/{NAME}/versions/{VERSION}",
             f"/v1/models/{NAME}/labels/{LABEL}",
         ):
-            app.router.add_post(prefix + ":{method:predict}", self.predict)
+            app.router.add_post(prefix + ":{method:predict}", self.predict, expect_handler=continue_later)
         for prefix in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/{VERSION}"):
             app.router.add_get(prefix, self.status)
             app.router.add_get(prefix + "/metadata", self.metadata)
 
     async def predict(self, request: web.Request) -> web.Response:
-        body = await _json(request)
         ref = _ref(request)
+        body, large = await _json(request, max_json_values(self.core.settings, self.core.resolve(ref)))
         signature = body.get("signature_name")
         if signature is not None and not isinstance(signature, str):
             raise InvalidArgument(f'"signature_name" must be a string; got {type(signature).__name__}')
@@ -183,8 +208,8 @@ class RestApi:
                 ref, [_b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
             )
         else:
-            pixels = json_numbers(values, f"{name}: expected nested lists of numbers [N, H, W, 3]")
-            result = await self.core.predict(ref, pixels)
+            message = f"{name}: expected nested lists of numbers [N, H, W, 3]"
+            result = await self.core.predict(ref, await off_loop(large, json_numbers, values, message))
         probabilities = result.probabilities.tolist()
         return web.json_response({"predictions": probabilities} if rows else {"outputs": probabilities})
 
@@ -219,10 +244,19 @@ class RestApi:
 
 
 def make_app(
-    core: InferenceCore, metrics: Metrics, max_body_bytes: int, access_log: bool, tokens: Tokens | None = None
+    core: InferenceCore,
+    metrics: Metrics,
+    budget: RequestBudget,
+    access_log: bool,
+    tokens: Tokens | None = None,
 ) -> web.Application:
+    settings = core.settings
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[middleware(metrics, access_log, tokens)]
+        client_max_size=settings.max_message_bytes,
+        middlewares=[middleware(metrics, access_log, tokens, budget)],
+    )
+    app[LIMITS] = BodyLimits(
+        settings.max_message_bytes, settings.body_timeout_s, settings.max_decompression_ratio
     )
     RestApi(core).routes(app)
     OipRest(core).routes(app)

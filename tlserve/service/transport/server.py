@@ -7,6 +7,11 @@ finish, every version is drained and unloaded, exit code 0.
 
 Health: the overall service ("") is SERVING once the first repository scan is done and at least one
 model serves; each model name is its own service, SERVING while a version of it is loaded and warm.
+
+What clients can make it hold is bounded here (docs/security.md): streams per connection, calls in
+progress, connections on each port (and the open-file limit raised to fit them), the HTTP/2 window
+of a call not being read, one budget for the request bytes held (transport.budget) and, for REST,
+idle and body timeouts (transport.http).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -26,7 +32,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -35,10 +41,12 @@ from tlserve.service.auth import Tokens
 from tlserve.service.core import InferenceCore
 from tlserve.service.metrics import Metrics
 from tlserve.service.settings import ServerSettings
-from tlserve.service.transport import oip, rest
+from tlserve.service.transport import oip, rest, wirescan
 from tlserve.service.transport.auth import AuthInterceptor
+from tlserve.service.transport.budget import Reader, RequestBudget
 from tlserve.service.transport.errors import ErrorInterceptor
-from tlserve.service.transport.http import ProtocolLog
+from tlserve.service.transport.health import HealthServicer
+from tlserve.service.transport.http import ProtocolLog, RestRunner
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
 from tlserve.service.watcher import Repository
@@ -61,14 +69,28 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+SIDE_TIMEOUT_S = 2.0
+"""How long a health or reflection request message may take to arrive on the gRPC port."""
+HEALTH_MESSAGE_BYTES = 64 * 1024
+"""The largest health or reflection request message (a HealthCheckRequest holds a service name),
+on the gRPC port and on the health-only port."""
+
+
+def channel_options(settings: ServerSettings, max_message_bytes: int | None = None) -> list[tuple[str, Any]]:
     """Every server channel option in one place."""
+    received = max_message_bytes or settings.max_message_bytes
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", received),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # NOTE: else a second server silently shares the port
         ("grpc.max_metadata_size", settings.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.max_grpc_connections),
+        # NOTE: a call the server is not reading keeps this window; bandwidth-delay probing would
+        # grow every window to megabytes (measured: 4 MB buffered per unread call, 64 KiB without)
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", settings.stream_window_bytes),
     ]
     if settings.max_connection_age_s is not None:
         options += [
@@ -79,6 +101,25 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         options += [("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
                     ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
     return options
+
+
+OWN_FILES = 256
+"""File descriptors the server keeps for itself: model files, the metrics and health ports, logs."""
+
+
+def raise_open_file_limit(connections: int) -> None:
+    """Raise the soft open-file limit (up to the hard one) to fit ``connections`` plus OWN_FILES."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = connections + OWN_FILES
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning("the open-file limit (%d) is below the %d that max_grpc_connections + "
+                    "max_http_connections + %d need: lower them, or raise the limit (ulimit -n)",
+                    target, needed, OWN_FILES)  # fmt: skip
 
 
 @dataclass
@@ -166,7 +207,7 @@ class Server:
     def __init__(self, settings: ServerSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer(settings.max_health_watches)
         self._compute = ThreadPoolExecutor(4, thread_name_prefix="tlserve-compute")
         self._decoder = ThreadPoolExecutor(
             settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="tlserve-decode"
@@ -176,12 +217,22 @@ class Server:
         )
         self.core = InferenceCore(self.repository, settings, self._decoder)
         self.tokens = auth_tokens(settings)
-        interceptors: list[aio.ServerInterceptor] = [
-            ErrorInterceptor(self.metrics, access_log=settings.access_log)
-        ]
+        self.budget = RequestBudget(settings.max_inflight_request_bytes)
+        reader = Reader(self.budget, settings.max_message_bytes, settings.body_timeout_s, per_peer=True)
+        # NOTE: health and reflection read from a budget of their own (a client needs no token to
+        # stall a health check, and must not stall inference with it), with a short timeout: their
+        # messages are tiny and arrive with the call. Each read reserves HEALTH_MESSAGE_BYTES from
+        # room for every call the server takes at once, so that stalled ones never keep a probe out
+        side_timeout_s = min(settings.body_timeout_s, SIDE_TIMEOUT_S)
+        side_budget = RequestBudget(settings.max_concurrent_calls * HEALTH_MESSAGE_BYTES)
+        side = Reader(side_budget, HEALTH_MESSAGE_BYTES, side_timeout_s)
+        fields = wirescan.max_fields(settings.max_batch_size)
+        errors = ErrorInterceptor(self.metrics, reader, side, fields, access_log=settings.access_log)
+        interceptors: list[aio.ServerInterceptor] = [errors]
         if self.tokens is not None:
             interceptors.append(AuthInterceptor(self.tokens))
-        self._grpc = aio.server(interceptors=interceptors, options=channel_options(settings))
+        self._grpc = aio.server(interceptors=interceptors, options=channel_options(settings),
+                                maximum_concurrent_rpcs=settings.max_concurrent_calls)  # fmt: skip
         self._health_grpc: aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics_http: Any = None
@@ -201,6 +252,7 @@ class Server:
 
     async def start(self) -> Ports:
         """Bind, start answering, load the repository. Raises OSError when a port cannot be bound."""
+        raise_open_file_limit(self.settings.max_grpc_connections + self.settings.max_http_connections)
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.core), self._grpc)
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.core), self._grpc)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(self.core), self._grpc)
@@ -213,7 +265,10 @@ class Server:
         port = _bind(self._grpc, self.settings.host, self.settings.grpc_port, credentials, "gRPC")
         health_port = None
         if self.settings.health_port is not None:  # plaintext, health only: for Kubernetes probes
-            self._health_grpc = aio.server(options=channel_options(self.settings))
+            options = channel_options(self.settings, HEALTH_MESSAGE_BYTES)
+            self._health_grpc = aio.server(
+                options=options, maximum_concurrent_rpcs=self.settings.max_concurrent_calls
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
             health_port = _bind(
                 self._health_grpc, self.settings.host, self.settings.health_port, None, "health"
@@ -224,12 +279,13 @@ class Server:
             await self._health_grpc.start()
         http_port = None
         if self.settings.http_port is not None:
-            app = rest.make_app(
-                self.core, self.metrics, self.settings.max_message_bytes, self.settings.access_log,
-                self.tokens,
-            )  # fmt: skip
+            app = rest.make_app(self.core, self.metrics, self.budget, self.settings.access_log, self.tokens)
             # NOTE: aiohttp answers malformed HTTP itself; ProtocolLog makes its log of them one line
-            self._rest = web.AppRunner(app, access_log=None, handle_signals=False, logger=ProtocolLog())
+            # NOTE: lingering: how long a body left unread (a 413, a 408) is still read and dropped
+            # before the connection is closed, so that the client sees the answer (aiohttp: 10 s)
+            self._rest = RestRunner(app, self.settings.max_http_connections, access_log=None,
+                                    handle_signals=False, logger=ProtocolLog(), lingering_time=2.0,
+                                    keepalive_timeout=self.settings.http_keepalive_timeout_s)  # fmt: skip
             await self._rest.setup()
             site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False,
                                ssl_context=tls_context(self.settings))  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 from grpc import aio
 
 from tlserve import repository as repo
-from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.core import InferenceCore, ModelRef, check_batch_size
 from tlserve.service.errors import InvalidArgument, NotFound
 from tlserve.service.transport import tfs_codec
 from tlserve.service.transport.deadline import deadline_of
@@ -84,7 +84,8 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             pixels = tfs_codec.to_array(tensor, expected, self.max_elements)
             result = await self.core.predict(ref, pixels, deadline)
         else:
-            result = await self.core.predict_images(ref, tfs_codec.to_strings(tensor, expected), deadline)
+            images = tfs_codec.to_strings(tensor, expected, self.core.settings.max_batch_size)
+            result = await self.core.predict_images(ref, images, deadline)
         response = serving_pb2.PredictResponse(
             model_spec=answered_spec(result.name, result.version, signature)
         )
@@ -102,6 +103,7 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         if kind is None:
             raise InvalidArgument("input must hold example_list or example_list_with_context")
         examples = getattr(request.input, kind).examples
+        check_batch_size(len(examples), self.core.settings.max_batch_size)  # NOTE: before the loop below
         images = []
         for index, example in enumerate(examples):
             feature = example.features.feature.get(IMAGE_FEATURE)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from tlserve.service.core import check_batch_size
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
@@ -93,8 +94,9 @@ def to_array(proto: tf_pb.TensorProto, name: str, max_elements: int) -> np.ndarr
     )
 
 
-def to_strings(proto: tf_pb.TensorProto, name: str) -> list[bytes]:
-    """A DT_STRING tensor of shape [N] as N byte strings."""
+def to_strings(proto: tf_pb.TensorProto, name: str, max_batch: int) -> list[bytes]:
+    """A DT_STRING tensor of shape [N] as N byte strings, N at most ``max_batch`` (checked before the
+    strings are copied: 15 M two-byte strings once cost 1.3 s and 800 MB to refuse)."""
     if proto.dtype != tf_pb.DT_STRING:
         raise InvalidArgument(
             f"input {name!r}: expected DT_STRING (encoded images), got {dtype_name(proto.dtype)}"
@@ -102,6 +104,7 @@ def to_strings(proto: tf_pb.TensorProto, name: str) -> list[bytes]:
     shape = shape_of(proto, name)
     if len(shape) != 1:
         raise InvalidArgument(f"input {name!r}: expected shape [N] (one encoded image each), got {shape}")
+    check_batch_size(shape[0], max_batch)
     if len(proto.string_val) != shape[0]:
         raise InvalidArgument(f"input {name!r}: {len(proto.string_val)} strings for shape {shape}")
     return list(proto.string_val)
