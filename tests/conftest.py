@@ -71,6 +71,7 @@ def random_weights(base: str) -> str:
         from tlserve.training.bases import get_base
 
         builder = getattr(keras.applications, get_base(base).builder)
+        keras.utils.set_random_seed(0)  # NOTE: the same random network in every run of the suite
         builder(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
     return str(path)
 

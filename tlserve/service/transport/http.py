@@ -225,6 +225,12 @@ def json_numbers(data: Any, message: str) -> np.ndarray:
     ragged, or hold an integer too large for any float. A list of rows is converted one row at a time
     (one image of a batch) into one array, so that in a thread the event loop gets its turn in
     between; a flat list of numbers in one call."""
+    # NOTE: a number beyond float32 becomes inf, which the request checks refuse as not finite
+    with np.errstate(over="ignore"):
+        return _to_float32(data, message)
+
+
+def _to_float32(data: Any, message: str) -> np.ndarray:
     try:
         if isinstance(data, list) and len(data) > 1 and isinstance(data[0], list):
             first = np.asarray(data[0], dtype=np.float32)
