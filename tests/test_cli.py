@@ -56,7 +56,7 @@ def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], comm
     assert "usage: tlserve " + command in out
     if command == "train":
         assert "(default: frozen)" in out and "--unfreeze" in out
-        assert "1e-5 for ImageNet weights, a tenth of the rate an earlier network" in out
+        assert "1e-5 for ImageNet weights, 0.3 of the rate an earlier network" in out
         assert "(default: rotate,zoom,translate)" in out and "(default: auto)" in out
 
 

@@ -124,7 +124,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N|auto",
         help="most epochs of the head (or scratch) phase; auto: planned in steps (3000 on cached "
-        "features, 300 when a pretrained base runs, 1500 from scratch), 10..200 epochs; a small set is "
+        "features, 300 when a frozen base runs every epoch, 1500 from scratch; fine-tuning 600), 10..200 "
+        "epochs; a small set is "
         "repeated to make at least 8 steps an epoch (default: auto)",
     )
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (or scratch) phase")
@@ -140,7 +141,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=_auto(float),
         default=None,
         metavar="LR|auto",
-        help="learning rate of the fine-tuning phase; auto: 1e-5 for ImageNet weights, a tenth of the "
+        help="learning rate of the fine-tuning phase; auto: 1e-5 for ImageNet weights, 0.3 of the "
         "rate an earlier network (--base RUN_DIR) was trained at (default: auto)",
     )
     g.add_argument(

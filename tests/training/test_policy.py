@@ -38,7 +38,9 @@ def test_flags_override_the_plan() -> None:
 
 def test_fine_tuning_rate_and_depth_suit_the_base() -> None:
     assert policy.fine_tune_lr(None) == 1e-5  # ImageNet weights
-    assert policy.fine_tune_lr(1e-3) == pytest.approx(1e-4)  # an own network trained at 1e-3
+    assert policy.fine_tune_lr(1e-3) == pytest.approx(3e-4)  # an own network trained at 1e-3
+    fine = plan_phase(images=20, batch_size=32, learning_rate=3e-4, cached=False, fine_tune=True)
+    assert (fine.epochs, fine.patience) == (75, 15)  # ceil(600 / 8)
     assert policy.unfreeze_count(earlier=True) is None  # all of it
     assert policy.unfreeze_count(earlier=False) == 30
 

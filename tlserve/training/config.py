@@ -36,7 +36,7 @@ class TrainConfig:
     auto: all of an earlier network, the top 30 of a Keras Application (see policy.py)."""
     lr: float = 1e-3
     fine_tune_lr: float | None = None
-    """None: 1e-5 for ImageNet weights, a tenth of an earlier network's own learning rate."""
+    """None: 1e-5 for ImageNet weights, 0.3 of an earlier network's own learning rate."""
     batch_size: int = 32
     dropout: float = 0.2
     hidden: int = 0

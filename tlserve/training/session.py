@@ -107,13 +107,16 @@ class TrainingSession:
     def _use_feature_cache(self) -> bool:
         return self.config.mode != "scratch" and self.config.feature_cache != "off"
 
-    def _plan(self, lr: float, *, cached: bool, images: int, epochs: int | None) -> PhasePlan:
+    def _plan(
+        self, lr: float, *, cached: bool, images: int, epochs: int | None, fine_tune: bool = False
+    ) -> PhasePlan:
         return policy.plan_phase(
             images=images,
             batch_size=self.config.batch_size,
             learning_rate=lr,
             cached=cached,
             scratch=self.config.mode == "scratch",
+            fine_tune=fine_tune,
             epochs=epochs,
             patience=self.config.patience,
         )
@@ -197,7 +200,9 @@ class TrainingSession:
         class_weight: dict[int, float] | None,
         unfrozen: int | None,
     ) -> None:
-        plan = self._plan(lr, cached=False, images=len(self.plan.train), epochs=epochs)
+        plan = self._plan(
+            lr, cached=False, images=len(self.plan.train), epochs=epochs, fine_tune=name == "finetune"
+        )
         self.phases.append(
             run_phase(
                 name,
