@@ -24,6 +24,10 @@ def test_small_data_gets_more_epochs_and_patience_than_ten_and_three() -> None:
     assert head.epochs == 200  # ceil(3000 / 8) capped: the head on cached features gets more steps
     scratch = plan_phase(images=20, batch_size=32, learning_rate=1e-3, cached=False, scratch=True)
     assert scratch.epochs == 188  # ceil(1500 / 8): from a random initialisation, many more
+    # from scratch a larger set still gets many passes: 1,500 steps would be 20 epochs of 2,400 images
+    scratch_large = plan_phase(images=2400, batch_size=32, learning_rate=1e-3, cached=False, scratch=True)
+    assert scratch_large.epochs == policy.SCRATCH_MIN_EPOCHS == 50
+    assert (scratch_large.patience, scratch_large.plateau_patience, scratch_large.min_epochs) == (10, 5, 12)
     # a large set: one pass is many steps, so few epochs, never fewer than the minimum
     large = plan_phase(images=50_000, batch_size=32, learning_rate=1e-3, cached=False)
     assert large.repeats == 1 and large.epochs == policy.MIN_EPOCHS
@@ -126,6 +130,12 @@ def test_min_epochs_hold_off_early_stopping() -> None:
     _, fit_policy, history = fit([(1.0, 0.5)], plan(patience=2, min_epochs=10))
     assert len(history["loss"]) == 10
     assert fit_policy.kept_epoch == 1
+
+
+def test_min_epochs_hold_off_rate_cuts() -> None:
+    # a slow start (no progress after epoch 1) keeps the full rate until min_epochs, then plateaus cut it
+    _, _, history = fit([(1.0, 0.5)], plan(epochs=8, patience=0, plateau_patience=2, min_epochs=6))
+    assert history["learning_rate"] == pytest.approx([0.1] * 6 + [0.03] * 2)
 
 
 def test_fine_tuning_keeps_its_starting_weights_when_no_epoch_beats_them() -> None:

@@ -130,7 +130,13 @@ class FitPolicy(keras.callbacks.Callback):
         self.waited += 1
         self.plateau_waited += 1
         plan = self.plan
-        if plan.plateau_patience and self.plateau_waited >= plan.plateau_patience:
+        # NOTE: no rate cut before min_epochs: a cut in a slow start (a random network at chance)
+        # compounds, and left a scratch run at lr/100 by epoch 12 of 20, never having learnt.
+        if (
+            plan.plateau_patience
+            and self.plateau_waited >= plan.plateau_patience
+            and epoch + 1 >= plan.min_epochs
+        ):
             lowered = max(plan.min_learning_rate, logs["learning_rate"] * PLATEAU_FACTOR)
             if lowered < logs["learning_rate"]:
                 optimizer.learning_rate.assign(lowered)
