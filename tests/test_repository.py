@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,9 +87,53 @@ def test_manifest_round_trip_and_checks(tmp_path: Path) -> None:
         repo.Manifest.from_dict([1, 2])
     (tmp_path / "7").mkdir()
     manifest.write(tmp_path / "7")
-    with pytest.raises(repo.ManifestError, match="says version 1"):
-        repo.Manifest.read(tmp_path / "7")
+    copied = repo.Manifest.read(tmp_path / "7")  # the directory names the version; this is provenance
+    assert copied == manifest and copied.exported_as == "m/1"
     (tmp_path / "manifest.json").write_text("{ truncated")
     with pytest.raises(repo.ManifestError, match="cannot read"):
         repo.Manifest.read(tmp_path)
     assert json.loads(json.dumps(manifest.to_dict()))["name"] == "m"
+
+
+def test_a_copied_version_keeps_its_checksums(tmp_path: Path) -> None:
+    """Copying a version folder publishes it; its files are still checked against the manifest."""
+    source = tmp_path / "digits" / "2"
+    source.mkdir(parents=True)
+    (source / "model.onnx").write_bytes(b"onnx bytes")
+    (source / repo.LABELS_FILE).write_text("a\nb\n")
+    data = minimal_manifest() | {"name": "digits", "version": 2}
+    data["artifacts"] = [{"kind": "onnx", "files": repo.file_digests(source, ["model.onnx"]), "bytes": 10}]
+    data["labels_sha256"] = repo.sha256_file(source / repo.LABELS_FILE)
+    repo.Manifest.from_dict(data).write(source)
+    copy = tmp_path / "digits-canary" / "1"
+    shutil.copytree(source, copy)
+    manifest = repo.Manifest.read(copy)
+    assert manifest.exported_as == "digits/2" and repo.verify_checksums(copy, manifest) == []
+    (copy / "model.onnx").write_bytes(b"tampered!!")
+    (copy / repo.LABELS_FILE).write_text("b\na\n")
+    assert sorted(repo.verify_checksums(copy, manifest)) == [repo.LABELS_FILE, "model.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("models/shapes", "{tmp}/models/shapes looks like a model directory, not a repository: "
+                          "pass --repository {tmp}/models"),
+        ("models/shapes/2", "{tmp}/models/shapes/2 looks like a version directory (it holds manifest.json), "
+                            "not a repository: pass --repository {tmp}/models"),
+        ("runs/shapes", "{tmp}/runs/shapes looks like a training run directory (it holds run.json), not a "
+                        "repository: export it (tlserve export {tmp}/runs/shapes --repository REPO --name "
+                        "NAME), then pass --repository REPO"),
+        ("models", ""),
+        ("missing", ""),
+    ],
+)  # fmt: skip
+def test_a_path_one_level_too_deep_is_recognised(tmp_path: Path, given: str, says: str) -> None:
+    version = tmp_path / "models" / "shapes" / "2"
+    version.mkdir(parents=True)
+    (version / repo.MANIFEST_FILE).write_text("{}")
+    (version / "variables").mkdir()
+    (tmp_path / "models" / "shapes" / ".staging-3").mkdir()
+    (tmp_path / "runs" / "shapes").mkdir(parents=True)
+    (tmp_path / "runs" / "shapes" / repo.RUN_FILE).write_text("{}")
+    assert repo.misplaced_root(tmp_path / given) == says.format(tmp=tmp_path)

@@ -10,14 +10,24 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from tlserve import tfnoise
 from tlserve.errors import TlserveError, UsageError
 from tlserve.training.augment import AUGMENTATIONS, DEFAULT_AUGMENT
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+TF_COMMANDS = ("train", "evaluate", "export", "demo")
+"""The subcommands that import TensorFlow, whose C++ log lines are filtered (``tlserve.tfnoise``)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line: what was wrong, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -31,6 +41,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
                 default is x for x in (None, False, True, argparse.SUPPRESS)
             )  # NOTE: `in` would match 0 and 1
             or "%(default)" in text
+            or "(default:" in text
             or not action.option_strings
         ):
             return text
@@ -68,6 +79,12 @@ def _augment(value: str) -> tuple[str, ...]:
         return parse(value)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--augment ")) from None
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose", action="store_true", help=f"also show TensorFlow's own log lines (or {tfnoise.ENV}=1)"
+    )
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -199,6 +216,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--val-data", type=Path, metavar="DIR", help="a separate validation folder (overrides --val-split)"
     )
+    _add_verbose(p)
     p.set_defaults(handler=_run_train)
 
 
@@ -206,7 +224,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from tlserve.training.config import TrainConfig
     from tlserve.training.trainer import train
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "verbose")}
     train(TrainConfig(**fields))
     return 0
 
@@ -231,6 +249,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--batch-size", type=int, default=32, help="images per prediction step")
+    _add_verbose(p)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -269,8 +288,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
     p.add_argument("--version", type=int, help="version number (default: the next free integer)")
     p.add_argument(
-        "--formats", type=_formats, default=("savedmodel", "onnx"), metavar="LIST",
-        help="comma-separated: savedmodel, onnx (default: savedmodel,onnx)",
+        "--formats", type=_formats, default="savedmodel,onnx", metavar="LIST",
+        help="comma-separated: savedmodel, onnx",
     )  # fmt: skip
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for CUDA/TensorRT)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, for CPU)")
@@ -285,6 +304,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "largest class's share plus max(5 points, 2 standard errors), or one class predicted for every "
         "validation image); the export then warns instead of refusing",
     )  # fmt: skip
+    p.add_argument(
+        "--allow-duplicate", action="store_true",
+        help="publish the run even if a version of NAME already holds the same model.keras, labels and "
+        "artifacts (by default such an export is refused: every server would swap to an identical version)",
+    )  # fmt: skip
+    _add_verbose(p)
     p.set_defaults(handler=_run_export)
 
 
@@ -303,6 +328,7 @@ def _run_export(args: argparse.Namespace) -> int:
             calibration_data=args.calibration_data,
             opset=args.opset,
             allow_weak=args.allow_weak,
+            allow_duplicate=args.allow_duplicate,
         )
     )
     print(f"\npublished {result.path}")
@@ -344,6 +370,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="target-task training images per class (one row per value and mode)",
     )
+    _add_verbose(p)
     p.set_defaults(handler=_run_demo)
 
 
@@ -357,7 +384,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tlserve import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tlserve",
         description="Deep transfer learning from training to production serving.",
         formatter_class=_Formatter,
@@ -373,8 +400,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve(sub, _Formatter)
     add_predict(sub, _Formatter)
+    _extend_predict(sub.choices["predict"])
     add_bench(sub, _Formatter)
     return parser
+
+
+def _extend_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to this long for the server to start and the model to be SERVING; 0 = do not wait",
+    )  # fmt: skip
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    """One row per image answered; one error line per image refused, naming its file (exit 1)."""
+    import time
+
+    import grpc
+
+    from tlserve.service.client import Client, describe_rpc_error
+    from tlserve.service.commands import connection
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1; got {args.top_k}")
+    if not args.wait >= 0:
+        raise UsageError(f"--wait must be 0 or more seconds; got {args.wait}")
+    images = []
+    for path in args.images:
+        try:
+            images.append(path.read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    tls, token = connection(args)
+    with Client(args.server, timeout_s=args.timeout_s, tls=tls, token=token) as client:
+        try:
+            if args.wait:
+                try:
+                    client.wait_ready(args.model, timeout_s=args.wait)
+                except TimeoutError as exc:
+                    client.health()  # NOTE: says why when the server cannot be reached at all
+                    raise TlserveError(str(exc)) from None
+            start = time.perf_counter()
+            version, answers = client.classify_each(args.model, images, args.top_k, args.version, args.api)
+        except grpc.RpcError as exc:
+            raise TlserveError(describe_rpc_error(args.server, exc)) from None
+        elapsed = (time.perf_counter() - start) * 1000
+    shown = max(len(a.labels) for a in answers)
+    width = max(len(str(p)) for p in args.images)
+    if shown:
+        if shown < args.top_k:
+            print(f"note: --top-k {args.top_k}, but {args.model} has {shown} classes: showing {shown}")
+        print(f"{'image':<{width}}  top {shown} (model {args.model} v{version}, {args.api} API, "
+              f"{elapsed:.1f} ms)")  # fmt: skip
+    for path, answer in zip(args.images, answers, strict=True):
+        if answer.labels:
+            print(f"{path!s:<{width}}  " + "  ".join(f"{x.label} {x.score:.3f}" for x in answer.labels))
+    failed = [(path, a.error) for path, a in zip(args.images, answers, strict=True) if not a.labels]
+    for path, error in failed:
+        print(f"tlserve predict: failed: {path}: {error}", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -382,9 +467,19 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # NOTE: quiet TensorFlow's C++ start-up chatter unless the user asked for it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    """``argv`` None: the process's own command line, whose stderr is filtered (``tlserve.tfnoise``)
+    for the subcommands that import TensorFlow; a caller passing ``argv`` keeps its stderr as it is."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # NOTE: said by the subcommand's parser, whose --help lists the options it takes
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "verbose", False):
+        os.environ[tfnoise.ENV] = "1"  # NOTE: also read by the exporter's tf2onnx process
+    if not tfnoise.wanted():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv is None and args.command in TF_COMMANDS:
+        tfnoise.quiet()
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:
         # NOTE: SIGTERM (a pod being stopped) gets the clean-up of Ctrl-C: no half-written output.

@@ -6,6 +6,8 @@ TlserveError            anything tlserve reports to a user on purpose
 
 from __future__ import annotations
 
+import re
+
 
 class TlserveError(Exception):
     """Base of every error tlserve raises on purpose; the message is safe to show to a user."""
@@ -19,7 +21,17 @@ class ExportError(TlserveError):
     """A converter (tf2onnx, the quantizer) failed or produced something unexpected."""
 
 
+_SENTENCE_END = re.compile(r"(?<!\.)[.!?](?=\s)")  # NOTE: not the dots of an ellipsis
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of a library's error message, for a one-line error of our own."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:limit]
+    """The gist of a library's error message on one line, for a one-line error of our own: its
+    first line, continued by the next one when it ends in a colon (Keras: "Example error message
+    for object <Conv2D ...>:"), and when longer than ``limit``, cut after its last whole sentence
+    that fits (else at ``limit``, marked with "...")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    gist = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    if len(gist) <= limit:
+        return gist
+    ends = [m.end() for m in _SENTENCE_END.finditer(gist, 0, limit)]
+    return gist[: ends[-1]] if ends else gist[: limit - 3].rstrip() + "..."

@@ -11,7 +11,10 @@
 
 A version becomes visible complete: it is written in a hidden staging directory beside it
 (``REPO/NAME/.staging-*``) and renamed into place; ``manifest.json`` is the last file written.
-Readers list only integer directory names. This module imports neither TensorFlow nor onnxruntime.
+Readers list only integer directory names. The directories name the model and the version, as for
+TF Serving: the name and version in the manifest say where the version was first exported
+(provenance), so copying a version folder under another number or model name publishes it (the
+checksums still protect its files). This module imports neither TensorFlow nor onnxruntime.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ IMAGES_INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+"""What ``predict_images`` decodes (``tf.io.decode_image``), as Pillow names the formats."""
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -65,6 +70,25 @@ def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.match(p.name))
+
+
+RUN_FILE = "run.json"
+"""What marks a training run dir (tlserve/training/rundir.py); named here for ``misplaced_root``."""
+
+
+def misplaced_root(path: Path) -> str:
+    """Why ``path`` looks like a model dir, a version dir or a training run dir rather than a
+    repository, with the path to give instead; empty when it does not (or does not exist)."""
+    if (path / MANIFEST_FILE).is_file():
+        return (f"{path} looks like a version directory (it holds {MANIFEST_FILE}), not a repository: "
+                f"pass --repository {path.parent.parent}")  # fmt: skip
+    if (path / RUN_FILE).is_file():
+        return (f"{path} looks like a training run directory (it holds {RUN_FILE}), not a repository: "
+                f"export it (tlserve export {path} --repository REPO --name NAME), then pass "
+                "--repository REPO")  # fmt: skip
+    if any((path / str(v) / MANIFEST_FILE).is_file() for v in versions(path)):
+        return f"{path} looks like a model directory, not a repository: pass --repository {path.parent}"
+    return ""
 
 
 def next_version(model_dir: Path) -> int:
@@ -218,17 +242,20 @@ class Manifest:
                 if not _SHA256.match(str(digest)):
                     raise ManifestError(f"artifact file {path}: {digest!r} is not a sha256 hex digest")
 
+    @property
+    def exported_as(self) -> str:
+        """``NAME/VERSION`` where this version was first exported (provenance, not its address)."""
+        return f"{self.name}/{self.version}"
+
     @classmethod
     def read(cls, version_dir: Path) -> Manifest:
-        """Read and validate ``version_dir/manifest.json``; its version must match the dir name."""
+        """Read and validate ``version_dir/manifest.json``. The name and version it records may
+        differ from the directories' (a copied version): ``exported_as`` keeps them."""
         try:
             data = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ManifestError(f"cannot read {version_dir / MANIFEST_FILE}: {exc}") from exc
-        manifest = cls.from_dict(data)
-        if _VERSION.match(version_dir.name) and int(version_dir.name) != manifest.version:
-            raise ManifestError(f"{version_dir}: the manifest says version {manifest.version}")
-        return manifest
+        return cls.from_dict(data)
 
 
 def verify_checksums(version_dir: Path, manifest: Manifest) -> list[str]:

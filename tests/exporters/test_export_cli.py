@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import assert_usage_error
+from tests.test_cli import assert_usage_error, run_cli
+from tlserve import repository as repo
 from tlserve.cli import main
 from tlserve.errors import UsageError
-from tlserve.exporters.export import ExportOptions, export
+from tlserve.exporters.export import ExportOptions, export, summary_table
 
 
 def listing(root: Path) -> list[str]:
@@ -97,6 +98,8 @@ def test_int8_without_validation_images_is_not_recommended(
     assert int8 is not None and not int8.recommended and int8.recommended_providers == []
     assert any("accuracy not measured" in note for note in int8.notes)
     assert "not recommend int8" in capsys.readouterr().err
+    table = summary_table(result)
+    assert "onnx int8" in table and "not recommended (see notes in manifest.json)" in table
     fp32 = result.manifest.artifact("onnx", "fp32")
     assert fp32 is not None and fp32.parity["images"] == 32  # seeded random pixels stand in
 
@@ -111,6 +114,8 @@ def test_parity_failure_publishes_nothing(
     with pytest.raises(UsageError, match=r"ONNX fp32 parity failed on \d+ images: max abs diff"):
         export(options)
     assert listing(repository) == []  # not even the model or repository directory
+    out = capsys.readouterr().out  # the step that failed ends its line: the error starts a new one
+    assert out.splitlines()[-1].startswith("[3/3] converting to ONNX fp32") and out.endswith(" ...\n")
     assert (
         main(["export", str(run_dir), "--repository", str(repository), "--name", "ok", "--formats", "onnx"])
         == 0
@@ -118,3 +123,23 @@ def test_parity_failure_publishes_nothing(
     out = capsys.readouterr().out
     assert "published" in out and "onnx fp32" in out and "max|diff|" in out
     assert listing(repository)[:2] == ["ok", "ok/1"]
+
+
+def test_exporting_the_same_run_twice_is_refused_unless_allowed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, run_dir: Path
+) -> None:
+    repository = tmp_path / "repo"
+    argv = ["export", str(run_dir), "--repository", str(repository), "--name", "colors", "--formats", "onnx"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    manifest = repo.Manifest.read(repository / "colors" / "1")
+    assert manifest.source["model_sha256"] == repo.sha256_file(run_dir / "model.keras")
+    before = listing(repository)
+    assert_usage_error(
+        capsys, argv, f"{run_dir} is already published as version 1 of colors", "--allow-duplicate"
+    )
+    assert listing(repository) == before  # nothing half-written, not even a staging directory
+    code, out, err = run_cli(capsys, *argv, "--allow-duplicate")
+    assert code == 0, err
+    assert f"published {repository / 'colors' / '2'}" in out
+    assert_usage_error(capsys, argv, "already published as version 2 of colors")

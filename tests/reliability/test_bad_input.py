@@ -25,7 +25,7 @@ from PIL import Image
 
 from tests.reliability.conftest import RELIABILITY_DIR, write_record
 from tests.reliability.load import jpeg, png
-from tests.service.bombs import jpeg_scan_bomb, png_bomb
+from tests.service.bombs import gif_bomb, jpeg_scan_bomb, png_bomb
 from tests.service.certs import Certs, make_certs
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import SIZE, publish
@@ -245,7 +245,8 @@ CASES: dict[str, Case] = {
     "unknown model": (native(classify([PNG], model="nope")), S.NOT_FOUND, "'nope' not found"),
     # encoded images (native Classify and TF Serving predict_images)
     "empty image": (native(classify([b""])), S.INVALID_ARGUMENT, "empty image"),
-    "junk bytes as an image": (native(classify([b"not an image at all"])), S.INVALID_ARGUMENT, "not a JPEG or PNG"),
+    "junk bytes as an image": (native(classify([b"not an image at all"])), S.INVALID_ARGUMENT,
+                               "not a JPEG, PNG, BMP or GIF"),
     "truncated PNG": (native(classify([PNG[: len(PNG) // 2]])), S.INVALID_ARGUMENT, "cannot decode"),
     "truncated JPEG": (native(classify([JPEG[: len(JPEG) // 2]])), S.INVALID_ARGUMENT, "cannot decode"),
     "PNG bomb, 400 megapixels in 389 KB": (native(classify([png_bomb(20000, 20000)])), S.INVALID_ARGUMENT,
@@ -256,9 +257,12 @@ CASES: dict[str, Case] = {
         tfs(images_request([png_bomb(6000, 6000)] * 3)), S.INVALID_ARGUMENT, "max_request_pixels"),
     "image over max_image_bytes": (native(classify([PNG + b"\0" * MAX_IMAGE_BYTES])), S.INVALID_ARGUMENT,
                                    "max_image_bytes"),
-    "GIF (format not allowed)": (native(classify([image("GIF", "P")])), S.INVALID_ARGUMENT, "not a JPEG or PNG"),
-    "BMP (format not allowed)": (native(classify([image("BMP")])), S.INVALID_ARGUMENT, "not a JPEG or PNG"),
-    "TIFF (format not allowed)": (native(classify([image("TIFF")])), S.INVALID_ARGUMENT, "not a JPEG or PNG"),
+    "1-bit BMP (TensorFlow cannot read it)": (native(classify([image("BMP", "1")])), S.INVALID_ARGUMENT,
+                                             "unsupported BMP"),
+    "GIF bomb, a later frame of 30000x30000": (native(classify([gif_bomb((1, 1), (30000, 30000))])),
+                                               S.INVALID_ARGUMENT, "max_image_pixels"),
+    "TIFF (format not served)": (native(classify([image("TIFF")])), S.INVALID_ARGUMENT,
+                                 "not a JPEG, PNG, BMP or GIF"),
     "bad image among good ones, by index": (
         tfs(images_request([PNG, JPEG, b"junk"])), S.INVALID_ARGUMENT, "image 2"),
     "no images": (native(classify([])), S.INVALID_ARGUMENT, "empty batch"),

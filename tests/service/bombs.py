@@ -1,5 +1,5 @@
-"""Decompression bombs: small, valid PNGs that declare (and really hold) huge images, and JPEGs of
-thousands of scans."""
+"""Decompression bombs: small, valid PNGs that declare (and really hold) huge images, JPEGs of
+thousands of scans, and BMP and GIF headers that declare huge images."""
 
 from __future__ import annotations
 
@@ -43,3 +43,21 @@ def jpeg_scan_bomb(scans: int, size: int = 64) -> bytes:
     assert data.count(b"\xff\xda") == 10 and data.endswith(b"\xff\xd9")  # SOS bytes occur only as markers
     last = data.rfind(b"\xff\xda")
     return data[:-2] + data[last:-2] * (scans - 10) + b"\xff\xd9"
+
+
+def bmp_bomb(width: int, height: int) -> bytes:
+    """A 24-bit BMP header declaring width x height pixels, with none of them after it (BMP has no
+    compression TensorFlow reads, so its header is what can be too large)."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info
+
+
+def gif_bomb(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    """A GIF of logical screen ``screen`` whose first frame is one black pixel and, when ``frame`` is
+    larger, a second frame declaring ``frame`` (width, height) with no pixel data: the signature's
+    canvas is as large as the largest frame, whatever the screen says."""
+    one_pixel = b"\x2c" + struct.pack("<4HB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # LZW: clear, 0, end
+    out = [b"GIF89a", struct.pack("<HHBBB", *screen, 0x80, 0, 0), b"\x00\x00\x00\xff\xff\xff", one_pixel]
+    if frame != (1, 1):
+        out.append(b"\x2c" + struct.pack("<4HB", 0, 0, *frame, 0) + b"\x02\x01\x2c\x00")  # LZW: clear, end
+    return b"".join([*out, b"\x3b"])

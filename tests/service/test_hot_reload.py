@@ -1,5 +1,6 @@
 """Publishing versions while clients call: zero failed calls, the new version answers promptly, a
-broken version leaves the previous one serving."""
+broken version leaves the previous one serving. Versions are published as operators do, by copying
+a version folder and renaming it: the manifest inside still names the version it was exported as."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.service.conftest import ServerProcess
 from tests.service.images import encoded
@@ -21,8 +23,9 @@ POLL_S = 0.2
 class Traffic:
     """Client threads calling Classify until stopped, recording which version answered, and errors."""
 
-    def __init__(self, server: ServerProcess, threads: int = 4) -> None:
+    def __init__(self, server: ServerProcess, threads: int = 4, model: str = "colors") -> None:
         self.server = server
+        self.model = model
         self.versions: Counter[int] = Counter()
         self.first_seen: dict[int, float] = {}
         self.errors: list[str] = []
@@ -37,7 +40,7 @@ class Traffic:
         with self.server.client() as client:
             while not self._stop.is_set():
                 try:
-                    version = client.classify("colors", [image]).version
+                    version = client.classify(self.model, [image]).version
                 except grpc.RpcError as exc:
                     with self._lock:
                         self.errors.append(f"{exc.code().name}: {exc.details()}")
@@ -76,6 +79,10 @@ def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
         traffic.stop()
         assert traffic.errors == []
         assert traffic.versions[1] > 0 and traffic.versions[2] > 0 and 3 not in traffic.versions
+        # NOTE: served at the first scan that saw it: loaded once, never failed (its manifest says 1)
+        assert server.log.count("loading colors version 2 ") == 1, server.log
+        assert "colors version 2 failed" not in server.log
+        assert re.search(r"loaded colors version 2 in .* \(a copy: exported as colors/1\)", server.log)
         took = traffic.first_seen[2] - published  # NOTE: reported, not asserted (no timed assertions)
         with server.client() as client:
             assert client.classify("colors", [encoded("red")]).version == 2
@@ -84,6 +91,22 @@ def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
         assert states[3][0] == "FAILED" and "model.onnx" in states[3][1]
         print(f"calls: {dict(traffic.versions)}, errors: 0, v2 answered {took:.2f} s after publishing "
               f"(poll {POLL_S} s, load {load_seconds(server.log, 2):.2f} s)")  # fmt: skip
+    finally:
+        assert server.stop() == 0, server.log
+
+
+def test_a_version_copied_under_a_new_model_name_serves(tiny_repo: Path) -> None:
+    server = ServerProcess(tiny_repo)
+    try:
+        with server.client() as client:
+            client.wait_ready("colors")
+            copy_version(tiny_repo, "colors", 1, 1, to_name="colors-canary")
+            client.wait_ready("colors-canary", timeout_s=30)
+            answer = client.classify("colors-canary", [encoded("green")])
+            assert (answer.version, answer.predictions[0][0].label) == (1, "green")
+            [canary] = client.list_models()["colors-canary"]
+            assert canary.state == "AVAILABLE" and canary.labels == ["blue", "green", "red"]
+        assert re.search(r"loaded colors-canary version 1 in .* \(a copy: exported as colors/1\)", server.log)
     finally:
         assert server.stop() == 0, server.log
 
@@ -102,6 +125,30 @@ def test_an_empty_repository_becomes_ready_when_a_model_is_published(tmp_path: P
             client.wait_ready("", timeout_s=30)
             assert client.health("colors") == "SERVING"
             assert client.classify("colors", [encoded("blue")]).predictions[0][0].label == "blue"
+    finally:
+        assert server.stop() == 0, server.log
+
+
+@pytest.mark.parametrize("given", ["model dir", "version dir", "run dir"])
+def test_a_repository_given_one_level_too_deep_is_named_once(tiny_repo: Path, given: str) -> None:
+    run_dir = tiny_repo.parent / "runs" / "colors"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    path, says = {
+        "model dir": (tiny_repo / "colors", f"looks like a model directory, not a repository: "
+                                            f"pass --repository {tiny_repo}\n"),
+        "version dir": (tiny_repo / "colors" / "1", f"(it holds manifest.json), not a repository: pass "
+                                                    f"--repository {tiny_repo}\n"),
+        "run dir": (run_dir, f"{run_dir} looks like a training run directory (it holds run.json)"),
+    }[given]  # fmt: skip
+    server = ServerProcess(path)
+    try:
+        server.wait_for("ready: serving no model yet")
+        time.sleep(5 * POLL_S)  # NOTE: a few more scans, to see that it is said once
+        lines = [line for line in server.lines if says in line]
+        assert len(lines) == 1 and f" WARNING tlserve.service.watcher: {path} looks like a" in lines[0], (
+            server.log
+        )
     finally:
         assert server.stop() == 0, server.log
 

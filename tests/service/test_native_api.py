@@ -33,12 +33,24 @@ def test_classify_default_top_k_is_capped_at_the_classes(server: ServerProcess) 
     assert len(result.predictions[0]) == len(LABELS)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF"])
+def test_every_format_the_signature_takes_is_served_by_default(server: ServerProcess, fmt: str) -> None:
+    with server.client() as client:
+        result = client.classify("colors", [encoded(color, fmt) for color in LABELS], top_k=1)
+    assert [p[0].label for p in result.predictions] == LABELS
+
+
 @pytest.mark.parametrize(
     ("images", "top_k", "code", "text"),
     [
         ([], 1, grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
         ([encoded("red"), b"\x89PNG\r\n\x1a\n truncated"], 1, grpc.StatusCode.INVALID_ARGUMENT, "image 1"),
-        ([encoded("red", "GIF")], 1, grpc.StatusCode.INVALID_ARGUMENT, "image 0: not a JPEG or PNG image"),
+        (
+            [encoded("red", "TIFF")],
+            1,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "image 0: not a JPEG, PNG, BMP or GIF image",
+        ),
         ([encoded("red")], -1, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
     ],
 )

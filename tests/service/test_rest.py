@@ -13,12 +13,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from tests.service.conftest import ServerProcess
 from tests.service.images import encoded, solid
 from tests.service.tiny import LABELS, SIZE
+from tlserve.service.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,7 +170,7 @@ MALFORMED_HTTP = {
         "Transfer-Encoding can't be present with Content-Length"),
     "too many headers": (REQUEST_LINE + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
                          "Too many headers"),
-    "HTTP/2 preface of a gRPC client": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "PRI"),
+    "HTTP/2 preface of a gRPC client": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/2 (a gRPC client?)"),
 }  # fmt: skip
 
 
@@ -180,6 +182,25 @@ def test_malformed_http_is_400_and_one_warning_line(server: ServerProcess, case:
     server.wait_for(logged)
     new = server.lines[before:]
     assert [line for line in new if logged in line and " WARNING aiohttp.server: " in line], new
+    assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
+
+
+def test_a_grpc_client_on_the_rest_port_is_told_where_grpc_is(server: ServerProcess) -> None:
+    """The raw HTTP/2 preface, then a real gRPC client: one WARNING line each naming both ports'
+    roles, no traceback."""
+    said = (f"HTTP/2 (a gRPC client?) on the REST port, which speaks HTTP/1.1; gRPC is on port "
+            f"{server.grpc_port} (a client error)")  # fmt: skip
+    before = len(server.lines)
+    assert raw_http(server, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+    server.wait_for(said)
+    with Client(f"127.0.0.1:{server.http_port}", timeout_s=5) as client, pytest.raises(grpc.RpcError):
+        client.classify("colors", [encoded("red")])
+    deadline = time.monotonic() + 10  # NOTE: a wait for the server's log, not a timed assertion
+    while sum(said in line for line in server.lines[before:]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = server.lines[before:]
+    warned = [line for line in new if said in line]
+    assert len(warned) >= 2 and all(" WARNING aiohttp.server: " in line for line in warned), new
     assert not [line for line in new if "Traceback" in line or " ERROR " in line], new
 
 

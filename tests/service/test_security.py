@@ -269,6 +269,48 @@ def test_a_rotated_token_file_takes_effect_without_a_restart(secure) -> None:
     tokens.write_text(f"{TOKEN}\n")
 
 
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
+     ("::", False), ("10.0.0.5", False), ("tlserve.example.com", False)],
+)  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    from tlserve.service.transport.server import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_plaintext_without_tokens_on_every_interface_is_a_warning(module_repo: Path) -> None:
+    warning = "serving plaintext with no authentication on every interface (0.0.0.0): anyone who can reach"
+    for env, warned in [({}, True), ({"TLSERVE_AUTH_TOKENS": TOKEN}, False)]:
+        server = ServerProcess(module_repo, "--host", "0.0.0.0", env=env, token=TOKEN if env else None)
+        try:
+            with server.client() as client:
+                client.wait_ready("colors")
+            lines = [line for line in server.lines if warning in line]
+            assert len(lines) == int(warned), server.log
+            if warned:
+                assert " WARNING tlserve.service.transport.server: " in lines[0]
+                assert "--tls-cert-file" in lines[0] and "--auth-tokens-file" in lines[0]
+                assert "bind --host 127.0.0.1" in lines[0]
+        finally:
+            assert server.stop() == 0, server.log
+
+
+def test_no_plaintext_warning_on_loopback_or_with_tls(
+    secure: tuple[ServerProcess, Path], module_repo: Path
+) -> None:
+    server, _ = secure  # TLS and tokens
+    local = ServerProcess(module_repo)  # 127.0.0.1, plaintext
+    try:
+        with local.client() as client:
+            client.wait_ready("colors")
+        for quiet in (server, local):
+            assert "security: " in quiet.log and "serving plaintext" not in quiet.log
+    finally:
+        assert local.stop() == 0, local.log
+
+
 SECURITY_SETTINGS = [
     "max_message_bytes", "max_metadata_bytes", "max_batch_size", "max_image_bytes", "max_image_pixels",
     "max_request_pixels", "max_jpeg_scans", "allowed_image_formats", "max_queue_size", "decode_threads",

@@ -109,3 +109,12 @@ def test_the_request_budget_must_fit_one_message() -> None:
     with pytest.raises(pydantic.ValidationError, match="max_inflight_request_bytes"):
         ServerSettings(max_message_bytes=64 << 20, max_inflight_request_bytes=32 << 20)
     assert ServerSettings().max_inflight_request_bytes >= ServerSettings().max_message_bytes
+
+
+def test_image_formats_are_the_signatures_and_can_only_be_narrowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().allowed_image_formats == ["JPEG", "PNG", "BMP", "GIF"]
+    monkeypatch.setenv("TLSERVE_ALLOWED_IMAGE_FORMATS", '["jpg", "png"]')
+    assert load_settings().allowed_image_formats == ["JPEG", "PNG"]
+    for bad in (["JPEG", "TIFF"], ["WEBP"], []):
+        with pytest.raises(pydantic.ValidationError, match="allowed_image_formats takes one or more of JPEG"):
+            ServerSettings(allowed_image_formats=bad)

@@ -161,7 +161,7 @@ BAD_REQUESTS = {
     "undecodable image, with its index": (
         lambda: predict_request(signature="predict_images",
                                 images=np.array([encoded("red"), b"not an image"], dtype=object)),
-        INVALID, "image 1: not a JPEG or PNG image"),
+        INVALID, "image 1: not a JPEG, PNG, BMP or GIF image"),
     "empty batch": (
         lambda: predict_request(signature="predict_images", images=np.array([], dtype=object)),
         INVALID, "empty batch"),

@@ -87,14 +87,14 @@ def publish(repository: Path, name: str, version: int, scale: float = 0.02, work
     return final
 
 
-def copy_version(repository: Path, name: str, source: int, version: int) -> Path:
-    """Publish an existing version again under a new number (what a re-export does)."""
-    model_dir = repository / name
-    staging = model_dir / f"{repo.STAGING_PREFIX}{version}"
-    shutil.copytree(model_dir / str(source), staging)
-    manifest = repo.Manifest.read(staging)
-    manifest.version = version
-    manifest.write(staging)
+def copy_version(repository: Path, name: str, source: int, version: int, to_name: str | None = None) -> Path:
+    """Publish an existing version again as operators do (``cp -r 2 .tmp && mv .tmp 3``): copied
+    as it is, manifest included, beside the versions of ``to_name`` (default ``name``) under a
+    hidden name, then renamed to ``version``."""
+    model_dir = repository / (to_name or name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f".copy-{version}"
+    shutil.copytree(repository / name / str(source), staging)
     final = model_dir / str(version)
     staging.rename(final)
     return final

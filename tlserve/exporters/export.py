@@ -4,7 +4,8 @@ Every artifact is checked against the Keras model before the version is publishe
 measured figures in ``manifest.json``. The version is assembled in a hidden staging directory beside
 it and renamed into place: a server polling the repository never sees half of one, and an existing
 version is never overwritten. A run whose validation shows a weak model (``tlserve.training.quality``)
-is refused unless ``allow_weak`` is set.
+is refused unless ``allow_weak`` is set, and so is a run already published with the same artifacts
+(the manifest records the sha256 of the run's ``model.keras``) unless ``allow_duplicate`` is set.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class ExportOptions:
     allow_weak: bool = False
     """Publish a run even when its validation accuracy is not clearly above chance or its predictions
     are constant (see ``tlserve.training.quality``); the export then warns instead of refusing."""
+    allow_duplicate: bool = False
+    """Publish a run even when a version of the model already holds the same weights, labels and
+    artifacts (every server would swap to an identical version)."""
 
 
 @dataclass
@@ -115,6 +119,42 @@ def check_options(options: ExportOptions) -> None:
             f"version {options.version} of {options.name} already exists in {target}; versions are never "
             f"overwritten (next free: {repo.next_version(model_dir)})"
         )
+    duplicate = None if options.allow_duplicate else _duplicate_of(options, model_dir)
+    if duplicate is not None:
+        raise UsageError(
+            f"{options.run_dir} is already published as version {duplicate} of {options.name} (same "
+            "model.keras, labels and artifacts), which every server would swap to again; pass "
+            "--allow-duplicate to publish it anyway"
+        )
+
+
+def _artifact_kinds(options: ExportOptions) -> set[tuple[str, str, int | None]]:
+    """(kind, precision, opset) of every artifact ``options`` asks for."""
+    kinds: set[tuple[str, str, int | None]] = set()
+    if "savedmodel" in options.formats:
+        kinds.add(("savedmodel", "fp32", None))
+    if "onnx" in options.formats:
+        precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
+        kinds |= {("onnx", precision, options.opset) for precision in precisions}
+    return kinds
+
+
+def _duplicate_of(options: ExportOptions, model_dir: Path) -> int | None:
+    """The newest version of ``model_dir`` exported from the same weights (``model.keras``'s sha256)
+    and labels with the same artifacts as ``options`` asks for; None when there is none.
+    Versions whose manifest cannot be read, or predates the weights checksum, are not compared."""
+    digest = repo.sha256_file(options.run_dir / rundir.MODEL_FILE)
+    labels = rundir.read_labels(options.run_dir)
+    wanted = _artifact_kinds(options)
+    for version in reversed(repo.versions(model_dir)):
+        try:
+            manifest = repo.Manifest.read(model_dir / str(version))
+        except repo.ManifestError:
+            continue
+        kinds = {(a.kind, a.precision, a.opset) for a in manifest.artifacts}
+        if manifest.source.get("model_sha256") == digest and manifest.labels == labels and kinds == wanted:
+            return version
+    return None
 
 
 class _Steps:
@@ -132,6 +172,13 @@ class _Steps:
 
     def end(self, note: str = "") -> None:
         print(f" {time.perf_counter() - self.started:.1f}s{('  ' + note) if note else ''}", flush=True)
+        self.started = 0.0
+
+    def abandon(self) -> None:
+        """End the line of a step that did not finish, so that what explains why starts a line."""
+        if self.started:
+            print(flush=True)
+            self.started = 0.0
 
 
 def run_quality(run_dir: Path, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -259,6 +306,7 @@ def export(options: ExportOptions) -> ExportResult:
         final = _publish(staging, model_dir, options.version)
         manifest.version = int(final.name)
     except BaseException:
+        steps.abandon()
         shutil.rmtree(staging, ignore_errors=True)
         for directory in created:  # innermost first: leave the repository as it was
             with contextlib.suppress(OSError):
@@ -352,7 +400,11 @@ def _manifest(
         },
         signatures=signatures,
         artifacts=artifacts,
-        source={"run_dir": str(options.run_dir.resolve()), "versions": versions},
+        source={
+            "run_dir": str(options.run_dir.resolve()),
+            "model_sha256": repo.sha256_file(options.run_dir / rundir.MODEL_FILE),
+            "versions": versions,
+        },
     )
 
 
@@ -391,7 +443,7 @@ def summary_table(result: ExportResult) -> str:
         if a.kind == "savedmodel":
             use = "TF Serving / tensorflow backend"
         elif not a.recommended:
-            use = "not recommended (see notes)"
+            use = f"not recommended (see notes in {repo.MANIFEST_FILE})"
         rows.append((name, next(iter(a.files)), f"{a.bytes / 2**20:.2f}", parity, delta, ms, use))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]

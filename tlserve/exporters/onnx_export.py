@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
+from tlserve.tfnoise import drop_tf_lines
 
 OPSETS = range(13, 19)
 BATCH_DIM = "batch"
@@ -36,7 +37,7 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        tail = "\n".join(drop_tf_lines(result.stderr).strip().splitlines()[-15:])
         raise ExportError(f"tf2onnx failed (exit {result.returncode}); its last lines:\n{tail}")
     model = onnx.load(str(out))
     inputs = [i.name for i in model.graph.input]

@@ -9,6 +9,8 @@ Needs only grpcio and protobuf (no TensorFlow): it uses tlserve's own wire code.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,11 @@ from tlserve.service.wire.tlserve.v1 import inference_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_PORT, REST_PORT, METRICS_PORT = 8500, 8501, 8502
+"""A server's default ports (ARCHITECTURE.md), named in hints when a client reaches the wrong one."""
+# NOTE: what gRPC core says when the port it reached answers HTTP/1.x (aiohttp, a metrics exporter)
+_HTTP1_ANSWERS = ("Trying to connect an http1.x server", "Failed parsing HTTP/2")
+_IMAGE_PREFIX = re.compile(r"^image 0: ")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,14 @@ class ClassifyResult:
     version: int
     predictions: list[list[Label]]
     """One list per image, best first."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One image's answer from ``Client.classify_each``: its top labels, or why it was refused."""
+
+    labels: list[Label]
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,24 @@ class Tls:
     ) -> Tls:  # fmt: skip
         read = lambda p: None if p is None else Path(p).read_bytes()  # noqa: E731
         return cls(read(ca), read(cert), read(key), server_name)
+
+
+def _refused(error: grpc.RpcError) -> Answer:
+    """The answer for an image the server refused on its own (the call held only that image)."""
+    return Answer([], _IMAGE_PREFIX.sub("", error.details() or ""))
+
+
+def describe_rpc_error(target: str, error: grpc.RpcError) -> str:
+    """One line for a failed call: the target, the status and the server's message; when the target
+    answers HTTP/1.x (a REST or metrics port), which port that is and where gRPC is instead."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and any(text in details for text in _HTTP1_ANSWERS):
+        host, _, port = target.rpartition(":")
+        which = {str(REST_PORT): "the REST port", str(METRICS_PORT): "the metrics port"}.get(port)
+        what = f"{port} is {which} of a tlserve server" if which else f"port {port} answers HTTP/1.x"
+        return (f"{target}: UNAVAILABLE: not a gRPC port ({what}); the gRPC port is {GRPC_PORT} unless "
+                f"the server set --grpc-port: try --server {host or 'localhost'}:{GRPC_PORT}")  # fmt: skip
+    return f"{target}: {code.name}: {details}"
 
 
 def channel(target: str, tls: Tls | None = None) -> grpc.Channel:
@@ -118,13 +151,17 @@ class Client:
         self._channel.close()
 
     def wait_ready(self, service: str = "", timeout_s: float = 60.0) -> None:
-        """Block until health says SERVING for ``service`` ("" = the server); TimeoutError if not."""
+        """Block until health says SERVING for ``service`` ("" = the server); TimeoutError if not
+        within ``timeout_s`` in all."""
+        deadline = time.monotonic() + timeout_s
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise TimeoutError(f"no gRPC server at {self.target} within {timeout_s:.0f} s") from None
+            raise TimeoutError(f"no gRPC server at {self.target} within {timeout_s:g} s") from None
         stream = self._health.Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s, metadata=self._metadata
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=max(deadline - time.monotonic(), 0.001),
+            metadata=self._metadata,
         )
         try:
             for response in stream:
@@ -135,7 +172,7 @@ class Client:
                 raise
         finally:
             stream.cancel()
-        raise TimeoutError(f"{service or 'the server'} not SERVING within {timeout_s:.0f} s")
+        raise TimeoutError(f"{service or 'the server'} not SERVING at {self.target} within {timeout_s:g} s")
 
     def health(self, service: str = "") -> str:
         response = self._health.Check(
@@ -151,6 +188,52 @@ class Client:
         response = self._native.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
         predictions = [[Label(x.label, x.index, x.score) for x in p.labels] for p in response.predictions]
         return ClassifyResult(response.model, response.version, predictions)
+
+    def classify_each(
+        self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0, api: str = "native"
+    ) -> tuple[int, list[Answer]]:
+        """Top-k labels of every image, one ``Answer`` each, through the native API (``classify``)
+        or TF Serving's (``predict_images``, top-k taken here): (version that answered, answers).
+
+        A batch the server refuses as invalid (one undecodable image refuses them all) is sent
+        again one image at a time, so that each image gets its own answer or its own error. Other
+        failures (no server, no such model) raise ``grpc.RpcError``."""
+        try:
+            return self._top_k(model, images, top_k, version, api)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(images) == 1:
+                return 0, [_refused(exc)]
+        answered, answers = 0, []
+        for image in images:
+            try:
+                got, (answer,) = self._top_k(model, [image], top_k, version, api)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                answer = _refused(exc)
+            else:
+                answered = answered or got
+            answers.append(answer)
+        return answered, answers
+
+    def _top_k(
+        self, model: str, images: Sequence[bytes], top_k: int, version: int, api: str
+    ) -> tuple[int, list[Answer]]:
+        if api == "native":
+            result = self.classify(model, images, top_k=top_k, version=version)
+            return result.version, [Answer(labels) for labels in result.predictions]
+        if api != "tfs":
+            raise ValueError(f"api must be 'native' or 'tfs'; got {api!r}")
+        got, probabilities = self.predict_images(model, images, version=version)
+        names = next(v.labels for v in self.list_models()[model] if v.version == got)
+        order = np.argsort(-probabilities, axis=1)[:, :top_k]
+        answers = [
+            Answer([Label(names[i], int(i), float(p[i])) for i in row])
+            for p, row in zip(probabilities, order, strict=True)
+        ]
+        return got, answers
 
     def list_models(self) -> dict[str, list[VersionInfo]]:
         response = self._native.ListModels(

@@ -158,7 +158,7 @@ def add_predict(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFo
             "  tlserve predict *.jpg --model flowers --api tfs --server 10.0.0.5:8500 --top-k 3"
         ),
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG, PNG, BMP or GIF files")
     p.add_argument("--model", required=True, help="model name in the server's repository")
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address")
     p.add_argument("--api", choices=["native", "tfs"], default="native",
@@ -285,7 +285,7 @@ def add_bench(sub: argparse._SubParsersAction, formatter: type[argparse.HelpForm
                    help="native: tlserve.v1 Classify; tfs: TF Serving Predict; v2: ModelInfer")  # fmt: skip
     p.add_argument("--input", choices=["tensor", "jpeg"],
                    help="request content (default: jpeg for native or --image, else tensor)")  # fmt: skip
-    p.add_argument("--image", type=Path, metavar="FILE", help="send this JPEG or PNG (with --input jpeg)")
+    p.add_argument("--image", type=Path, metavar="FILE", help="send this image file (with --input jpeg)")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per request")
     p.add_argument("--concurrency", type=int, metavar="N", help="closed loop: clients (default: 1)")
     p.add_argument("--rate", type=float, metavar="R", help="open loop: requests per second")

@@ -1,13 +1,15 @@
 """Encoded images -> float32 pixel batches, as the exporter's ``predict_images`` signature makes them.
 
-The exported signature decodes with TensorFlow (RGB, first frame) and resizes with
-``tf.image.resize(method="bilinear")``: half-pixel centres, no antialiasing, aspect ratio not kept.
-Here Pillow decodes and ``resize_bilinear`` reimplements that resize in numpy, so serving needs no
-TensorFlow. Differences from the signature, on purpose: EXIF orientation is applied (TensorFlow ignores
-it), only ``allowed`` formats are accepted, and the pixel count (and a JPEG's scan count) is checked
-before decoding.
-Parity with the signature is measured by tests/service/test_images.py (PNG: identical pixels; JPEG:
-both use libjpeg, differing by at most a few levels on some pixels).
+The exported signature decodes JPEG, PNG, BMP and GIF with TensorFlow (``tf.io.decode_image``: RGB,
+a GIF's first frame) and resizes with ``tf.image.resize(method="bilinear")``: half-pixel centres, no
+antialiasing, aspect ratio not kept. Here Pillow decodes, a GIF's first frame is laid out as
+TensorFlow lays it out (``gif``), and ``resize_bilinear`` reimplements that resize in numpy, so
+serving needs no TensorFlow. Differences from the signature, on purpose: EXIF orientation is applied
+(TensorFlow ignores it), only ``allowed`` formats are accepted, BMPs that TensorFlow reads wrongly or
+not at all are refused (``bmp``), and the pixel count (and a JPEG's scan count) is checked before
+decoding.
+Parity with the signature is measured by tests/service/test_images.py (PNG, BMP, GIF: identical
+pixels; JPEG: both use libjpeg, differing by at most a few levels on some pixels).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tlserve import repository as repo
+from tlserve.service import bmp, gif
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument
 from tlserve.service.jpeg import count_scans
 
@@ -79,15 +84,27 @@ def _oriented(image: Image.Image) -> Image.Image:
     return image
 
 
+@dataclass(frozen=True)
+class Opened:
+    """An encoded image whose headers are read and checked; nothing decoded yet."""
+
+    image: Image.Image
+    pixels: int
+    """What decoding it allocates, in pixels: the larger of Pillow's image and, for a GIF, the
+    signature's canvas."""
+    gif: gif.Layout | None = None
+    """A GIF's canvas and first frame, as the signature lays them out."""
+
+
 def open_image(
     data: bytes,
     allowed: Sequence[str],
     max_pixels: int,
     max_bytes: int | None = None,
     max_jpeg_scans: int | None = None,
-) -> Image.Image:
-    """Read an encoded image's header only (nothing decoded yet), and a JPEG's scans from its bytes;
-    ValueError says what is wrong."""
+) -> Opened:
+    """Read an encoded image's headers only (nothing decoded yet), and a JPEG's scans or a GIF's
+    frames from its bytes; ValueError says what is wrong."""
     if not data:
         raise ValueError("empty image")
     if max_bytes is not None and len(data) > max_bytes:
@@ -97,7 +114,7 @@ def open_image(
     try:
         image = Image.open(io.BytesIO(data), formats=list(allowed))
     except UnidentifiedImageError:
-        raise ValueError(f"not a {' or '.join(allowed)} image") from None
+        raise ValueError(_not_allowed(data, allowed)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own check
         found = re.search(r"\((\d+) pixels\)", str(exc))
         declared = f"{int(found.group(1)):,} pixels" if found else "more pixels"
@@ -105,18 +122,37 @@ def open_image(
                          "max_image_pixels; decompression bomb)") from None  # fmt: skip
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
-    pixels = image.size[0] * image.size[1]
-    if pixels > max_pixels:  # NOTE: from the header, before any pixel is decoded
-        raise ValueError(f"{image.size[0]}x{image.size[1]} pixels is more than the limit of {max_pixels} "
+    width, height = image.size
+    layout = gif.layout(data) if image.format == "GIF" else None
+    if layout is not None and layout.width * layout.height > width * height:
+        width, height = layout.width, layout.height  # NOTE: a later frame may widen the canvas
+    if width * height > max_pixels:  # NOTE: from the headers, before any pixel is decoded
+        raise ValueError(f"{width}x{height} pixels is more than the limit of {max_pixels} "
                          "(setting max_image_pixels)")  # fmt: skip
     jpeg = image.format in ("JPEG", "MPO")
     if jpeg and max_jpeg_scans is not None and count_scans(data, max_jpeg_scans) > max_jpeg_scans:
         raise ValueError(f"JPEG of more than {max_jpeg_scans} scans (setting max_jpeg_scans; "
                          "a progressive-JPEG scan bomb)")  # fmt: skip
-    return image
+    if image.format == "BMP" and (problem := bmp.problem(data)):
+        raise ValueError(f"unsupported BMP: {problem}; the model's predict_images signature reads only "
+                         "uncompressed 8-bit grey, 24- and 32-bit BMPs (convert it to PNG)")  # fmt: skip
+    return Opened(image, width * height, layout)
 
 
-def to_pixels(image: Image.Image, height: int, width: int, jpeg_draft: int = 0) -> np.ndarray:
+def _not_allowed(data: bytes, allowed: Sequence[str]) -> str:
+    """Why no ``allowed`` format opens ``data``: its format when the setting leaves it out."""
+    left_out = [f for f in repo.IMAGE_FORMATS if f not in allowed]
+    if left_out:
+        with contextlib.suppress(Exception):
+            found = Image.open(io.BytesIO(data), formats=left_out).format
+            accepted = ", ".join(allowed)
+            return f"a {found} image, which the setting allowed_image_formats leaves out ({accepted})"
+    names = list(allowed)
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"not a {listed} image" + (" (setting allowed_image_formats)" if left_out else "")
+
+
+def to_pixels(opened: Opened, height: int, width: int, jpeg_draft: int = 0) -> np.ndarray:
     """Decode an opened image -> float32 [height, width, 3], RGB 0..255; ValueError when corrupt.
 
     ``jpeg_draft`` > 0: a JPEG larger than that many times the model's input size is decoded at a
@@ -124,16 +160,31 @@ def to_pixels(image: Image.Image, height: int, width: int, jpeg_draft: int = 0) 
     conversion), keeping at least ``jpeg_draft`` times the input size in each dimension before the
     bilinear resize. At 4 the pixels stay within the JPEG parity of the serving contract (measured by
     tests/service/test_images.py on a 12-megapixel photo-like image); 0 decodes every pixel."""
+    image = opened.image
     try:
         if jpeg_draft and image.format == "JPEG":
             side = jpeg_draft * max(height, width)  # NOTE: both ways: EXIF may rotate it by 90 degrees
             image.draft(image.mode, (side, side))
         image.load()
-        pixels = _channels(_oriented(image))
+        pixels = _channels(_oriented(image)) if opened.gif is None else _gif_canvas(image, opened.gif)
     except Exception as exc:  # truncated or corrupt data
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
     out = resize_bilinear(pixels, height, width)
     return np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out
+
+
+def _gif_canvas(image: Image.Image, layout: gif.Layout) -> np.ndarray:
+    """uint8 [H, W, 3]: a loaded GIF's first frame on the signature's canvas (``gif``)."""
+    canvas = np.zeros((layout.height, layout.width, 3), np.uint8)
+    left, top, right, bottom = box = layout.visible()
+    if right > left and bottom > top:
+        frame = image.crop(box)  # NOTE: Pillow's first frame is palette indices (P, or L when grey)
+        rgb = np.asarray(frame.convert("RGB"))
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int) and frame.mode in ("P", "L"):
+            rgb = np.where((np.asarray(frame) == transparent)[:, :, None], np.uint8(0), rgb)
+        canvas[top:bottom, left:right] = rgb
+    return canvas
 
 
 def decode(
@@ -161,10 +212,9 @@ def decode_batch(
     max_jpeg_scans: int | None = None,
 ) -> np.ndarray:
     """Encoded images -> float32 [N, height, width, 3]; InvalidArgument names the first bad index.
-    Every header is read and checked (bytes, format, pixels, a JPEG's scans, and the request's pixel
-    total) before
-    any image is decoded. Stops with DeadlineExceeded between images once ``deadline``
-    (``time.monotonic()``) has passed."""
+    Every header is read and checked (bytes, format, pixels, a JPEG's scans, a BMP's layout, a GIF's
+    frames, and the request's pixel total) before any image is decoded. Stops with DeadlineExceeded
+    between images once ``deadline`` (``time.monotonic()``) has passed."""
     opened = []
     total = 0
     for index, data in enumerate(images):
@@ -172,7 +222,7 @@ def decode_batch(
             image = open_image(data, allowed, max_pixels, max_bytes, max_jpeg_scans)
         except ValueError as exc:
             raise InvalidArgument(f"image {index}: {exc}") from None
-        total += image.size[0] * image.size[1]
+        total += image.pixels
         if max_request_pixels is not None and total > max_request_pixels:
             raise InvalidArgument(
                 f"images 0..{index} declare {total} pixels, more than the limit of {max_request_pixels} "

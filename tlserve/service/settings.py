@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tlserve import repository as repo
@@ -48,6 +48,9 @@ class VersionPolicy:
 
 class ModelSettings(BaseModel):
     """Per-model overrides, keyed by model name under ``models`` (config file or env)."""
+
+    # NOTE: a misspelt key is refused, from a config file or from TLSERVE_MODELS__NAME__KEY alike
+    model_config = ConfigDict(extra="forbid")
 
     backend: Backend | None = None
     """Runtime for this model; default: the server-wide ``backend``."""
@@ -117,8 +120,10 @@ class ServerSettings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     """Per-model overrides (backend, precision, version_policy, version_labels)."""
 
-    allowed_image_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG"])
-    """Pillow format names accepted as encoded images."""
+    allowed_image_formats: list[str] = Field(default_factory=lambda: list(repo.IMAGE_FORMATS))
+    """Encoded image formats accepted: by default every one the exported ``predict_images``
+    signature decodes (JPEG, PNG, BMP, GIF), each decoded as it decodes it; list fewer to narrow
+    that (images of the others are refused, naming this setting)."""
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Larger images are rejected before decoding (decompression bombs)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -254,7 +259,13 @@ class ServerSettings(BaseSettings):
     @field_validator("allowed_image_formats")
     @classmethod
     def _formats(cls, value: list[str]) -> list[str]:
-        return [f.upper().replace("JPG", "JPEG") for f in value]
+        formats = [f.upper().replace("JPG", "JPEG") for f in value]
+        unknown = [f for f in formats if f not in repo.IMAGE_FORMATS]
+        if unknown or not formats:
+            known = ", ".join(repo.IMAGE_FORMATS)
+            raise ValueError(f"allowed_image_formats takes one or more of {known} (what the exported "
+                             f"predict_images signature decodes); got {value}")  # fmt: skip
+        return formats
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,9 @@ current ones keep serving, then the set of serving versions is replaced in one a
 that leaves the set is drained — it finishes every request already holding it — then unloaded.
 A version that fails to load is logged, reported (ListModels, GetModelStatus) and left out of the
 policy, so the previous version keeps serving; it is retried once any of its files changes (say, a
-copy that was still in progress when it was first seen).
+copy that was still in progress when it was first seen). The directories name a version (as in TF
+Serving): a version copied under another number or model name is served, and where its manifest says
+it was exported is logged with the load.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Repository:
         self._closed = False
         self.scanned = False
         """True once the first scan is done (the server's readiness needs it)."""
+        self._misplaced_said = False
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -174,6 +177,9 @@ class Repository:
                     log.warning("ignoring %s: not a valid model name", entry)
         else:
             log.warning("model repository %s does not exist (yet)", self.root)
+        if not self._misplaced_said and (hint := repo.misplaced_root(self.root)):
+            log.warning("%s", hint)
+            self._misplaced_said = True
         for name in sorted(names):
             if self._closed:  # NOTE: close() may run while a load is awaited
                 return
@@ -268,9 +274,11 @@ class Repository:
         )  # fmt: skip
         served.metrics.serving(self.settings.max_queue_size)
         served.state = State.AVAILABLE
+        copied = manifest.exported_as != f"{model.name}/{number}"
         log.info(
-            "loaded %s version %d in %.2f s: %s on %s", model.name, number, served.load_seconds,
+            "loaded %s version %d in %.2f s: %s on %s%s", model.name, number, served.load_seconds,
             backend.artifact, ", ".join(backend.providers),
+            f" (a copy: exported as {manifest.exported_as})" if copied else "",
         )  # fmt: skip
 
     def _load_blocking(self, path: Path, settings: ModelSettings) -> tuple[repo.Manifest, Backend]:

@@ -247,15 +247,24 @@ def _to_float32(data: Any, message: str) -> np.ndarray:
         raise InvalidArgument(message) from None
 
 
+def http2_preface(error: BaseException) -> bool:
+    """Whether aiohttp refused an HTTP/2 connection preface (``PRI * HTTP/2.0``: a gRPC client)."""
+    # NOTE: llhttp's own error (aiohttp's C parser); the pure-Python parser (AIOHTTP_NO_EXTENSIONS)
+    # calls it a bad URL "*", which stays a generic client-error line
+    return isinstance(error, HttpProcessingError) and "PRI/Upgrade" in str(error.message)
+
+
 class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's ``aiohttp.server`` logger for the REST port. aiohttp answers a malformed request
     itself (400: a bad Content-Length, Content-Length with chunked, too many headers, the HTTP/2
     preface of a gRPC client on the wrong port) and logs it with ERROR and a traceback, as it does
     an unreadable body it drains after the response. Those are the client's faults: one WARNING line
-    each. Anything else aiohttp logs stays an ERROR with its traceback."""
+    each, which for a gRPC client names the gRPC port. Anything else aiohttp logs stays an ERROR with
+    its traceback."""
 
-    def __init__(self) -> None:
+    def __init__(self, grpc_port: int | None = None) -> None:
         super().__init__(logging.getLogger("aiohttp.server"))
+        self.grpc_port = grpc_port
 
     def exception(
         self,
@@ -270,7 +279,13 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
         error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
         if isinstance(error, CLIENT_FAULTS):
             context = str(msg) % args if args else str(msg)
-            self.logger.warning("%s: %s (a client error)", context, one_line(error), extra=extra)
+            if http2_preface(error):
+                where = f"port {self.grpc_port}" if self.grpc_port is not None else "the gRPC port"
+                self.logger.warning("%s: HTTP/2 (a gRPC client?) on the REST port, which speaks "
+                                    "HTTP/1.1; gRPC is on %s (a client error)", context, where,
+                                    extra=extra)  # fmt: skip
+            else:
+                self.logger.warning("%s: %s (a client error)", context, one_line(error), extra=extra)
         else:
             self.logger.error(msg, *args, exc_info=exc_info, stack_info=stack_info, extra=extra)
 

@@ -1,7 +1,7 @@
 """Open Inference Protocol (KServe v2) tensors <-> numpy, checked as the protocol requires.
 
 A request has exactly one input: ``image`` FP32 [N, H, W, 3] (RGB 0..255) or ``images`` BYTES [N]
-(encoded JPEG/PNG), as typed ``contents`` or as ``raw_input_contents`` (BYTES raw: each element a
+(encoded JPEG/PNG/BMP/GIF), as typed ``contents`` or as ``raw_input_contents`` (BYTES raw: each element a
 4-byte little-endian length, then the bytes). Every size is checked with Python integers first.
 """
 

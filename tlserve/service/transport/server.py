@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import resource
@@ -183,10 +184,34 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return context
 
 
+ANY_ADDRESS = ("0.0.0.0", "::")
+"""Hosts that bind every interface."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the ports to this machine (a host name may resolve anywhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _tls_summary(settings: ServerSettings) -> str:
     if settings.tls_cert_file is None:
         return "plaintext (no TLS)"
     return "mutual TLS (client certificates required)" if settings.tls_client_ca_file else "TLS"
+
+
+_PORT_FLAGS = {
+    "gRPC": "--grpc-port", "health": "--health-port", "REST": "--http-port", "metrics": "--metrics-port",
+}  # fmt: skip
+
+
+def _bind_error(what: str, host: str, port: int, reason: str) -> OSError:
+    return OSError(f"cannot bind {what} to {host}:{port}: {reason}; choose another port with "
+                   f"{_PORT_FLAGS[what]} (0 picks a free one)")  # fmt: skip
 
 
 def _bind(
@@ -198,7 +223,9 @@ def _bind(
             return server.add_insecure_port(address)
         return server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind {what} to {address}: {exc}") from exc
+        # NOTE: grpc says only "Failed to bind ... set GRPC_VERBOSITY=debug": the port is taken (by
+        # any process: so_reuseport is off), privileged, or the address is not this host's
+        raise _bind_error(what, host, port, "the port is in use or not allowed here") from exc
 
 
 class Server:
@@ -284,18 +311,26 @@ class Server:
             # NOTE: lingering: how long a body left unread (a 413, a 408) is still read and dropped
             # before the connection is closed, so that the client sees the answer (aiohttp: 10 s)
             self._rest = RestRunner(app, self.settings.max_http_connections, access_log=None,
-                                    handle_signals=False, logger=ProtocolLog(), lingering_time=2.0,
+                                    handle_signals=False, logger=ProtocolLog(port), lingering_time=2.0,
                                     keepalive_timeout=self.settings.http_keepalive_timeout_s)  # fmt: skip
             await self._rest.setup()
             site = web.TCPSite(self._rest, self.settings.host, self.settings.http_port, reuse_port=False,
                                ssl_context=tls_context(self.settings))  # fmt: skip
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise _bind_error("REST", self.settings.host, self.settings.http_port, reason) from exc
             http_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
         metrics_port = None
         if self.settings.metrics_port is not None:
-            self._metrics_http, _ = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
-            )
+            try:
+                self._metrics_http, _ = start_http_server(
+                    self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise _bind_error("metrics", self.settings.host, self.settings.metrics_port, reason) from exc
             metrics_port = int(self._metrics_http.server_port)
         ports = Ports(port, http_port, metrics_port, health_port)
         host = self.settings.host
@@ -306,6 +341,11 @@ class Server:
         log.info("security: %s; %s", _tls_summary(self.settings),
                  f"bearer tokens required ({self.tokens.count} accepted; health exempt)"
                  if self.tokens is not None else "no authentication")  # fmt: skip
+        if not self.settings.tls and self.tokens is None and not is_loopback(host):
+            log.warning("serving plaintext with no authentication on %s: anyone who can reach these "
+                        "ports can call them; turn on TLS (--tls-cert-file and --tls-key-file) or bearer "
+                        "tokens (--auth-tokens-file), or bind --host 127.0.0.1 (docs/security.md)",
+                        f"every interface ({host})" if host in ANY_ADDRESS else host)  # fmt: skip
         await self.repository.poll()
         ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
         self._set_health("", bool(ready))

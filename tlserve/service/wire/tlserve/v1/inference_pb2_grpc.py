@@ -51,7 +51,7 @@ class InferenceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Classify(self, request, context):
-        """Classify a batch of encoded images (JPEG or PNG) with one model; one Prediction per image, in
+        """Classify a batch of encoded images (JPEG, PNG, BMP or GIF) with one model; one Prediction per image, in
         request order. INVALID_ARGUMENT names the index of an image that cannot be decoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -1,0 +1,176 @@
+"""TensorFlow's C++ log lines are kept off stderr; every other byte arrives, in order, even on a crash."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_folder
+from tlserve import tfnoise
+
+# Lines TensorFlow 2.21 printed here before tlserve's own error (tlserve train DIR --val-split 0)
+TF_LINES = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"I0000 00:00:1796173263.242188   16665 port.cc:153] oneDNN custom operations are on. You may see "
+    b"slightly different numerical results due to floating-point round-off errors from different "
+    b"computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    b"I0000 00:00:1796173263.242599   16665 cudart_stub.cc:31] Could not find cuda drivers on your "
+    b"machine, GPU will not be used.",
+    b"I0000 00:00:1796173263.289544   16665 cpu_feature_guard.cc:227] This TensorFlow binary is optimized "
+    b"to use available CPU instructions in performance-critical operations.",
+    b"To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other "
+    b"operations, rebuild TensorFlow with the appropriate compiler flags.",
+    b"E0000 00:00:1796173275.723764   16686 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+    b"error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    b"W0000 00:00:1733160000.000000    1234 op_level_cost_estimator.cc:699] Error in PredictCost() for "
+    b'the op: op: "CropAndResize"',
+    b"E0000 00:00:1733160000.000000    1234 meta_optimizer.cc:966] model_pruner failed",
+    b"E1203 10:00:00.123456   42 node_def_util.cc:680] NodeDef mentions attribute "
+    b"use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset; ...>",
+    b"2024-05-01 12:00:00.000000: I tensorflow/core/util/port.cc:113] oneDNN custom operations are on.",
+    b"2024-05-01 12:00:00.000000: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT "
+    b"Warning: Could not find TensorRT",
+]
+KEPT_LINES = [
+    b"tlserve train: error: --val-split must be between 0 and 1 (exclusive); got 0.0",
+    b"Traceback (most recent call last):",
+    b'  File "/x/tlserve/cli.py", line 1, in <module>',
+    b"KeyError: 'I0000'",
+    b"WARNING: weak model published because of --allow-weak: val accuracy 0.333",
+    # a fatal line comes just before an abort and says why: never dropped
+    b"F0000 00:00:1796173275.723764   16686 tensor.cc:10] Check failed: dtype() == expected",
+    b"Fatal Python error: Segmentation fault",
+    b"I0000 is not a timestamp",
+    b"",
+]
+
+
+@pytest.mark.parametrize("line", TF_LINES)
+def test_tensorflow_lines_are_recognised(line: bytes) -> None:
+    assert tfnoise.is_tf_noise(line)
+
+
+@pytest.mark.parametrize("line", KEPT_LINES)
+def test_other_lines_are_kept(line: bytes) -> None:
+    assert not tfnoise.is_tf_noise(line)
+
+
+def test_pass_through_drops_only_tensorflow_lines_and_keeps_partial_lines_prompt() -> None:
+    source_r, source_w = os.pipe()
+    sink_r, sink_w = os.pipe()
+    worker = threading.Thread(target=tfnoise.pass_through, args=(source_r, sink_w))
+    worker.start()
+    mixed = [TF_LINES[0], KEPT_LINES[0], TF_LINES[1], KEPT_LINES[1], KEPT_LINES[2], TF_LINES[3]]
+    mixed += [TF_LINES[4], KEPT_LINES[3], KEPT_LINES[5]]
+    os.write(source_w, b"".join(line + b"\n" for line in mixed))
+    # a line split across writes, with an absl line in between
+    os.write(source_w, TF_LINES[5][:20])
+    time.sleep(0.01)
+    os.write(source_w, TF_LINES[5][20:] + b"\n" + b"half a line, ")
+    expected = b"".join(line + b"\n" for line in mixed if not tfnoise.is_tf_noise(line))
+    expected += b"half a line, "
+    received = b""
+    deadline = time.monotonic() + 10
+    while received != expected and time.monotonic() < deadline:  # a partial line is not held back
+        received += os.read(sink_r, 1 << 16)
+    assert received == expected
+    os.write(source_w, b"the rest\n" + TF_LINES[2] + b"\nno newline at the end")
+    os.close(source_w)
+    worker.join(timeout=10)
+    os.close(sink_w)
+    rest = b""
+    while chunk := os.read(sink_r, 1 << 16):
+        rest += chunk
+    os.close(sink_r)
+    os.close(source_r)
+    assert rest == b"the rest\nno newline at the end"
+
+
+def test_drop_tf_lines_of_a_captured_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "\n".join(line.decode() for line in [TF_LINES[0], KEPT_LINES[1], TF_LINES[6], KEPT_LINES[3]])
+    assert tfnoise.drop_tf_lines(text + "\n") == f"{KEPT_LINES[1].decode()}\n{KEPT_LINES[3].decode()}\n"
+    monkeypatch.setenv(tfnoise.ENV, "1")
+    assert tfnoise.drop_tf_lines(text) == text
+
+
+def tlserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TLSERVE_", "TF_CPP_"))}
+    command = [sys.executable, "-m", "tlserve", *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**environment, **(env or {})},
+                          timeout=300, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "/nonexistent", "--out", "X"], "tlserve train: error: data dir /nonexistent does not"),
+        (["train", "/nonexistent", "--out", "X", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "/nonexistent", "--mode", "x"], "argument --mode: invalid choice: 'x'"),
+        (["export", "--help-me"], "see tlserve export --help"),
+        ([], "tlserve: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_usage_error_is_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    result = tlserve(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and fragment in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_a_usage_error_after_tensorflow_is_loaded_is_one_line(tmp_path: Path) -> None:
+    """--val-split 0 is refused once the dataset is scanned, after TensorFlow has started and printed
+    its banners (cuInit, oneDNN, absl): the user sees tlserve's line only, unless --verbose."""
+    data = write_folder(tmp_path / "data", per_class=2)
+    argv = ["train", str(data), "--out", str(tmp_path / "run"), "--val-split", "0"]
+    quiet = tlserve(*argv)
+    assert quiet.returncode == 2
+    assert len(quiet.stderr.splitlines()) == 1, quiet.stderr
+    assert quiet.stderr.startswith("tlserve train: error:") and "--val-split" in quiet.stderr
+    verbose = tlserve(*argv, "--verbose")  # as TLSERVE_TF_LOGS=1 (test_filtered_stderr_arrives_...)
+    assert verbose.returncode == 2
+    lines = verbose.stderr.encode().splitlines()
+    assert any(tfnoise.is_tf_noise(line) for line in lines), verbose.stderr  # TensorFlow's, shown
+    assert lines[-1].decode() == quiet.stderr.rstrip("\n")
+
+
+PROGRAM = textwrap.dedent(
+    """
+    import os, signal, sys
+    from tlserve import tfnoise
+    tfnoise.quiet()
+    os.write(2, b"I0000 00:00:1796173263.242188   16665 port.cc:153] oneDNN custom operations are on\\n")
+    print("tlserve: first", file=sys.stderr)
+    import subprocess
+    subprocess.run([sys.executable, "-c", "import os; os.write(2, b'W0000 00:00:1.5 7 x.cc:1] child\\\\n"
+                    "child says hi\\\\n')"], check=True)
+    print("tlserve: last", file=sys.stderr)
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit("tlserve: bye")
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["exit", "kill"])
+def test_filtered_stderr_arrives_whole_and_in_order(ending: str) -> None:
+    """C-level writes to fd 2 are filtered, in this process and its children; Python's own output
+    arrives in order, even when the process is killed before it could flush anything."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TLSERVE_")}
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", PROGRAM, ending], capture_output=True, text=True, timeout=60,
+        env={**environment, **env}, check=False,
+    )  # fmt: skip
+    quiet = run({})
+    ours = ["tlserve: first", "child says hi", "tlserve: last", "tlserve: bye"]
+    ours = ours if ending == "exit" else ours[:3]
+    assert quiet.stderr.splitlines() == ours
+    assert quiet.returncode == (1 if ending == "exit" else -9)
+    shown = run({tfnoise.ENV: "1"}).stderr.splitlines()
+    assert shown[0].startswith("I0000 00:00:") and "W0000 00:00:1.5 7 x.cc:1] child" in shown
