@@ -13,6 +13,8 @@ PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install 
 .PHONY: help install install-dev demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix clean
 
 help:
+	@echo "make install    what the demo needs (trainer, exporters, server) into .venv"
+	@echo "make install-dev  also the test, lint and benchmark tools"
 	@echo "make demo       install, then run the offline end-to-end demo"
 	@echo "make test       install, then ruff + mypy + the test suite CI runs"
 	@echo "make test-all   also the slow checks: all 18 bases, and the export matrix (docs/bases.md)"

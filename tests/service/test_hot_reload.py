@@ -72,8 +72,8 @@ def test_hot_reload_under_traffic(tiny_repo: Path) -> None:
         copy_version(tiny_repo, "colors", 1, 2)
         server.wait_for("unloaded colors version 1")
         time.sleep(0.5)
-        broken = copy_version(tiny_repo, "colors", 1, 3)
-        (broken / "model.onnx").write_bytes(b"garbage")  # its sha256 no longer matches the manifest
+        # its model.onnx broken before the rename: its sha256 no longer matches the manifest
+        copy_version(tiny_repo, "colors", 1, 3, corrupt="model.onnx")
         server.wait_for("colors version 3 failed to load")
         time.sleep(1.0)
         traffic.stop()

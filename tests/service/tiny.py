@@ -87,14 +87,24 @@ def publish(repository: Path, name: str, version: int, scale: float = 0.02, work
     return final
 
 
-def copy_version(repository: Path, name: str, source: int, version: int, to_name: str | None = None) -> Path:
+def copy_version(
+    repository: Path,
+    name: str,
+    source: int,
+    version: int,
+    to_name: str | None = None,
+    corrupt: str | None = None,
+) -> Path:
     """Publish an existing version again as operators do (``cp -r 2 .tmp && mv .tmp 3``): copied
     as it is, manifest included, beside the versions of ``to_name`` (default ``name``) under a
-    hidden name, then renamed to ``version``."""
+    hidden name, then renamed to ``version``. ``corrupt`` names a file overwritten with garbage
+    before the rename (so a server can never see the good copy)."""
     model_dir = repository / (to_name or name)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".copy-{version}"
     shutil.copytree(repository / name / str(source), staging)
+    if corrupt is not None:
+        (staging / corrupt).write_bytes(b"garbage")
     final = model_dir / str(version)
     staging.rename(final)
     return final

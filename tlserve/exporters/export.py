@@ -123,8 +123,8 @@ def check_options(options: ExportOptions) -> None:
     if duplicate is not None:
         raise UsageError(
             f"{options.run_dir} is already published as version {duplicate} of {options.name} (same "
-            "model.keras, labels and artifacts), which every server would swap to again; pass "
-            "--allow-duplicate to publish it anyway"
+            "model.keras, labels and kinds of artifact), which every server would swap to again; pass "
+            "--allow-duplicate to publish it anyway (e.g. with other --calibration-data)"
         )
 
 
