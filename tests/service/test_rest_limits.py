@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def test_connections_past_the_cap_get_503_and_grpc_still_serves(tmp_path: Path) 
         assert reply.startswith(b"HTTP/1.1 503 ") and b"max_http_connections" in reply, reply
         with server.client() as client:
             assert client.health() == "SERVING"
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        assert 'tlserve_connections_refused_total{api="rest"} 1.0' in metrics
         for sock in held:
             sock.close()
         held.clear()

@@ -58,6 +58,10 @@ class Metrics:
         )  # fmt: skip
         self.requests = Counter("tlserve_requests", "Calls answered, by status code.", request, registry=r)
         self.in_flight = Gauge("tlserve_in_flight_requests", "Calls being handled.", ["api"], registry=r)
+        self.connections_refused = Counter(
+            "tlserve_connections_refused", "Connections answered 503 and closed before their request was "
+            "read (REST: past max_http_connections).", ["api"], registry=r,
+        )  # fmt: skip
         version = ["model", "version"]
         self.queue_wait = Histogram(
             "tlserve_queue_wait_seconds", "Time a request waited for its batch to start.",

@@ -300,9 +300,12 @@ class RestRunner(web.AppRunner):
     before its request is read, so that REST cannot take the file descriptors gRPC needs (at the
     open-file limit, new gRPC calls fail and asyncio logs a traceback for every accept)."""
 
-    def __init__(self, app: web.Application, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, max_connections: int, on_refused: Callable[[], object], **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.max_connections = max_connections
+        self.on_refused = on_refused
         self.refused = 0
 
     async def _make_server(self) -> web.Server:
@@ -312,6 +315,7 @@ class RestRunner(web.AppRunner):
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             if len(server.connections) >= self.max_connections:
                 self.refused += 1
+                self.on_refused()
                 transport.write(BUSY)
                 transport.close()
                 return

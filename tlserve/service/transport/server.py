@@ -310,7 +310,8 @@ class Server:
             # NOTE: aiohttp answers malformed HTTP itself; ProtocolLog makes its log of them one line
             # NOTE: lingering: how long a body left unread (a 413, a 408) is still read and dropped
             # before the connection is closed, so that the client sees the answer (aiohttp: 10 s)
-            self._rest = RestRunner(app, self.settings.max_http_connections, access_log=None,
+            refused = self.metrics.connections_refused.labels(api="rest").inc
+            self._rest = RestRunner(app, self.settings.max_http_connections, refused, access_log=None,
                                     handle_signals=False, logger=ProtocolLog(port), lingering_time=2.0,
                                     keepalive_timeout=self.settings.http_keepalive_timeout_s)  # fmt: skip
             await self._rest.setup()
