@@ -25,7 +25,7 @@ from PIL import Image
 
 from tests.reliability.conftest import RELIABILITY_DIR, write_record
 from tests.reliability.load import jpeg, png
-from tests.service.bombs import gif_bomb, jpeg_scan_bomb, png_bomb
+from tests.service.bombs import gif_bomb, gif_frame_bomb, jpeg_scan_bomb, png_bomb
 from tests.service.certs import Certs, make_certs
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import SIZE, publish
@@ -261,6 +261,8 @@ CASES: dict[str, Case] = {
                                              "unsupported BMP"),
     "GIF bomb, a later frame of 30000x30000": (native(classify([gif_bomb((1, 1), (30000, 30000))])),
                                                S.INVALID_ARGUMENT, "max_image_pixels"),
+    "GIF of 30,000 one-pixel frames in 439 KB": (native(classify([gif_frame_bomb(30_000)])), S.INVALID_ARGUMENT,
+                                                 "max_gif_frames"),
     "TIFF (format not served)": (native(classify([image("TIFF")])), S.INVALID_ARGUMENT,
                                  "not a JPEG, PNG, BMP or GIF"),
     "bad image among good ones, by index": (

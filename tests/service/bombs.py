@@ -1,5 +1,5 @@
 """Decompression bombs: small, valid PNGs that declare (and really hold) huge images, JPEGs of
-thousands of scans, and BMP and GIF headers that declare huge images."""
+thousands of scans, BMP and GIF headers that declare huge images, and GIFs of countless tiny blocks."""
 
 from __future__ import annotations
 
@@ -52,12 +52,30 @@ def bmp_bomb(width: int, height: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info
 
 
+ONE_PIXEL = b"\x2c" + struct.pack("<4HB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # LZW: clear, 0, end
+GIF_HEADER = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+
+
 def gif_bomb(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
     """A GIF of logical screen ``screen`` whose first frame is one black pixel and, when ``frame`` is
     larger, a second frame declaring ``frame`` (width, height) with no pixel data: the signature's
     canvas is as large as the largest frame, whatever the screen says."""
-    one_pixel = b"\x2c" + struct.pack("<4HB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # LZW: clear, 0, end
-    out = [b"GIF89a", struct.pack("<HHBBB", *screen, 0x80, 0, 0), b"\x00\x00\x00\xff\xff\xff", one_pixel]
+    out = [b"GIF89a", struct.pack("<HHBBB", *screen, 0x80, 0, 0), b"\x00\x00\x00\xff\xff\xff", ONE_PIXEL]
     if frame != (1, 1):
         out.append(b"\x2c" + struct.pack("<4HB", 0, 0, *frame, 0) + b"\x02\x01\x2c\x00")  # LZW: clear, end
     return b"".join([*out, b"\x3b"])
+
+
+def gif_frame_bomb(frames: int) -> bytes:
+    """A 1x1 GIF of ``frames`` one-pixel frames, 15 bytes each: 20 MiB holds 1.4 million, every one
+    of which the canvas depends on."""
+    return GIF_HEADER + ONE_PIXEL * frames + b"\x3b"
+
+
+def gif_block_bomb(size: int, block: str) -> bytes:
+    """A 1x1 GIF of one pixel and about ``size`` bytes of the smallest blocks: empty comment
+    extensions (3 bytes), or 1-byte data sub-blocks of a second frame (2 bytes)."""
+    if block == "extensions":
+        return GIF_HEADER + ONE_PIXEL + b"\x21\xfe\x00" * (size // 3) + b"\x3b"
+    second = b"\x2c" + struct.pack("<4HB", 0, 0, 1, 1, 0) + b"\x02" + b"\x01\x00" * (size // 2) + b"\x00"
+    return GIF_HEADER + ONE_PIXEL + second + b"\x3b"

@@ -30,13 +30,22 @@ def to_png(pixels: np.ndarray) -> bytes:
 
 
 def bmp_file(
-    rows: list[bytes], width: int, height: int, bits: int, compression: int = 0, palette: bytes = b""
+    rows: list[bytes],
+    width: int,
+    height: int,
+    bits: int,
+    compression: int = 0,
+    palette: bytes = b"",
+    used: int = 0,
 ) -> bytes:
     """A BMP with a BITMAPINFOHEADER holding ``rows`` as they are (padding and order are the
-    caller's: bottom-up for a positive ``height``); ``palette``: 4 bytes per entry, or 3 masks."""
+    caller's: bottom-up for a positive ``height``); ``palette``: 4 bytes per entry, or 3 masks;
+    ``used``: the palette entries the header declares (0: all for the depth)."""
     data = b"".join(rows)
     offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(data), 2835, 2835, 0, 0)
+    info = struct.pack(
+        "<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(data), 2835, 2835, used, 0
+    )
     return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data
 
 

@@ -18,6 +18,7 @@ from tests.service.images import bmp_file, gif_file
 from tlserve import repository as repo
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.images import decode, decode_batch, resize_bilinear
+from tlserve.service.settings import ServerSettings
 
 ALLOWED = ["JPEG", "PNG"]
 ALL = list(repo.IMAGE_FORMATS)
@@ -112,6 +113,15 @@ def top_down(data: bytes, height: int) -> bytes:
 
 
 GREY_PALETTE = b"".join(bytes((i, i, i, 0)) for i in range(256))
+
+
+def grey_bmp(entries: int, used: int) -> bytes:
+    """An 8-bit BMP of NOISE's red channel (values up to 255) after ``entries`` grey palette entries,
+    declaring ``used`` entries."""
+    rows = [bytes(r) + b"\0" * 3 for r in PIXELS[::-1, :, 0]]
+    return bmp_file(rows, 37, 23, 8, palette=GREY_PALETTE[: 4 * entries], used=used)
+
+
 BMPS = {
     "24-bit": save(NOISE, "BMP"),
     "24-bit top-down": top_down(save(NOISE, "BMP"), 23),
@@ -119,8 +129,7 @@ BMPS = {
     "32-bit, no masks": bmp_file([np.concatenate([r[:, ::-1], np.full((37, 1), 9, np.uint8)], 1).tobytes()
                                   for r in PIXELS[::-1]], 37, 23, 32),
     "8-bit grey": save(NOISE.convert("L"), "BMP"),
-    "8-bit grey, 16 entries": bmp_file([bytes(r % 16) + b"\0" * 3 for r in PIXELS[::-1, :, 0]], 37, 23, 8,
-                                       palette=GREY_PALETTE[: 16 * 4]),
+    "8-bit grey, 16 entries, pixels above them": grey_bmp(16, 16),
 }  # fmt: skip
 
 
@@ -148,6 +157,10 @@ def rgb555(pixels: np.ndarray) -> bytes:
 REFUSED_BMPS = {
     "1-bit": (save(NOISE.convert("1"), "BMP"), "a 1-bit BMP"),
     "colour palette": (save(NOISE.convert("P"), "BMP"), "an 8-bit BMP with a colour palette"),
+    # NOTE: Pillow reads 256 entries (used = 0) from after the header: 16 grey, then pixels
+    "16 grey entries, used = 0": (grey_bmp(16, 0), "an 8-bit BMP whose palette of 256 entries does not fit"),
+    "used = 300": (grey_bmp(256, 300), "an 8-bit BMP of 300 palette entries (at most 256)"),
+    "two entries": (grey_bmp(2, 2), "an 8-bit BMP of 2 palette entries"),
     "16-bit": (rgb555(PIXELS), "a 16-bit BMP"),
     "RLE8": (rle8(PIXELS[:, :, 0]), "a compressed BMP (compression 1)"),
     "trailing bytes": (
@@ -162,10 +175,10 @@ def test_bmps_the_signature_reads_otherwise_are_refused(case: str) -> None:
     """Refused exactly where the signature does not read the BMP as Pillow does (it fails, or its
     pixels differ); the message says what the BMP is."""
     data, message = REFUSED_BMPS[case]
-    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     try:
+        pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         differs = not np.array_equal(tf_decoded(data), pillow)
-    except tf.errors.InvalidArgumentError:
+    except (tf.errors.InvalidArgumentError, ValueError):  # NOTE: Pillow: "bytes must be in range(0, 256)"
         differs = True
     assert differs
     with pytest.raises(ValueError, match=rf"unsupported BMP: {re.escape(message)}.*convert it to PNG"):
@@ -198,6 +211,8 @@ GIFS = {
                                                                (frame(8, (30, 8)), 0, 12)]),
     "first frame cut by the canvas": gif_file((30, 30), [(frame(9, (20, 20)), 5, 5)]),
     "transparent, offset": gif_file((30, 30), [(with_hole(frame(10, (16, 16))), 3, 2)]),
+    "animated, 12 frames, the last the highest": gif_file(
+        (24, 24), [(frame(20 + i, (8 + i, 4 + i)), i, i) for i in range(11)] + [(frame(31, (6, 30)), 0, 0)]),
 }  # fmt: skip
 
 
@@ -319,10 +334,45 @@ def test_bmp_and_gif_bombs_are_refused_from_their_headers(data: bytes, message: 
 
 
 def test_a_gif_canvas_counts_in_the_request_pixels() -> None:
+    """With Pillow's image: decoding holds both (4x4 + 400x4 each here)."""
     wide = gif_file((4, 4), [(frame(1, (4, 4)), 0, 0), (frame(2, (400, 4)), 0, 0)])
     assert Image.open(io.BytesIO(wide)).size == (4, 4)  # Pillow sees only the first frame's screen
-    with pytest.raises(InvalidArgument, match=r"images 0\.\.1 declare 3200 pixels"):
-        decode_batch([wide, wide], 8, 8, ALL, 10**6, max_request_pixels=2000)
+    with pytest.raises(InvalidArgument, match=r"images 0\.\.1 declare 3232 pixels"):
+        decode_batch([wide, wide], 8, 8, ALL, 10**6, max_request_pixels=3000)
+
+
+def test_gifs_of_more_frames_than_the_setting_are_refused() -> None:
+    """Every frame is read before decoding (the canvas is the largest frame's): 20 MiB of one-pixel
+    frames is 1.4 million of them, refused at the first over the limit."""
+    default = ServerSettings.model_fields["max_gif_frames"].default
+    bomb = bombs.gif_frame_bomb((20 << 20) // 15)
+    message = rf"^image 1: GIF of more than {default} frames \(setting max_gif_frames; "
+    with pytest.raises(InvalidArgument, match=message):
+        decode_batch([GIFS["palette"], bomb], 8, 8, ALL, 10**6)
+    assert decode_batch([bombs.gif_frame_bomb(default)], 8, 8, ALL, 10**6).shape == (1, 8, 8, 3)
+    animated = GIFS["animated, 12 frames, the last the highest"]
+    assert decode_batch([animated], 8, 8, ALL, 10**6, max_gif_frames=12).shape == (1, 8, 8, 3)
+    with pytest.raises(InvalidArgument, match=r"GIF of more than 11 frames \(setting max_gif_frames"):
+        decode_batch([animated], 8, 8, ALL, 10**6, max_gif_frames=11)
+
+
+def test_a_gif_canvas_over_the_limit_ends_the_walk() -> None:
+    """The frames after the one that makes the canvas too large are not counted."""
+    huge = b"\x2c" + struct.pack("<4HB", 0, 0, 30000, 30000, 0) + b"\x02\x01\x2c\x00"
+    data = bombs.GIF_HEADER + bombs.ONE_PIXEL + huge + bombs.ONE_PIXEL * 5000 + b"\x3b"
+    with pytest.raises(ValueError, match="30000x30000 pixels is more than the limit of 1000000"):
+        decode(data, 8, 8, ALL, 10**6)
+
+
+@pytest.mark.parametrize("block", ["extensions", "sub-blocks"])
+def test_gifs_of_countless_tiny_blocks_are_refused(block: str) -> None:
+    """Empty extensions or 1-byte data sub-blocks: the walk reads at most one block per 64 bytes
+    (and 65,536 in any file) instead of a Python step per 2-3 bytes."""
+    bomb = bombs.gif_block_bomb(20 << 20, block)
+    with pytest.raises(InvalidArgument, match=rf"^image 0: GIF of more than {(20 << 20) // 64} blocks in "):
+        decode_batch([bomb], 8, 8, ALL, 10**6)
+    small = bombs.gif_block_bomb(60_000, block)  # NOTE: fewer blocks than the floor: served
+    assert decode_batch([small], 8, 8, ALL, 10**6).shape == (1, 8, 8, 3)
 
 
 def test_batch_errors_name_the_image() -> None:

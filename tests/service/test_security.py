@@ -313,8 +313,8 @@ def test_no_plaintext_warning_on_loopback_or_with_tls(
 
 SECURITY_SETTINGS = [
     "max_message_bytes", "max_metadata_bytes", "max_batch_size", "max_image_bytes", "max_image_pixels",
-    "max_request_pixels", "max_jpeg_scans", "allowed_image_formats", "max_queue_size", "decode_threads",
-    "shutdown_grace_s",
+    "max_request_pixels", "max_jpeg_scans", "max_gif_frames", "allowed_image_formats", "max_queue_size",
+    "decode_threads", "shutdown_grace_s",
     "max_connection_age_s", "max_connection_age_grace_s", "keepalive_time_s", "tls_cert_file", "tls_key_file",
     "tls_client_ca_file", "auth_tokens_file", "auth_tokens", "health_port",
 ]  # fmt: skip

@@ -41,10 +41,23 @@ def problem(data: bytes) -> str:
     expected = offset + (bits // 8 * abs(width) + 3) // 4 * 4 * abs(height)
     if len(data) != expected:
         return f"a BMP of {len(data)} bytes, not the {expected} its header declares"
-    if bits == 8:
-        (used,) = struct.unpack_from("<I", data, 46)
-        palette = data[FILE_HEADER + header : offset]  # NOTE: as many entries as fit before the pixels
-        entries = min(used or 256, len(palette) // 4)
-        if any(palette[4 * i : 4 * i + 3] != bytes((i, i, i)) for i in range(entries)):
-            return "an 8-bit BMP with a colour palette"
+    return _palette_problem(data, header, offset) if bits == 8 else ""
+
+
+def _palette_problem(data: bytes, header: int, offset: int) -> str:
+    """Whether Pillow reads an 8-bit BMP's pixels as grey levels, as the signature does: it reads
+    ``used`` palette entries (all 256 when 0) right after the header, wherever the pixels start,
+    and only a palette of grey levels 0, 1, 2, ... of more than two entries makes it keep them."""
+    (used,) = struct.unpack_from("<I", data, 46)
+    entries = used or 256
+    if entries > 256:
+        return f"an 8-bit BMP of {used} palette entries (at most 256)"
+    start = FILE_HEADER + header
+    if start + 4 * entries > offset:  # NOTE: Pillow would read part of the pixels as the palette
+        return f"an 8-bit BMP whose palette of {entries} entries does not fit before its pixels"
+    if entries <= 2:  # NOTE: Pillow takes a grey one of one or two entries for a 1-bit image's
+        return f"an 8-bit BMP of {entries} palette entries"
+    palette = data[start : start + 4 * entries]
+    if any(palette[4 * i : 4 * i + 3] != bytes((i, i, i)) for i in range(entries)):
+        return "an 8-bit BMP with a colour palette"
     return ""

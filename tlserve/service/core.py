@@ -123,7 +123,7 @@ class InferenceCore:
             out = decode_batch(images, height, width, settings.allowed_image_formats,
                                settings.max_image_pixels, deadline, settings.max_image_bytes,
                                settings.max_request_pixels, settings.jpeg_draft,
-                               settings.max_jpeg_scans)  # fmt: skip
+                               settings.max_jpeg_scans, settings.max_gif_frames)  # fmt: skip
             return out, time.perf_counter() - begin
 
         loop = asyncio.get_running_loop()

@@ -6,8 +6,8 @@ antialiasing, aspect ratio not kept. Here Pillow decodes, a GIF's first frame is
 TensorFlow lays it out (``gif``), and ``resize_bilinear`` reimplements that resize in numpy, so
 serving needs no TensorFlow. Differences from the signature, on purpose: EXIF orientation is applied
 (TensorFlow ignores it), only ``allowed`` formats are accepted, BMPs that TensorFlow reads wrongly or
-not at all are refused (``bmp``), and the pixel count (and a JPEG's scan count) is checked before
-decoding.
+not at all are refused (``bmp``), and the pixel count (and a JPEG's scan count, a GIF's frame
+count) is checked before decoding.
 Parity with the signature is measured by tests/service/test_images.py (PNG, BMP, GIF: identical
 pixels; JPEG: both use libjpeg, differing by at most a few levels on some pixels).
 """
@@ -90,8 +90,8 @@ class Opened:
 
     image: Image.Image
     pixels: int
-    """What decoding it allocates, in pixels: the larger of Pillow's image and, for a GIF, the
-    signature's canvas."""
+    """What decoding it allocates, in pixels: Pillow's image, plus for a GIF the signature's canvas
+    (both are held at once while the first frame is copied onto the canvas)."""
     gif: gif.Layout | None = None
     """A GIF's canvas and first frame, as the signature lays them out."""
 
@@ -102,6 +102,7 @@ def open_image(
     max_pixels: int,
     max_bytes: int | None = None,
     max_jpeg_scans: int | None = None,
+    max_gif_frames: int = gif.MAX_FRAMES,
 ) -> Opened:
     """Read an encoded image's headers only (nothing decoded yet), and a JPEG's scans or a GIF's
     frames from its bytes; ValueError says what is wrong."""
@@ -122,13 +123,12 @@ def open_image(
                          "max_image_pixels; decompression bomb)") from None  # fmt: skip
     except Exception as exc:  # Pillow raises many kinds on malformed headers
         raise ValueError(f"cannot decode: {_reason(exc)}") from None
-    width, height = image.size
-    layout = gif.layout(data) if image.format == "GIF" else None
-    if layout is not None and layout.width * layout.height > width * height:
-        width, height = layout.width, layout.height  # NOTE: a later frame may widen the canvas
-    if width * height > max_pixels:  # NOTE: from the headers, before any pixel is decoded
-        raise ValueError(f"{width}x{height} pixels is more than the limit of {max_pixels} "
-                         "(setting max_image_pixels)")  # fmt: skip
+    layout = gif.layout(data, max_pixels, max_gif_frames) if image.format == "GIF" else None
+    canvas = (0, 0) if layout is None else (layout.width, layout.height)  # NOTE: a later frame may widen it
+    for width, height in (image.size, canvas):  # NOTE: from the headers, before any pixel is decoded
+        if width * height > max_pixels:
+            raise ValueError(f"{width}x{height} pixels is more than the limit of {max_pixels} "
+                             "(setting max_image_pixels)")  # fmt: skip
     jpeg = image.format in ("JPEG", "MPO")
     if jpeg and max_jpeg_scans is not None and count_scans(data, max_jpeg_scans) > max_jpeg_scans:
         raise ValueError(f"JPEG of more than {max_jpeg_scans} scans (setting max_jpeg_scans; "
@@ -136,7 +136,7 @@ def open_image(
     if image.format == "BMP" and (problem := bmp.problem(data)):
         raise ValueError(f"unsupported BMP: {problem}; the model's predict_images signature reads only "
                          "uncompressed 8-bit grey, 24- and 32-bit BMPs (convert it to PNG)")  # fmt: skip
-    return Opened(image, width * height, layout)
+    return Opened(image, image.size[0] * image.size[1] + canvas[0] * canvas[1], layout)
 
 
 def _not_allowed(data: bytes, allowed: Sequence[str]) -> str:
@@ -210,6 +210,7 @@ def decode_batch(
     max_request_pixels: int | None = None,
     jpeg_draft: int = 0,
     max_jpeg_scans: int | None = None,
+    max_gif_frames: int = gif.MAX_FRAMES,
 ) -> np.ndarray:
     """Encoded images -> float32 [N, height, width, 3]; InvalidArgument names the first bad index.
     Every header is read and checked (bytes, format, pixels, a JPEG's scans, a BMP's layout, a GIF's
@@ -219,7 +220,7 @@ def decode_batch(
     total = 0
     for index, data in enumerate(images):
         try:
-            image = open_image(data, allowed, max_pixels, max_bytes, max_jpeg_scans)
+            image = open_image(data, allowed, max_pixels, max_bytes, max_jpeg_scans, max_gif_frames)
         except ValueError as exc:
             raise InvalidArgument(f"image {index}: {exc}") from None
         total += image.pixels

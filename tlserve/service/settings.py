@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tlserve import repository as repo
+from tlserve.service import gif
 
 Backend = Literal["onnxruntime", "tensorflow"]
 Precision = Literal["auto", "fp32", "fp16", "int8"]
@@ -152,6 +153,11 @@ class ServerSettings(BaseSettings):
     """Most scans a JPEG may have, counted from its bytes before decoding: each scan of a progressive
     JPEG makes the decoder pass over the whole image again, so a small file of thousands of tiny
     scans costs seconds (a scan bomb). A progressive JPEG from libjpeg has 10 (6 grey), a baseline 1."""
+    max_gif_frames: int = Field(gif.MAX_FRAMES, ge=1)
+    """Most frames a GIF may have: the exported signature's canvas is as large as the GIF's largest
+    frame, so every frame is read before decoding, and a file of tiny frames would cost that walk a
+    Python step per 15 bytes (1.7 s for 20 MiB). Stopping at the limit instead would change the
+    canvas, so a GIF of more frames is refused."""
     max_metadata_bytes: int = Field(16 * 1024, ge=1024)
     """Largest gRPC metadata (headers) a call may carry; above it the call is refused."""
     max_inflight_request_bytes: int = Field(2048 * 1024 * 1024, ge=1024)
