@@ -63,6 +63,29 @@ def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], comm
         assert "--allow-duplicate" in out
 
 
+@pytest.mark.parametrize("option", ["--verbose", "--overwrite", "--out=X"])
+def test_an_option_before_its_command_is_said_to_go_after_it(
+    capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([option, "train", "/nonexistent", "--out", "X"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"tlserve train: error: {option} goes after the command: tlserve train ... {option} " \
+                  "(see tlserve train --help)\n"  # fmt: skip
+
+
+def test_verbose_holds_for_its_command_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlserve import cli, tfnoise
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(cli, "_run_train", lambda args: seen.append(os.environ.get(tfnoise.ENV)) or 0)
+    argv = ["train", "/nonexistent", "--out", "X", "--verbose"]
+    assert main(argv) == 0 and seen == ["1"] and tfnoise.ENV not in os.environ
+    monkeypatch.setenv(tfnoise.ENV, "0")
+    assert main(argv) == 0 and seen == ["1", "1"] and os.environ[tfnoise.ENV] == "0"
+
+
 def test_bases_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "bases")
     assert code == 0

@@ -36,14 +36,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (
-            any(
-                default is x for x in (None, False, True, argparse.SUPPRESS)
-            )  # NOTE: `in` would match 0 and 1
-            or "%(default)" in text
-            or "(default:" in text
-            or not action.option_strings
-        ):
+        # NOTE: `is`, since `in` would match 0 and 1
+        says_nothing = any(default is x for x in (None, False, True, argparse.SUPPRESS))
+        if says_nothing or "%(default)" in text or "(default:" in text or not action.option_strings:
             return text
         return f"{text} (default: {default})" if text else f"(default: {default})"
 
@@ -354,10 +349,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="offline end-to-end demo: train a base from scratch, transfer it, compare with scratch",
         formatter_class=_Formatter,
         description=(
-            "Uses the handwritten digits that scikit-learn ships (no download): trains a MobileNetV2\n"
-            "from scratch on digits 0-4 (the source task), then transfers it to digits 5-9 with a few\n"
-            "images per class (frozen and finetune), trains scratch on the same few images, and\n"
-            "exports the best target model to WORKDIR/models (SavedModel, ONNX fp32 and int8).\n"
+            "Uses the handwritten digits that scikit-learn ships (no download), each drawn into a\n"
+            "cluttered, coloured scene: trains a MobileNetV2 from scratch on digits 0-4 (the source\n"
+            "task), then transfers it to digits 5-9 with a few images per class (frozen and finetune),\n"
+            "trains scratch on the same few images, and exports the best target model to\n"
+            "WORKDIR/models (SavedModel, ONNX fp32 and int8), serves it and classifies with it.\n"
             "Every training run is a plain `tlserve train` with default settings, printed as it runs."
         ),
     )
@@ -400,66 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve(sub, _Formatter)
     add_predict(sub, _Formatter)
-    _extend_predict(sub.choices["predict"])
     add_bench(sub, _Formatter)
     return parser
-
-
-def _extend_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
-        help="wait up to this long for the server to start and the model to be SERVING; 0 = do not wait",
-    )  # fmt: skip
-    p.set_defaults(handler=_run_predict)
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    """One row per image answered; one error line per image refused, naming its file (exit 1)."""
-    import time
-
-    import grpc
-
-    from tlserve.service.client import Client, describe_rpc_error
-    from tlserve.service.commands import connection
-
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1; got {args.top_k}")
-    if not args.wait >= 0:
-        raise UsageError(f"--wait must be 0 or more seconds; got {args.wait}")
-    images = []
-    for path in args.images:
-        try:
-            images.append(path.read_bytes())
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    tls, token = connection(args)
-    with Client(args.server, timeout_s=args.timeout_s, tls=tls, token=token) as client:
-        try:
-            if args.wait:
-                try:
-                    client.wait_ready(args.model, timeout_s=args.wait)
-                except TimeoutError as exc:
-                    client.health()  # NOTE: says why when the server cannot be reached at all
-                    raise TlserveError(str(exc)) from None
-            start = time.perf_counter()
-            version, answers = client.classify_each(args.model, images, args.top_k, args.version, args.api)
-        except grpc.RpcError as exc:
-            raise TlserveError(describe_rpc_error(args.server, exc)) from None
-        elapsed = (time.perf_counter() - start) * 1000
-    shown = max(len(a.labels) for a in answers)
-    width = max(len(str(p)) for p in args.images)
-    if shown:
-        if shown < args.top_k:
-            print(f"note: --top-k {args.top_k}, but {args.model} has {shown} classes: showing {shown}")
-        print(f"{'image':<{width}}  top {shown} (model {args.model} v{version}, {args.api} API, "
-              f"{elapsed:.1f} ms)")  # fmt: skip
-    for path, answer in zip(args.images, answers, strict=True):
-        if answer.labels:
-            print(f"{path!s:<{width}}  " + "  ".join(f"{x.label} {x.score:.3f}" for x in answer.labels))
-    failed = [(path, a.error) for path, a in zip(args.images, answers, strict=True) if not a.labels]
-    for path, error in failed:
-        print(f"tlserve predict: failed: {path}: {error}", file=sys.stderr)
-    return EXIT_FAILED if failed else 0
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -471,9 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for the subcommands that import TensorFlow; a caller passing ``argv`` keeps its stderr as it is."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # NOTE: said by the subcommand's parser, whose --help lists the options it takes
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        _unrecognized(parser, args.command, extra)
+    tf_logs = os.environ.get(tfnoise.ENV)  # NOTE: restored after the command, for a caller of main()
     if getattr(args, "verbose", False):
         os.environ[tfnoise.ENV] = "1"  # NOTE: also read by the exporter's tf2onnx process
     if not tfnoise.wanted():
@@ -499,6 +437,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if tf_logs is None:
+            os.environ.pop(tfnoise.ENV, None)
+        else:
+            os.environ[tfnoise.ENV] = tf_logs
+
+
+def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> NoReturn:
+    """The usage error for arguments no parser took, said by the subcommand's parser, whose --help
+    lists the options it takes. NOTE: an option the subcommand takes is left over only when it came
+    before the subcommand (``tlserve --verbose train``): the error says where it goes."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparser: argparse.ArgumentParser = sub.choices[command]
+    for option in extra:
+        if option.split("=", 1)[0] in subparser._option_string_actions:
+            subparser.error(f"{option} goes after the command: tlserve {command} ... {option}")
+    subparser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
 if __name__ == "__main__":

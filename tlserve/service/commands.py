@@ -58,6 +58,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-image-pixels", "max_image_pixels", int, "largest image (from its header, before decoding)"),
     ("--max-request-pixels", "max_request_pixels", int, "pixels all images of one request may declare"),
     ("--max-jpeg-scans", "max_jpeg_scans", int, "most scans in a JPEG (progressive scan bombs)"),
+    ("--max-gif-frames", "max_gif_frames", int, "most frames in a GIF (all are read for its canvas)"),
     ("--tls-cert-file", "tls_cert_file", Path, "PEM certificate chain: serve gRPC and REST over TLS"),
     ("--tls-key-file", "tls_key_file", Path, "PEM private key of --tls-cert-file"),
     ("--tls-client-ca-file", "tls_client_ca_file", Path, "PEM CA: require client certificates (mTLS)"),
@@ -166,6 +167,10 @@ def add_predict(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFo
     p.add_argument("--version", type=int, default=0, help="model version; 0 = the newest serving")
     p.add_argument("--top-k", type=int, default=3, help="labels to print per image")
     p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of the call")
+    p.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to this long for the server to start and the model to be SERVING; 0 = do not wait",
+    )  # fmt: skip
     add_connection_flags(p)
     p.set_defaults(handler=_run_predict)
 
@@ -207,16 +212,19 @@ def connection(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    """One row per image answered; one error line per image refused, naming its file (exit 1)."""
+    import sys
     import time
 
     import grpc
-    import numpy as np
 
     from tlserve.errors import TlserveError
-    from tlserve.service.client import Client
+    from tlserve.service.client import Client, describe_rpc_error
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1; got {args.top_k}")
+    if not args.wait >= 0:
+        raise UsageError(f"--wait must be 0 or more seconds; got {args.wait}")
     images = []
     for path in args.images:
         try:
@@ -225,29 +233,32 @@ def _run_predict(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     tls, token = connection(args)
     with Client(args.server, timeout_s=args.timeout_s, tls=tls, token=token) as client:
-        start = time.perf_counter()
         try:
-            if args.api == "native":
-                result = client.classify(args.model, images, top_k=args.top_k, version=args.version)
-                version, rows = result.version, [[(x.label, x.score) for x in p] for p in result.predictions]
-            else:
-                version, probabilities = client.predict_images(args.model, images, version=args.version)
-                labels = next(v.labels for v in client.list_models()[args.model] if v.version == version)
-                order = np.argsort(-probabilities, axis=1)[:, : args.top_k]
-                rows = [
-                    [(labels[i], float(p[i])) for i in o] for p, o in zip(probabilities, order, strict=True)
-                ]
+            if args.wait:
+                try:
+                    client.wait_ready(args.model, timeout_s=args.wait)
+                except TimeoutError as exc:
+                    client.health()  # NOTE: says why when the server cannot be reached at all
+                    raise TlserveError(str(exc)) from None
+            start = time.perf_counter()
+            version, answers = client.classify_each(args.model, images, args.top_k, args.version, args.api)
         except grpc.RpcError as exc:
-            raise TlserveError(f"{args.server}: {exc.code().name}: {exc.details()}") from None
+            raise TlserveError(describe_rpc_error(args.server, exc)) from None
         elapsed = (time.perf_counter() - start) * 1000
+    shown = max(len(a.labels) for a in answers)
     width = max(len(str(p)) for p in args.images)
-    print(
-        f"{'image':<{width}}  top {args.top_k} "
-        f"(model {args.model} v{version}, {args.api} API, {elapsed:.1f} ms)"
-    )
-    for path, row in zip(args.images, rows, strict=True):
-        print(f"{path!s:<{width}}  " + "  ".join(f"{label} {score:.3f}" for label, score in row))
-    return 0
+    if shown:
+        if shown < args.top_k:
+            print(f"note: --top-k {args.top_k}, but {args.model} has {shown} classes: showing {shown}")
+        print(f"{'image':<{width}}  top {shown} (model {args.model} v{version}, {args.api} API, "
+              f"{elapsed:.1f} ms)")  # fmt: skip
+    for path, answer in zip(args.images, answers, strict=True):
+        if answer.labels:
+            print(f"{path!s:<{width}}  " + "  ".join(f"{x.label} {x.score:.3f}" for x in answer.labels))
+    failed = [(path, a.error) for path, a in zip(args.images, answers, strict=True) if not a.labels]
+    for path, error in failed:
+        print(f"tlserve predict: failed: {path}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_bench(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
