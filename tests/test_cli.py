@@ -26,6 +26,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, captured.out, captured.err
 
 
+SPLIT_RANGE = "--val-split must be between 0 and 1, both excluded"
+
+
 def assert_usage_error(capsys: pytest.CaptureFixture[str], argv: list[str], *fragments: str) -> None:
     code, _, err = run_cli(capsys, *argv)
     assert code == 2, err
@@ -120,7 +123,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(
         ([data, "--out", str(out), "--base", "resnet9000"], ["unknown base", "valid bases", "nasnet_large"]),
         ([data, "--out", str(out), "--base", str(incomplete)], ["incomplete", "model.keras", "run.json"]),
         ([data, "--out", str(out), "--weights", str(tmp_path / "nope.h5")], ["--weights", "imagenet, none"]),
-        ([data, "--out", str(out), "--val-split", "0"], ["--val-split"]),
+        # the same message for both ends (0 once passed the first check and failed the second)
+        ([data, "--out", str(out), "--val-split", "0"], [SPLIT_RANGE]),
+        ([data, "--out", str(out), "--val-split", "1.5"], [SPLIT_RANGE]),
         ([data, "--out", str(out), "--epochs", "0"], ["--epochs"]),
     ]
     for argv, fragments in cases:

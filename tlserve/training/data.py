@@ -22,6 +22,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 RESIZE_METHOD = "bilinear"
 """tf.image.resize method, no antialias, aspect ratio not kept (as image_dataset_from_directory)."""
 
+VAL_SPLIT_RANGE = "--val-split must be between 0 and 1, both excluded (e.g. 0.2); got {}"
+
 
 @dataclass
 class Split:
@@ -215,7 +217,7 @@ def plan_dataset(data_dir: Path, val_split: float, val_data: Path | None, seed: 
             val.labels += [index] * len(val_good.get(name, []))
     else:
         if not 0.0 < val_split < 1.0:
-            raise UsageError(f"--val-split must be between 0 and 1 (exclusive); got {val_split}")
+            raise UsageError(VAL_SPLIT_RANGE.format(val_split))
         rng = np.random.default_rng(seed)
         for index, name in enumerate(classes):
             paths = good[name]

@@ -19,7 +19,7 @@ from tlserve.errors import UsageError
 from tlserve.training import quality, rundir
 from tlserve.training.bases import BaseSpec, base_names, get_base
 from tlserve.training.config import MODES, TrainConfig
-from tlserve.training.data import RESIZE_METHOD, DatasetPlan, plan_dataset
+from tlserve.training.data import RESIZE_METHOD, VAL_SPLIT_RANGE, DatasetPlan, plan_dataset
 
 
 @dataclass
@@ -110,11 +110,12 @@ def check_config(config: TrainConfig) -> None:
     in_range = {
         "--dropout": (config.dropout, 0.0, 1.0),
         "--bn-momentum": (config.bn_momentum, 0.0, 1.0),
-        "--val-split": (config.val_split, 0.0, 1.0),
     }
     for flag, (fraction, floor, ceiling) in in_range.items():
         if not floor <= fraction < ceiling:
             raise UsageError(f"{flag} must be in [{floor:g}, {ceiling:g}); got {fraction}")
+    if not 0.0 < config.val_split < 1.0:  # NOTE: one message for 0 and 1.5 (data.py says the same)
+        raise UsageError(VAL_SPLIT_RANGE.format(config.val_split))
     for flag, rate in {"--lr": config.lr, "--fine-tune-lr": config.fine_tune_lr}.items():
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise UsageError(f"{flag} must be a positive number; got {rate}")
