@@ -28,6 +28,7 @@ def test_json_lines_with_request_ids_and_access_log(tiny_repo: Path) -> None:
     entries = [json.loads(line) for line in server.lines if line.strip()]  # every line is one JSON object
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     [access] = [e for e in entries if e.get("request_id") == "trace-123"]
+    assert access["logger"] == "tlserve.access"
     assert (
         access["message"]
         == f"native Classify model=colors version=1 code=OK {access['message'].split()[-2]} ms"

@@ -14,6 +14,9 @@ import time
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
+access = logging.getLogger("tlserve.access")
+"""The access log (``--access-log``): one line per answered call, gRPC and REST."""
+
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:

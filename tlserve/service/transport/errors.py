@@ -128,7 +128,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
                 metrics.request_duration.labels(*labels).observe(elapsed)
                 metrics.requests.labels(*labels).inc()
                 if access_log:
-                    log.info("%s %s model=%s version=%s code=%s %.2f ms", api, name, model or "-",
+                    logs.access.info("%s %s model=%s version=%s code=%s %.2f ms", api, name, model or "-",
                              version or "-", code.name, elapsed * 1000)  # fmt: skip
             # NOTE: outside the except blocks: the abort's own exception must not keep the failure
             # (and with it every frame the request passed through) alive

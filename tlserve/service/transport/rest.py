@@ -126,7 +126,8 @@ def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None, budget
             metrics.request_duration.labels(*labels).observe(elapsed)
             metrics.requests.labels(*labels).inc()
             if access_log:
-                log.info("rest %s %s code=%s %.2f ms", request.method, request.path, code, elapsed * 1000)
+                logs.access.info("rest %s %s code=%s %.2f ms", request.method, request.path, code,
+                                 elapsed * 1000)  # fmt: skip
 
     return handle
 
