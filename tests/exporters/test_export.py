@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tlserve import repository as repo
-from tlserve.exporters.export import ExportOptions, ExportResult, export
+from tlserve.exporters.export import ExportOptions, ExportResult, export, summary_table
 from tlserve.training import rundir
 from tlserve.training.data import RESIZE_METHOD, decode
 
@@ -139,6 +139,12 @@ def test_fp16_keeps_float32_io_and_int8_is_qdq(exported: ExportResult) -> None:
     assert quantized.recommended is good
     assert quantized.recommended_providers == (["CPUExecutionProvider"] if good else [])
     assert bool(quantized.notes) is not good
+    # the table shows the fp32 figure the int8 one was timed beside (the one a note quotes)
+    row = next(line for line in summary_table(exported).splitlines() if line.startswith("onnx int8"))
+    assert f"(fp32 {latency['fp32_batch1_p50']:.2f} beside it: {latency['speedup_vs_fp32']:.2f}x)" in row
+    for note in quantized.notes:
+        if "not faster" in note:
+            assert f"{latency['fp32_batch1_p50']:.2f} ms at batch 1" in note
     session = ort.InferenceSession(str(exported.path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {"image": pixels(2)})[0]
     np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-3)
