@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import time
 from pathlib import Path
@@ -328,3 +329,24 @@ def test_no_server_no_model_and_a_batch_too_big(
                        "INVALID_ARGUMENT")  # fmt: skip
     assert_usage_error(capsys, ["bench", "--model", "colors", *target, "--inprocess", "--repository",
                                 str(tmp_path)], "no model 'colors'")  # fmt: skip
+
+
+@pytest.mark.parametrize("low, high", [(2.1, 4.7), (0.8, 3000.0), (45.0, 52.0), (0.05, 90.0), (3.0, 80.0)])
+def test_log_axis_labels_do_not_overlap(low: float, high: float) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tlserve.service.bench.report import log_ticks
+
+    figure = Figure(figsize=(5, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.plot(np.geomspace(low, high, 50), np.linspace(0, 1, 50))
+    axes.set(xscale="log")
+    log_ticks(axes.xaxis)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    shown = [t for t in axes.xaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+    assert len(boxes) >= 1, "no labelled tick"
+    assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes)), [t.get_text() for t in shown]
