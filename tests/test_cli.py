@@ -196,6 +196,16 @@ def test_demo_refuses_a_workdir_it_did_not_make(capsys: pytest.CaptureFixture[st
     assert (tmp_path / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("per_class", ["0", "61"])
+def test_demo_refuses_a_per_class_it_cannot_draw(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, per_class: str
+) -> None:
+    # 61 would leave too few of the smallest digit class's 174 images for the source task
+    argv = ["demo", "--workdir", str(tmp_path / "demo"), "--per-class", per_class]
+    assert_usage_error(capsys, argv, "--per-class takes numbers from 1 to 60", per_class)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_non_empty_out_is_refused_unless_overwrite(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

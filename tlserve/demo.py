@@ -1,7 +1,10 @@
-"""``tlserve demo``: the whole transfer-learning story, offline, in a few minutes on 2 CPU cores.
+"""``tlserve demo``: the whole transfer-learning story, offline, on 2 CPU cores.
 
-Data: the 1,797 handwritten digits (8x8 grayscale) that scikit-learn ships, upscaled to 32x32 PNGs.
-1. source task, digits 0-4: a MobileNetV2 trained from scratch (the "cat-vs-dog net" of the story);
+Data: scikit-learn's 1,797 handwritten digits, each drawn into a 32x32 scene at a random size, angle
+and position on a textured, coloured, cluttered background (``tlserve.scenes``): what makes ten
+images too few to learn from scratch is what varies around the object, as in photos.
+1. source task, digits 0-4 (2,000 scenes): a MobileNetV2 trained from scratch (the "cat-vs-dog net"
+   of the story);
 2. target task, digits 5-9, with only a few training images per class: that network reused as the
    base (frozen, then finetune), against MobileNetV2 from scratch on the same few images;
 3. the best target model exported to a model repository: SavedModel, ONNX fp32 and int8;
@@ -26,35 +29,35 @@ from tlserve.errors import TlserveError, UsageError
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 IMAGE_SIZE = 32
+SOURCE_PER_CLASS = 400
 TARGET_VAL_PER_CLASS = 60
-
-
-def write_digits(root: Path, digits: dict[int, list[np.ndarray]]) -> None:
-    from PIL import Image
-
-    for digit, images in digits.items():
-        folder = root / f"digit_{digit}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, pixels in enumerate(images):
-            gray = Image.fromarray(np.uint8(np.clip(pixels * (255.0 / 16.0), 0, 255)), mode="L")
-            gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR).save(folder / f"{i:04d}.png")
+MAX_PER_CLASS = 60
+"""The smallest digit class has 174 images: 60 for validation, up to 60 to train on, the rest for the
+source task's glyphs (each in several scenes)."""
 
 
 def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str, Path]:
-    """Write source/, target_val/ and target_train_<n>/ image folders; return their paths."""
-    from sklearn.datasets import load_digits
+    """Write source/, target_val/ and target_train_<n>/ image folders; return their paths. Every
+    target image is a different handwritten digit; the source's digits are none of them."""
+    from tlserve import scenes
 
-    data = load_digits()
+    glyphs = scenes.digit_glyphs(seed)
     rng = np.random.default_rng(seed)
-    by_digit = {d: rng.permutation(data.images[data.target == d]) for d in range(10)}
-    paths = {"source": workdir / "data" / "source", "target_val": workdir / "data" / "target_val"}
-    write_digits(paths["source"], {d: list(by_digit[d]) for d in SOURCE_CLASSES})
-    write_digits(paths["target_val"], {d: list(by_digit[d][:TARGET_VAL_PER_CLASS]) for d in TARGET_CLASSES})
+    root = workdir / "data"
+    paths = {"source": root / "source", "target_val": root / "target_val"}
+    reserved = TARGET_VAL_PER_CLASS + max(per_class)
+    for d in SOURCE_CLASSES:
+        images = scenes.scenes(glyphs[d][reserved:], SOURCE_PER_CLASS, rng, IMAGE_SIZE)
+        scenes.write(paths["source"] / f"digit_{d}", images)
+    for d in TARGET_CLASSES:
+        val = scenes.scenes(glyphs[d][:TARGET_VAL_PER_CLASS], TARGET_VAL_PER_CLASS, rng, IMAGE_SIZE)
+        scenes.write(paths["target_val"] / f"digit_{d}", val)
     for n in per_class:
         key = f"target_train_{n}"
-        paths[key] = workdir / "data" / key
-        pool = {d: by_digit[d][TARGET_VAL_PER_CLASS:] for d in TARGET_CLASSES}
-        write_digits(paths[key], {d: list(pool[d][:n]) for d in TARGET_CLASSES})
+        paths[key] = root / key
+        for d in TARGET_CLASSES:
+            pool = glyphs[d][TARGET_VAL_PER_CLASS : TARGET_VAL_PER_CLASS + n]
+            scenes.write(paths[key] / f"digit_{d}", scenes.scenes(pool, n, rng, IMAGE_SIZE))
     return paths
 
 
@@ -115,8 +118,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def run_demo(workdir: Path, per_class: list[int]) -> list[Row]:
-    if not per_class or min(per_class) < 1:
-        raise UsageError(f"--per-class takes positive numbers; got {per_class}")
+    if not per_class or min(per_class) < 1 or max(per_class) > MAX_PER_CLASS:
+        raise UsageError(f"--per-class takes numbers from 1 to {MAX_PER_CLASS}; got {per_class}")
     prepare_workdir(workdir)
     paths = prepare_data(workdir, per_class)
     runs = workdir / "runs"
