@@ -20,7 +20,7 @@ help:
 	@echo "make test-all   also the slow checks: all 18 bases, and the export matrix (docs/bases.md)"
 	@echo "make bench      the performance report: server vs in-process, APIs, batching, backends,"
 	@echo "                JPEG decoding, cold start, profile; rewrites docs/performance.md (~5 min)"
-	@echo "make bench-transfer the trainer's defaults vs a small sweep vs scratch on three transfer tasks"
+	@echo "make bench-transfer the trainer's defaults vs a small sweep vs scratch on three transfer tasks (~75 min)"
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export all 18 bases, rewrite docs/bases.md (~30 min)"
@@ -79,7 +79,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/performance.py
 
 bench-transfer: install-dev
-	$(BIN)/python benchmarks/transfer_defaults.py
+	$(BIN)/python benchmarks/transfer_defaults.py --quick
 
 bench-cache: install-dev
 	$(BIN)/python benchmarks/feature_cache.py

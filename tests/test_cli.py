@@ -353,7 +353,10 @@ def test_ctrl_c_leaves_no_run_dir(tmp_path: Path) -> None:
     argv[argv.index("--epochs") + 1] = "500"
     argv += ["--mode", "scratch", "--patience", "500"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # NOTE: SIGINT back to its default in the child: a runner started in the background by a
+    # non-interactive shell ignores SIGINT, Python then keeps ignoring it, and Ctrl-C would be lost
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
     for line in proc.stdout:
