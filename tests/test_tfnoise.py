@@ -163,15 +163,16 @@ def test_a_usage_error_is_one_line(tmp_path: Path, args: list[str], fragment: st
 
 
 def test_a_usage_error_after_tensorflow_is_loaded_is_one_line(tmp_path: Path) -> None:
-    """A data dir of one class is refused once the dataset is scanned, after TensorFlow has started
-    and printed its banners (cuInit, oneDNN, absl): the user sees tlserve's line only, unless
-    --verbose."""
-    data = write_folder(tmp_path / "data", per_class=2, classes={"red": (200, 30, 30)})
-    argv = ["train", str(data), "--out", str(tmp_path / "run")]
+    """A weights file that is not one is refused when the base is built, after TensorFlow has
+    started and printed its banners (cuInit, oneDNN, absl): the user sees tlserve's line only,
+    unless --verbose."""
+    data = write_folder(tmp_path / "data", per_class=2)
+    (tmp_path / "w.weights.h5").write_bytes(b"not an HDF5 file\n")
+    argv = ["train", str(data), "--out", str(tmp_path / "run"), "--weights", str(tmp_path / "w.weights.h5")]
     quiet = tlserve(*argv)
     assert quiet.returncode == 2
     assert len(quiet.stderr.splitlines()) == 1, quiet.stderr
-    assert quiet.stderr.startswith("tlserve train: error:") and "single class" in quiet.stderr
+    assert quiet.stderr.startswith("tlserve train: error:") and "does not fit base" in quiet.stderr
     verbose = tlserve(*argv, "--verbose")  # as TLSERVE_TF_LOGS=1 (test_filtered_stderr_arrives_...)
     assert verbose.returncode == 2
     lines = verbose.stderr.encode().splitlines()
