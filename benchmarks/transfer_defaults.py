@@ -166,7 +166,7 @@ def write_scene_tasks(root: Path, per_class: int) -> tuple[dict[str, Path], list
     letters = scenes.letter_glyphs()
     sources = {"digits 0-4": root / "source-digits04", "letters": root / "source-letters"}
     rng = np.random.default_rng(1)
-    for k in range(5):  # glyphs 100 on: none of them is in a target set
+    for k in range(5):  # NOTE: the tasks that reuse this network have none of the digits 0-4 as targets
         save(sources["digits 0-4"] / f"digit_{k}", scenes.scenes(digit[k][100:], 600, rng, SIZE))
     for name, glyph in letters.items():
         save(sources["letters"] / f"letter_{name}", scenes.scenes([glyph], 120, rng, SIZE))

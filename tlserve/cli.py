@@ -364,7 +364,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[10],
         metavar="N",
-        help="target-task training images per class (one row per value and mode)",
+        help="target-task training images per class, 1 to 60 (one row per value and mode)",
     )
     _add_verbose(p)
     p.set_defaults(handler=_run_demo)

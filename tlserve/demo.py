@@ -32,8 +32,8 @@ IMAGE_SIZE = 32
 SOURCE_PER_CLASS = 400
 TARGET_VAL_PER_CLASS = 60
 MAX_PER_CLASS = 60
-"""The smallest digit class has 174 images: 60 for validation, up to 60 to train on, the rest for the
-source task's glyphs (each in several scenes)."""
+"""The smallest digit class has 174 images: 60 for validation and up to 60 to train on; the source
+classes skip the same first 120 and draw their 400 scenes each from the remaining 54 or more."""
 
 
 def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str, Path]:

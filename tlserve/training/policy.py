@@ -4,7 +4,8 @@ Small datasets break epoch-based defaults: 20 images at batch 32 are one gradien
 "10 epochs, patience 3" is ten steps, and early stopping on a validation set of a dozen images fires
 at the first wobble. So the defaults are set in *steps*, and turned into epochs for the data at hand:
 
-- a phase plans ``ceil(steps / steps_per_epoch)`` epochs, between ``MIN_EPOCHS`` and ``MAX_EPOCHS``;
+- a phase plans ``ceil(steps / steps_per_epoch)`` epochs, between ``MIN_EPOCHS`` (scratch:
+  ``SCRATCH_MIN_EPOCHS``) and ``MAX_EPOCHS``;
   the head on cached features gets more steps (they cost microseconds), a phase that runs the base
   fewer;
 - a phase stops early only after ``patience`` epochs in which *neither* validation loss nor

@@ -114,7 +114,8 @@ def check_config(config: TrainConfig) -> None:
     for flag, (fraction, floor, ceiling) in in_range.items():
         if not floor <= fraction < ceiling:
             raise UsageError(f"{flag} must be in [{floor:g}, {ceiling:g}); got {fraction}")
-    if not 0.0 < config.val_split < 1.0:  # NOTE: one message for 0 and 1.5 (data.py says the same)
+    # NOTE: one message for 0 and 1.5 (data.py says the same); with --val-data the split is unused
+    if config.val_data is None and not 0.0 < config.val_split < 1.0:
         raise UsageError(VAL_SPLIT_RANGE.format(config.val_split))
     for flag, rate in {"--lr": config.lr, "--fine-tune-lr": config.fine_tune_lr}.items():
         if rate is not None and not (math.isfinite(rate) and rate > 0):

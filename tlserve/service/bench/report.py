@@ -164,9 +164,10 @@ def write_plot(path: Path, runs: list[Run], title: str) -> None:
 
 
 def log_ticks(axis: Any) -> None:
-    """Labels at powers of ten (and 2 and 5 times them over less than 1.5 decades), written plainly
-    ("2", "50", "0.1"): over a narrow range matplotlib labels its minor log ticks too, and they
-    overlap. Call it once the data are plotted."""
+    """Labels at powers of ten (and 2 and 5 times them over less than 1.5 decades; where that leaves
+    fewer than two in view, matplotlib's own even steps), written plainly ("2", "50", "0.1"): over a
+    narrow range matplotlib labels its minor log ticks too, and they overlap. Call it once the data
+    are plotted."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     low, high = sorted(axis.get_view_interval())
