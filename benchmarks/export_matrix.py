@@ -12,7 +12,6 @@ against Keras, onnxruntime vs TensorFlow CPU latency at batch 1. Writes docs/bas
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,73 +22,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import numpy as np
 import onnxruntime
 import tensorflow as tf
 
 from tlserve.exporters.export import ExportOptions, export
 from tlserve.training.bases import BASES, BaseSpec
-from tlserve.training.freezing import flatten
-from tlserve.training.network import build_application, build_classifier
-from tlserve.training.preprocessing import preprocessing_layers
+from tlserve.training.synthetic import GATE, make_run_dir
 
-CLASSES = 5
-GATE = 1e-2
 STRICT = 1e-4
 UNIFORM_BELOW = 0.25
 SATURATED_ABOVE = 0.98
 """Mean top probability under which a 5-class output is near uniform (0.2)."""
-
-
-def calibrate_batchnorm(base: keras.Model, size: int, preprocess: list[keras.layers.Layer]) -> None:
-    """Moving statistics := the statistics of one batch of random pixels (momentum 0), fed through
-    the base's own preprocessing."""
-    layers = [layer for layer in flatten(base).leaves if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    x = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
-    for layer in preprocess:
-        x = layer(x)
-    base(x, training=True)
-    for layer, momentum in zip(layers, saved, strict=True):
-        layer.momentum = momentum
-
-
-def make_run_dir(spec: BaseSpec, size: int, root: Path) -> tuple[Path, float]:
-    """The run dir, and how far from uniform the model's outputs are (mean top probability)."""
-    keras.utils.set_random_seed(0)
-    base = build_application(spec, size, None)
-    preprocess = preprocessing_layers(spec.preprocessing)
-    calibrate_batchnorm(base, size, preprocess)
-    clf = build_classifier(
-        base,
-        image_size=size,
-        num_classes=CLASSES,
-        preprocess=preprocess,
-        dropout=0.0,
-        hidden=0,
-        base_in_inference_mode=True,
-    )
-    # NOTE: random features have any scale; scale the head so that logits are O(1), as in a trained
-    # model, rather than saturating the softmax (which would make parity trivially exact). Scale by
-    # the features' RMS, not their spread around a mean subtracted in the bias: that cancellation
-    # would amplify float32 rounding and fail parity for a reason no trained model has.
-    probe = np.random.default_rng(2).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
-    features = np.asarray(clf.features.predict(probe, verbose=0))
-    head = clf.model.get_layer("probabilities")
-    kernel = np.random.default_rng(3).normal(size=(features.shape[1], CLASSES))
-    kernel *= 3.0 / (max(float(np.sqrt(np.mean(features**2))), 1e-12) * np.sqrt(features.shape[1]))
-    head.set_weights([kernel.astype(np.float32), np.zeros(CLASSES, np.float32)])
-    run_dir = root / spec.name
-    run_dir.mkdir(parents=True)
-    clf.model.save(run_dir / "model.keras")
-    (run_dir / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(CLASSES)))
-    run = {"config": {"mode": "frozen"}, "base": {"name": spec.name}, "dataset": {}, "metrics": {}}
-    (run_dir / "run.json").write_text(json.dumps(run))
-    pixels = np.random.default_rng(1).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
-    top = float(clf.model.predict(pixels, verbose=0).max(axis=1).mean())
-    return run_dir, top
 
 
 def measure(spec: BaseSpec, size: int, root: Path) -> dict[str, object]:

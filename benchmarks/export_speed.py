@@ -15,8 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,23 +23,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 import onnxruntime as ort
 import tensorflow as tf
-from export_matrix import make_run_dir
 from PIL import Image
 
 from tlserve import repository as repo
 from tlserve.exporters.export import ExportOptions, export
+from tlserve.service.bench.load import p50_ms
 from tlserve.training.bases import get_base
-
-
-def median_ms(call: Callable[[np.ndarray], object], batch: np.ndarray, repeats: int) -> float:
-    for _ in range(3):
-        call(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call(batch)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
+from tlserve.training.synthetic import make_run_dir
 
 
 def random_images(folder: Path, size: int, count: int = 64) -> Path:
@@ -67,11 +55,11 @@ def measure(name: str, run_dir: Path, root: Path, calibration: Path | None) -> d
     one = rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
     eight = rng.uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     repeats = 30 if size < 100 else 15
-    tf_ms = median_ms(lambda x: signature(image=tf.constant(x)), one, repeats)
-    fp32_ms = median_ms(lambda x: fp32.run(None, {"image": x}), one, repeats)
-    int8_ms = median_ms(lambda x: int8.run(None, {"image": x}), one, repeats)
-    fp32_b8 = median_ms(lambda x: fp32.run(None, {"image": x}), eight, repeats)
-    int8_b8 = median_ms(lambda x: int8.run(None, {"image": x}), eight, repeats)
+    tf_ms = p50_ms(lambda: signature(image=tf.constant(one)), repeats, warmup=3)
+    fp32_ms = p50_ms(lambda: fp32.run(None, {"image": one}), repeats, warmup=3)
+    int8_ms = p50_ms(lambda: int8.run(None, {"image": one}), repeats, warmup=3)
+    fp32_b8 = p50_ms(lambda: fp32.run(None, {"image": eight}), repeats, warmup=3)
+    int8_b8 = p50_ms(lambda: int8.run(None, {"image": eight}), repeats, warmup=3)
     artifact = result.manifest.artifact("onnx", "int8")
     delta = artifact.accuracy.get("delta_points") if artifact else None
     return {

@@ -43,9 +43,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
 from PIL import Image
-from server_speed import p50_ms  # NOTE: one timing helper for the benchmarks (warm-up, then median)
 
 from tlserve import repository as repo
+from tlserve.service.bench import messages
+from tlserve.service.bench.echo import echo_floor_ms
+from tlserve.service.bench.inprocess import batch_sweep
+from tlserve.service.bench.load import p50_ms
+from tlserve.service.bench.report import cpu_model
 from tlserve.service.launch import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +65,9 @@ def build_repository(workdir: Path) -> Path:
     repository = workdir / "models"
     if repo.versions(repository / NAME):
         return repository
-    from export_matrix import make_run_dir
-
     from tlserve.exporters.export import ExportOptions, export
     from tlserve.training.bases import get_base
+    from tlserve.training.synthetic import make_run_dir
 
     print("exporting MobileNetV2 224 (SavedModel, ONNX fp32, int8), once ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,13 +99,10 @@ def photo_like_jpeg(width: int, height: int) -> bytes:
 
 @contextmanager
 def server(repository: Path, *args: str) -> Iterator[ServerProcess]:
-    process = ServerProcess(repository, "--log-level", "INFO", *args)
-    try:
-        with process.client(timeout_s=120) as client:
-            client.wait_ready(NAME, timeout_s=300)
+    """``tlserve serve``, ready to answer for NAME; stopped on the way out."""
+    with ServerProcess(repository, "--log-level", "INFO", *args) as process:
+        process.wait_ready(NAME, timeout_s=300)
         yield process
-    finally:
-        process.stop()
 
 
 def bench(target: str, seconds: float, *args: str, workdir: Path) -> Figures:
@@ -123,31 +123,7 @@ def summary(doc: Figures, side: str = "server") -> Figures:
             "codes": figures["errors_by_code"], "client_cpu": figures.get("client_cpu_percent")}  # fmt: skip
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 # --- the measurements -----------------------------------------------------------------------------
-def in_process_onnx(model: Path, repeats: int) -> Figures:
-    """onnxruntime in this process: batch-1 median latency, best throughput over batch sizes."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    by_batch = {}
-    for batch in (1, 2, 4, 8, 16, 32):
-        pixels = rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)
-        ms = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: pixels}), max(8, repeats // batch))  # noqa: B023
-        by_batch[batch] = batch * 1000 / ms
-    one = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
-    p50 = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: one}), repeats)
-    best = max(by_batch, key=lambda b: by_batch[b])
-    return {"p50": p50, "best_ips": by_batch[best], "best_batch": best, "by_batch": by_batch}
-
-
 def in_process_tensorflow(savedmodel: Path, repeats: int) -> float:
     import tensorflow as tf
 
@@ -185,14 +161,8 @@ def decoding(repeats: int) -> Figures:
 
 def cold_start(repository: Path, *args: str) -> Figures:
     started = time.perf_counter()
-    process = ServerProcess(repository, "--log-level", "INFO", *args)
-    try:
-        with process.client(timeout_s=120) as client:
-            client.wait_ready(NAME, timeout_s=300)
-        ready_s = time.perf_counter() - started
-        return {"ready_s": ready_s, "rss_mb": rss_mb(process.pid)}
-    finally:
-        process.stop()
+    with server(repository, *args) as process:
+        return {"ready_s": time.perf_counter() - started, "rss_mb": process.rss_mb()}
 
 
 def profile(target: str, pid: int, seconds: float, workdir: Path) -> Figures | None:
@@ -244,13 +214,6 @@ def analyse_profile(raw: Path) -> Figures:
 
 
 # --- the report -----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def plot_concurrency(points: dict[int, Figures], inproc: Figures, path: Path) -> None:
     import matplotlib
 
@@ -455,19 +418,17 @@ def main() -> int:
                     "cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(), "libraries": libs}  # fmt: skip
 
     print("in-process onnxruntime and TensorFlow ...", flush=True)
-    r["inprocess"] = in_process_onnx(version_dir / repo.ONNX_FILES["fp32"], 100)
+    r["inprocess"] = batch_sweep(version_dir / repo.ONNX_FILES["fp32"], SIZE, SIZE, 100)
     int8_file = version_dir / repo.ONNX_FILES["int8"]
-    int8 = in_process_onnx(int8_file, 100) if int8_file.exists() else None
+    int8 = batch_sweep(int8_file, SIZE, SIZE, 100) if int8_file.exists() else None
     r["tf_inprocess_ms"] = in_process_tensorflow(version_dir, 50)  # the version dir is the SavedModel
 
     def run(target: str, *extra: str) -> Figures:
         return summary(bench(target, s, *extra, workdir=args.workdir))
 
     print("gRPC echo floor ...", flush=True)
-    from server_speed import echo_floor_ms, predict_request
-
     one = np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
-    payload = predict_request(one).SerializeToString()
+    payload = messages.predict_request(NAME, one).SerializeToString()
     r["payload_kb"] = len(payload) / 1024
     r["echo_floor_ms"] = echo_floor_ms(payload, 200)
 

@@ -23,6 +23,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tlserve.service.bench.report import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "bad-input",
@@ -33,16 +35,6 @@ EXPECTED = {
     "hot-swap-under-load",
     "bombs",
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_suites(workdir: Path) -> int:

@@ -22,8 +22,6 @@ import io
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,10 +33,13 @@ import onnxruntime as ort
 from PIL import Image
 
 from tlserve import repository as repo
+from tlserve.service.bench import messages
+from tlserve.service.bench.calls import Payload, build_request, grpc_call, open_channel, probe
+from tlserve.service.bench.echo import echo_floor_ms
+from tlserve.service.bench.inprocess import batch_sweep
+from tlserve.service.bench.load import Load, measure, p50_ms
+from tlserve.service.client import channel
 from tlserve.service.launch import ServerProcess
-from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2
-from tlserve.service.wire.tfs import serving_pb2
-from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
 NAME = "mobilenet_v2_224"
 SIZE = 224
@@ -51,10 +52,9 @@ def build_repository(workdir: Path) -> Path:
         return repository
     import tempfile
 
-    from export_matrix import make_run_dir
-
     from tlserve.exporters.export import ExportOptions, export
     from tlserve.training.bases import get_base
+    from tlserve.training.synthetic import make_run_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, _ = make_run_dir(get_base("mobilenet_v2"), SIZE, Path(tmp))
@@ -64,58 +64,10 @@ def build_repository(workdir: Path) -> Path:
     return repository
 
 
-def p50_ms(call: Callable[[], object], calls: int) -> float:
-    """Median milliseconds of ``calls`` calls, after 10 unmeasured ones."""
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def in_process(model: Path, calls: int) -> tuple[float, float, int]:
     """(batch-1 p50 ms, best images/s, at which batch size)."""
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    one = rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
-    latency = p50_ms(lambda: session.run(None, {"image": one}), calls)
-    best, best_batch = 0.0, 1
-    for batch in (1, 2, 4, 8, 16, 32):
-        pixels = rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)
-        ms = p50_ms(lambda: session.run(None, {"image": pixels}), max(10, calls // batch))  # noqa: B023
-        if batch * 1000 / ms > best:
-            best, best_batch = batch * 1000 / ms, batch
-    return latency, best, best_batch
-
-
-def predict_request(pixels: np.ndarray) -> serving_pb2.PredictRequest:
-    request = serving_pb2.PredictRequest()
-    request.model_spec.name = NAME
-    tensor = request.inputs[repo.INPUT_NAME]
-    tensor.dtype = tf_pb.DT_FLOAT
-    tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in pixels.shape)
-    tensor.tensor_content = pixels.tobytes()
-    return request
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def oip_request(pixels: np.ndarray) -> oip_pb2.ModelInferRequest:
-    request = oip_pb2.ModelInferRequest(model_name=NAME)
-    request.inputs.add(name=repo.INPUT_NAME, datatype="FP32", shape=list(pixels.shape))
-    request.raw_input_contents.append(pixels.tobytes())
-    return request
-
-
-TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
-OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+    figures = batch_sweep(model, SIZE, SIZE, calls)
+    return figures["p50"], figures["best_ips"], figures["best_batch"]
 
 
 async def closed_loop(
@@ -124,53 +76,15 @@ async def closed_loop(
     """(images/s, p50 ms, errors, wall seconds, client CPU seconds) with ``concurrency`` clients each
     sending batch-1 requests through ``api`` ("tfs" Predict or "oip" ModelInfer)."""
     pixels = np.random.default_rng(1).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
-    # NOTE: serialized once, as perf_analyzer prepares its inputs: the clients share the 2 cores with
-    # the server, so the less CPU they burn the more the figure says about the server.
-    message = predict_request(pixels) if api == "tfs" else oip_request(pixels)
-    request = message.SerializeToString()
-    latencies: list[float] = []
-    errors = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        predict = channel.unary_unary(TFS_PREDICT if api == "tfs" else OIP_INFER)
+    request = build_request("tfs" if api == "tfs" else "v2", NAME, 0, Payload(pixels=pixels))
+    async with open_channel(target) as to_server:
         for _ in range(concurrency):  # warm-up
-            await predict(request, timeout=30)
-        stop = time.perf_counter() + seconds
-
-        async def client() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                start = time.perf_counter()
-                try:
-                    await predict(request, timeout=30)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - start)
-
-        began, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    return len(latencies) / elapsed, float(np.median(latencies) * 1000), errors, elapsed, cpu
-
-
-def echo_floor_ms(payload: bytes, calls: int) -> float:
-    """p50 of a call carrying ``payload`` to a bare Python gRPC server that does nothing."""
-    import subprocess
-
-    echo = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "grpc_echo.py")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert echo.stdout is not None
-        port = int(echo.stdout.readline())
-        with grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as channel:
-            call = channel.unary_unary("/bench.Echo/Echo")
-            return p50_ms(lambda: call(payload, timeout=30), calls)
-    finally:
-        echo.terminate()
-        echo.wait()
+            await probe(to_server, request, 1, 30)
+        call = grpc_call(to_server, request, 30)
+        run = await measure("server", call, Load(concurrency, None, 0.0, seconds, sys.maxsize), 1)
+    summary = run.summary
+    p50 = summary.latency_ms.get("p50", float("nan"))
+    return summary.images_per_s, p50, summary.error_count, run.wall_s, run.cpu_s
 
 
 def main() -> int:
@@ -186,8 +100,8 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"onnxruntime {ort.__version__}, grpcio {grpc.__version__}")  # fmt: skip
     with ServerProcess(repository, "--max-batch-size", "32") as server:
+        server.wait_ready(NAME)
         with server.client(timeout_s=30) as client:
-            client.wait_ready(NAME)
             pixels = np.random.default_rng(0).uniform(0, 255, (1, SIZE, SIZE, 3)).astype(np.float32)
             buffer = io.BytesIO()
             Image.fromarray(pixels[0].astype(np.uint8)).save(buffer, "JPEG", quality=90)
@@ -195,18 +109,18 @@ def main() -> int:
             # interleave the figures so that drifting machine load hits both sides alike
             raw_ms, raw_best, raw_batch = in_process(model, args.calls)
             tensor_ms = p50_ms(lambda: client.predict(NAME, pixels), args.calls)
-            with grpc.insecure_channel(server.target) as channel:
-                infer = channel.unary_unary(OIP_INFER)
-                oip_bytes = oip_request(pixels).SerializeToString()
+            with channel(server.target) as to_server:
+                infer = to_server.unary_unary(messages.MODEL_INFER)
+                oip_bytes = messages.infer_request(NAME, pixels).SerializeToString()
                 oip_ms = p50_ms(lambda: infer(oip_bytes, timeout=30), args.calls)
             jpeg_ms = p50_ms(lambda: client.classify(NAME, [jpeg]), args.calls)
             raw_ms_again = in_process(model, args.calls)[0]
-        floor_ms = echo_floor_ms(predict_request(pixels).SerializeToString(), args.calls)
-        server_cpu = cpu_seconds(server.proc.pid)
+        floor_ms = echo_floor_ms(messages.predict_request(NAME, pixels).SerializeToString(), args.calls)
+        server_cpu = server.cpu_seconds()
         served, served_p50, errors, wall, client_cpu = asyncio.run(
             closed_loop(server.target, 16, args.seconds)
         )
-        server_cpu = cpu_seconds(server.proc.pid) - server_cpu
+        server_cpu = server.cpu_seconds() - server_cpu
         oip = asyncio.run(closed_loop(server.target, 16, args.seconds, "oip"))
         code = server.stop()
     raw = min(raw_ms, raw_ms_again)

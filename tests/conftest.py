@@ -93,7 +93,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             epochs=12, lr=2e-2, batch_size=8, augment=(), val_split=0.25,
         )
     )  # fmt: skip
-    assert rundir.read_run(out)["metrics"]["accuracy"] >= 0.8
+    assert rundir.read_run_json(out)["metrics"]["accuracy"] >= 0.8
     return out
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import write_folder
 from tlserve.cli import main
+from tlserve.errors import ExportError, TlserveError, UsageError
 
 TINY = ["--mode", "scratch", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 TINY += ["--no-augment"]
@@ -79,14 +80,54 @@ def test_an_option_before_its_command_is_said_to_go_after_it(
 
 
 def test_verbose_holds_for_its_command_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlserve import cli, tfnoise
+    from tlserve import tfnoise
+    from tlserve.cli import train
 
     seen: list[str | None] = []
-    monkeypatch.setattr(cli, "_run_train", lambda args: seen.append(os.environ.get(tfnoise.ENV)) or 0)
+    monkeypatch.setattr(train, "run", lambda args: seen.append(os.environ.get(tfnoise.ENV)) or 0)
     argv = ["train", "/nonexistent", "--out", "X", "--verbose"]
     assert main(argv) == 0 and seen == ["1"] and tfnoise.ENV not in os.environ
     monkeypatch.setenv(tfnoise.ENV, "0")
     assert main(argv) == 0 and seen == ["1", "1"] and os.environ[tfnoise.ENV] == "0"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "prefix"),
+    [
+        (UsageError("--name: not allowed"), 2, "tlserve bases: error: "),
+        (ExportError("ONNX fp32 parity failed"), 3, "tlserve bases: failed: "),
+        (TlserveError("the server exited with code 1"), 1, "tlserve bases: failed: "),
+    ],
+)
+def test_each_error_has_its_exit_code(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    code: int,
+    prefix: str,
+) -> None:
+    from tlserve.cli import bases
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(bases, "run", fail)
+    assert run_cli(capsys, "bases") == (code, "", f"{prefix}{error}\n")
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from tlserve import cli
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    codes = [cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_EXPORT_FAILED, cli.EXIT_INTERRUPTED]
+    for code in codes:
+        assert f"\n  {code} " in out.split("exit codes:")[1]
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 published; 2 a bad request, refused before any work; 3 the export failed" in out
 
 
 def test_bases_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:

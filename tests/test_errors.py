@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tlserve import cli, errors
 from tlserve.errors import first_line
 
 
@@ -40,3 +41,34 @@ def test_a_keras_weights_mismatch_reads_to_its_point(tmp_path: Path) -> None:
 )
 def test_first_line(message: str, expected: str) -> None:
     assert first_line(ValueError(message), limit=30) == expected
+
+
+def tree_entries() -> dict[str, str]:
+    """The error tree of the errors module's docstring: class name -> what it says (joined)."""
+    entries: dict[str, str] = {}
+    name = ""
+    for line in (errors.__doc__ or "").split("\n\n", 1)[1].splitlines():
+        if line.startswith(" "):  # a continuation line
+            entries[name] += " " + line.strip()
+        elif line.strip():
+            name, _, text = line.lstrip("│├└─ ").partition(" ")
+            entries[name] = text.strip()
+    return entries
+
+
+def test_the_error_tree_shows_every_error_with_its_exit_code() -> None:
+    classes = {
+        name: c
+        for name, c in vars(errors).items()
+        if isinstance(c, type) and issubclass(c, errors.TlserveError)
+    }
+    entries = tree_entries()
+    assert set(entries) == set(classes), entries
+    codes = {
+        "TlserveError": cli.EXIT_FAILED,
+        "UsageError": cli.EXIT_USAGE,
+        "ExportError": cli.EXIT_EXPORT_FAILED,
+    }
+    assert set(codes) == set(classes)
+    for name, code in codes.items():
+        assert entries[name].endswith(f"the CLI exits with code {code}"), entries[name]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,15 +71,16 @@ class Row:
 
 
 def train_command(*args: str | Path) -> dict[str, Any]:
-    """Run ``tlserve train ARGS`` exactly as a user would type it (printed first); its run.json."""
-    from tlserve.cli import main
+    """Run ``tlserve train ARGS`` as a user would type it (printed first, parsed by the command's
+    own parser); its run.json. Its errors are raised, for the calling command to report."""
+    from tlserve.cli import train
     from tlserve.training import rundir
 
-    argv = ["train", *map(str, args)]
-    print(f"$ {shlex.join(['tlserve', *argv])}", flush=True)
-    if main(argv) != 0:
-        raise TlserveError(f"tlserve {shlex.join(argv)} failed (see above)")
-    return rundir.read_run(Path(argv[argv.index("--out") + 1]))
+    argv = list(map(str, args))
+    print(f"$ {shlex.join(['tlserve', 'train', *argv])}", flush=True)
+    if train.run(train.parse(argv)) != 0:
+        raise TlserveError(f"tlserve train {shlex.join(argv)} failed (see above)")
+    return rundir.read_run_json(Path(argv[argv.index("--out") + 1]))
 
 
 def _train(*args: str | Path) -> tuple[float, float]:
@@ -198,6 +198,7 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
     """Serve the exported model, classify one held-out image per class through both APIs, print the
     answers and batch-1 latencies, stop the server with SIGTERM."""
     from tlserve.errors import TlserveError
+    from tlserve.service.bench.load import p50_ms
     from tlserve.service.launch import ServerProcess
 
     print(f"\n== serving {workdir / 'models'} over gRPC ==", flush=True)
@@ -219,8 +220,8 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
                 print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}"
                       f"    {labels[best]} {probabilities[0, best]:.3f} (version {version})")  # fmt: skip
             data = samples[0][1].read_bytes()
-            native = _p50_ms(lambda: client.classify("digits", [data]), calls)
-            tfs = _p50_ms(lambda: client.predict_images("digits", [data]), calls)
+            native = p50_ms(lambda: client.classify("digits", [data]), calls, warmup=0)
+            tfs = p50_ms(lambda: client.predict_images("digits", [data]), calls, warmup=0)
             print(
                 f"batch-1 latency over {calls} calls, p50: native {native:.2f} ms, "
                 f"TF Serving API {tfs:.2f} ms"
@@ -229,12 +230,3 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
     if code != 0:
         raise TlserveError(f"the server exited with code {code}:\n{server.log}")
     print("server stopped cleanly (SIGTERM, exit code 0)")
-
-
-def _p50_ms(call: Callable[[], object], calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)

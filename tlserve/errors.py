@@ -1,7 +1,9 @@
 """The exception tree of tlserve.
 
-TlserveError            anything tlserve reports to a user on purpose
-└── UsageError          bad input: a path, an option, a dataset; the CLI exits with code 2
+TlserveError            anything tlserve reports to a user on purpose; the CLI exits with code 1
+├── UsageError          bad input: a path, an option, a dataset; the CLI exits with code 2
+└── ExportError         an export failed on sound input: an artifact disagrees with the Keras model
+                        (parity) or a converter failed; nothing was published; the CLI exits with code 3
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ class UsageError(TlserveError):
 
 
 class ExportError(TlserveError):
-    """A converter (tf2onnx, the quantizer) failed or produced something unexpected."""
+    """An exported artifact disagrees with the Keras model beyond its tolerance, or a converter
+    (tf2onnx, the quantizer) failed or produced something unexpected; the version is not published."""
 
 
 _SENTENCE_END = re.compile(r"(?<!\.)[.!?](?=\s)")  # NOTE: not the dots of an ellipsis

@@ -37,6 +37,8 @@ STAGING_PREFIX = ".staging-"
 INPUT_NAME = "image"
 IMAGES_INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+IMAGE_FEATURE = "image/encoded"
+"""The bytes feature of a tf.Example that TF Serving's Classify reads the encoded image from."""
 SIGNATURE_PIXELS = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import keras
@@ -14,9 +13,7 @@ import pytest
 from tlserve import repository as repo
 from tlserve.exporters.export import ExportOptions, export
 from tlserve.training.bases import BASES, BaseSpec
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from export_matrix import GATE, make_run_dir
+from tlserve.training.synthetic import GATE, make_run_dir
 
 
 @pytest.mark.slow

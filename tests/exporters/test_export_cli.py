@@ -1,16 +1,20 @@
-"""Bad export requests: one line, exit 2, and the repository exactly as it was."""
+"""Bad export requests: one line, exit 2; failed exports: one line, exit 3; and either way the
+repository exactly as it was."""
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.test_cli import assert_usage_error, run_cli
 from tlserve import repository as repo
-from tlserve.cli import main
-from tlserve.errors import UsageError
-from tlserve.exporters.export import ExportOptions, export, summary_table
+from tlserve.cli import EXIT_EXPORT_FAILED, main
+from tlserve.exporters import options as options_module
+from tlserve.exporters.export import export, summary_table
+from tlserve.exporters.options import ExportOptions
 
 
 def listing(root: Path) -> list[str]:
@@ -104,18 +108,26 @@ def test_int8_without_validation_images_is_not_recommended(
     assert fp32 is not None and fp32.parity["images"] == 32  # seeded random pixels stand in
 
 
-def test_parity_failure_publishes_nothing(
-    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_parity_failure_exits_3_and_publishes_nothing(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repository = tmp_path / "repo"
-    options = ExportOptions(
-        run_dir=run_dir, repository=repository, name="strict", formats=("onnx",), tolerance=0.0
-    )
-    with pytest.raises(UsageError, match=r"ONNX fp32 parity failed on \d+ images: max abs diff"):
-        export(options)
+    # NOTE: no flag sets the tolerance; zero makes the real fp32 parity check fail
+    monkeypatch.setattr(options_module, "ExportOptions", functools.partial(ExportOptions, tolerance=0.0))
+    argv = ["export", str(run_dir), "--repository", str(repository), "--name", "strict", "--formats", "onnx"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == EXIT_EXPORT_FAILED == 3, err
+    lines = [line for line in err.splitlines() if line.startswith("tlserve")]
+    assert len(lines) == 1 and lines == err.splitlines()[-1:], err
+    assert re.fullmatch(
+        r"tlserve export: failed: ONNX fp32 parity failed on \d+ images: max abs diff \S+ \(allowed 0\), "
+        r"top-1 agreement \S+ \(required 1\.0\); nothing was published",
+        lines[0],
+    ), lines[0]
     assert listing(repository) == []  # not even the model or repository directory
-    out = capsys.readouterr().out  # the step that failed ends its line: the error starts a new one
+    # the step that failed ends its line: the error starts a new one
     assert out.splitlines()[-1].startswith("[3/3] converting to ONNX fp32") and out.endswith(" ...\n")
+    monkeypatch.undo()
     assert (
         main(["export", str(run_dir), "--repository", str(repository), "--name", "ok", "--formats", "onnx"])
         == 0

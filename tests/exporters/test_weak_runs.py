@@ -13,6 +13,7 @@ from tests.test_cli import assert_usage_error, run_cli
 from tlserve.errors import UsageError
 from tlserve.exporters.export import ExportOptions, export, run_quality
 from tlserve.training.quality import assess
+from tlserve.training.rundir import read_run
 
 LABELS = ["blue", "green", "red"]
 CHANCE = [[3, 3, 3], [3, 3, 3], [3, 3, 3]]
@@ -55,22 +56,27 @@ def test_weak_runs_are_refused_in_one_line_before_any_work(
     assert not (tmp_path / "new_repo").exists()
 
 
+def quality_of(root: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    return run_quality(read_run(fake_run(root, run)))
+
+
 def test_run_quality_prefers_the_trainers_verdict(tmp_path: Path) -> None:
     verdict = {**assess(CHANCE), "weak": False}
-    assert run_quality(tmp_path, {"quality": verdict, "metrics": {"confusion_matrix": CHANCE}}) == verdict
-    assert run_quality(tmp_path, {"metrics": {}}) is None  # a run dir made by hand: nothing to judge
-    assert run_quality(tmp_path, {}) is None
+    assert (
+        quality_of(tmp_path / "a", {"quality": verdict, "metrics": {"confusion_matrix": CHANCE}}) == verdict
+    )
+    assert quality_of(tmp_path / "b", {"metrics": {}}) is None  # a run dir made by hand: nothing to judge
+    assert quality_of(tmp_path / "c", {}) is None
 
 
 def test_run_quality_names_classes_from_labels_and_refuses_a_bad_matrix(tmp_path: Path) -> None:
-    run_dir = fake_run(tmp_path / "run", {})
-    verdict = run_quality(run_dir, {"metrics": {"confusion_matrix": CONSTANT}})
+    verdict = quality_of(tmp_path / "a", {"metrics": {"confusion_matrix": CONSTANT}})
     assert verdict is not None and "every validation image is predicted as 'red'" in verdict["reasons"]
     two = [[0, 4], [0, 4]]  # labels.txt disagrees: classes by index here, the model check says why later
-    verdict = run_quality(run_dir, {"metrics": {"confusion_matrix": two}})
+    verdict = quality_of(tmp_path / "b", {"metrics": {"confusion_matrix": two}})
     assert verdict is not None and "every validation image is predicted as '1'" in verdict["reasons"]
     with pytest.raises(UsageError, match=r"run.json: metrics.confusion_matrix: .*square table of counts"):
-        run_quality(run_dir, {"metrics": {"confusion_matrix": [[1, 2], [3]]}})
+        quality_of(tmp_path / "c", {"metrics": {"confusion_matrix": [[1, 2], [3]]}})
 
 
 def tiny_keras_run(root: Path, run: dict[str, Any]) -> Path:

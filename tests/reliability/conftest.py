@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from tlserve.errors import TlserveError
+from tlserve.service.launch import rss_mb
+
 Record = Callable[[str, dict[str, Any]], None]
 # NOTE: read at import: tests/conftest.py clears TLSERVE_* variables around every test
 RELIABILITY_DIR = os.environ.get("TLSERVE_RELIABILITY_DIR")
@@ -51,12 +54,11 @@ class RssSampler:
         self._thread.start()
 
     def now_mb(self) -> float:
+        """0 once the process has gone."""
         try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
+            return rss_mb(self.pid)
+        except (OSError, TlserveError):
             return 0.0
-        line = next((x for x in text.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
-        return int(line.split()[1]) / 1024
 
     def _run(self) -> None:
         while not self._stop.is_set():

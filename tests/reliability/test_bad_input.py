@@ -30,7 +30,9 @@ from tests.service.certs import Certs, make_certs
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import SIZE, publish
 from tlserve import repository as repo
-from tlserve.service.client import Client, Tls
+from tlserve.service.bench import messages
+from tlserve.service.bench.messages import CLASSIFY, MODEL_INFER, PREDICT
+from tlserve.service.client import Client, Tls, channel
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
@@ -61,8 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {"TLSERVE_AUTH_TOKENS": TOKEN, "TLSERVE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
            "TLSERVE_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES)}  # fmt: skip
     process = ServerProcess(repository, "--max-batch-size", str(MAX_BATCH), env=env, token=TOKEN)
-    with process.client() as client:
-        client.wait_ready("colors")
+    process.wait_ready("colors")
     yield process
     assert process.stop() == 0, process.log
     if RELIABILITY_DIR:
@@ -71,13 +72,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def stubs(server: ServerProcess) -> Iterator[Stubs]:
-    channel = grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 8 << 20)])
-    yield Stubs(serving_pb2_grpc.PredictionServiceStub(channel), inference_pb2_grpc.InferenceStub(channel),
-                oip_grpc.GRPCInferenceServiceStub(channel), [("authorization", f"Bearer {TOKEN}")], channel)  # fmt: skip
-    channel.close()
+    to_server = channel(server.target)
+    yield Stubs(serving_pb2_grpc.PredictionServiceStub(to_server), inference_pb2_grpc.InferenceStub(to_server),
+                oip_grpc.GRPCInferenceServiceStub(to_server), [("authorization", f"Bearer {TOKEN}")], to_server)  # fmt: skip
+    to_server.close()
 
 
-# --- request builders ---------------------------------------------------------------------------
+# --- request builders: the good requests of bench.messages, edited ------------------------------
 def pixels(n: int = 1, value: float = 100.0) -> np.ndarray:
     return np.full((n, SIZE, SIZE, 3), value, np.float32)
 
@@ -85,14 +86,11 @@ def pixels(n: int = 1, value: float = 100.0) -> np.ndarray:
 def predict(
     array: np.ndarray | None = None, model: str = "colors", signature: str = "", name: str = repo.INPUT_NAME
 ) -> serving_pb2.PredictRequest:
-    request = serving_pb2.PredictRequest()
-    request.model_spec.name = model
+    """Predict ``array`` as input ``name`` through ``signature`` ("" the default); None: no input."""
+    request = messages.predict_request(model)
     request.model_spec.signature_name = signature
     if array is not None:
-        tensor = request.inputs[name]
-        tensor.dtype = tf_pb.DT_FLOAT
-        tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in array.shape)
-        tensor.tensor_content = np.ascontiguousarray(array, np.float32).tobytes()
+        request.inputs[name].CopyFrom(messages.float_tensor(array))
     return request
 
 
@@ -113,16 +111,11 @@ def with_shape(shape: list[int], values: int = 1) -> serving_pb2.PredictRequest:
 
 
 def images_request(images: list[bytes]) -> serving_pb2.PredictRequest:
-    request = predict(signature=repo.SIGNATURE_IMAGES)
-    tensor = request.inputs[repo.IMAGES_INPUT_NAME]
-    tensor.dtype = tf_pb.DT_STRING
-    tensor.tensor_shape.dim.add(size=len(images))
-    tensor.string_val.extend(images)
-    return request
+    return messages.predict_request("colors", images=images)
 
 
 def classify(images: list[bytes], model: str = "colors", top_k: int = 1) -> inference_pb2.ClassifyRequest:
-    return inference_pb2.ClassifyRequest(model=model, images=images, top_k=top_k)
+    return messages.classify_request(model, images, top_k=top_k)
 
 
 def infer(datatype: str = "FP32", shape: list[int] | None = None, raw: bytes | None = None,
@@ -198,11 +191,6 @@ def oip(request: Any) -> Callable[[Stubs], Any]:
 def wire(method: str, data: bytes) -> Callable[[Stubs], Any]:
     """``data`` sent as the request message of ``method`` as it is, whatever it holds."""
     return lambda s: s.channel.unary_unary(method)(data, timeout=10, metadata=s.metadata)
-
-
-CLASSIFY = "/tlserve.v1.Inference/Classify"
-PREDICT = "/tensorflow.serving.PredictionService/Predict"
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 CASES: dict[str, Case] = {
@@ -381,8 +369,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterat
     tls = Tls.from_files(certs.ca, certs.client.cert, certs.client.key)
     process = ServerProcess(repository, "--tls-cert-file", str(certs.server.cert), "--tls-key-file",
                             str(certs.server.key), "--tls-client-ca-file", str(certs.ca), tls=tls)  # fmt: skip
-    with process.client() as client:
-        client.wait_ready("colors")
+    process.wait_ready("colors")
     yield process
     assert process.stop() == 0, process.log
 

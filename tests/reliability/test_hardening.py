@@ -28,6 +28,9 @@ from tests.reliability.load import png
 from tests.service.conftest import ServerProcess
 from tests.service.h2raw import slow_bodies
 from tests.service.tiny import publish
+from tlserve.service.bench import messages
+from tlserve.service.bench.calls import open_channel
+from tlserve.service.client import channel
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2
 from tlserve.service.wire.tfs import serving_pb2
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
@@ -35,7 +38,6 @@ from tlserve.service.wire.tlserve.v1 import inference_pb2
 
 TOKEN = "hardening-suite-token-0123456789"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
-CLASSIFY = "/tlserve.v1.Inference/Classify"
 MAX_BATCH = 8
 
 
@@ -43,8 +45,7 @@ def _server(tmp_path: Path, env: dict[str, str] | None = None, token: str | None
     repository = tmp_path / "models"
     publish(repository, "colors", 1)
     server = ServerProcess(repository, "--max-batch-size", str(MAX_BATCH), env=env, token=token)
-    with server.client() as client:
-        client.wait_ready("colors")
+    server.wait_ready("colors")
     return server
 
 
@@ -67,7 +68,7 @@ def test_slow_bodies_without_a_token_cost_no_memory(tmp_path: Path, record: Reco
     sampler = RssSampler(server.pid)
     idle = sampler.now_mb()
     try:
-        connection = slow_bodies(server.grpc_port, CLASSIFY, 600, 60 << 20, 4 << 20, seconds=10)
+        connection = slow_bodies(server.grpc_port, messages.CLASSIFY, 600, 60 << 20, 4 << 20, seconds=10)
         with server.client() as client:
             assert client.health() == "SERVING"
         peak = sampler.peak_mb
@@ -99,7 +100,8 @@ def test_slow_bodies_with_a_token_stay_within_the_request_budget(tmp_path: Path,
     connections = []
     try:
         for _ in range(4):
-            connections.append(slow_bodies(server.grpc_port, CLASSIFY, 100, 60 << 20, 50 << 20, 2.5, AUTH))
+            connection = slow_bodies(server.grpc_port, messages.CLASSIFY, 100, 60 << 20, 50 << 20, 2.5, AUTH)
+            connections.append(connection)
         with server.client() as client:
             assert client.health() == "SERVING"  # health reads from a budget of its own
         time.sleep(1.5)  # past body_timeout_s: the stalled reads are answered
@@ -130,8 +132,8 @@ def test_health_watches_are_capped(tmp_path: Path, record: Record) -> None:
     server = _server(tmp_path, env={"TLSERVE_MAX_HEALTH_WATCHES": "20"})
 
     async def watch(count: int) -> list[str]:
-        async with aio.insecure_channel(server.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        async with open_channel(server.target) as to_server:
+            stub = health_pb2_grpc.HealthStub(to_server)
             calls = [stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20) for _ in range(count)]
 
             async def first(call: aio.UnaryStreamCall) -> str:  # type: ignore[type-arg]
@@ -186,8 +188,7 @@ class Prober:
 
 
 def _grpc_health(server: ServerProcess) -> Callable[[], None]:
-    channel = grpc.insecure_channel(server.target)
-    stub = health_pb2_grpc.HealthStub(channel)
+    stub = health_pb2_grpc.HealthStub(channel(server.target))
     return lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=30) and None
 
 
@@ -240,11 +241,9 @@ def _rest(server: ServerProcess, body: bytes, headers: dict[str, str]) -> str:
 
 
 def _grpc(server: ServerProcess, method: str, body: bytes) -> str:
-    with grpc.insecure_channel(
-        server.target, options=[("grpc.max_send_message_length", 64 << 20)]
-    ) as channel:
+    with channel(server.target) as to_server:
         try:
-            channel.unary_unary(method)(body, timeout=60)
+            to_server.unary_unary(method)(body, timeout=60)
         except grpc.RpcError as exc:
             return exc.code().name  # type: ignore[attr-defined, no-any-return]
     return "OK"
@@ -257,9 +256,7 @@ FREEZERS = {
     "TF Serving Classify of 2 M tiny tf.Examples (56 MB)": ("examples", "INVALID_ARGUMENT"),
     "TF Serving predict_images of 15 M two-byte strings (60 MB)": ("strings", "INVALID_ARGUMENT"),
 }
-METHODS = {"oip-bytes": "/inference.GRPCInferenceService/ModelInfer",
-           "examples": "/tensorflow.serving.PredictionService/Classify",
-           "strings": "/tensorflow.serving.PredictionService/Predict"}  # fmt: skip
+METHODS = {"oip-bytes": messages.MODEL_INFER, "examples": messages.TFS_CLASSIFY, "strings": messages.PREDICT}
 
 
 @pytest.fixture(scope="module")
@@ -322,10 +319,8 @@ def test_rejected_large_requests_do_not_stay_in_memory(tmp_path: Path, record: R
     series: dict[str, list[float]] = {}
     idle = server.rss_mb()
     try:
-        with grpc.insecure_channel(
-            server.target, options=[("grpc.max_send_message_length", 64 << 20)]
-        ) as channel:
-            call = channel.unary_unary(CLASSIFY)
+        with channel(server.target) as to_server:
+            call = to_server.unary_unary(messages.CLASSIFY)
             for name, request in (("images that are not images", junk), ("one image too many", too_many)):
                 data = request.SerializeToString()
                 for _ in range(8):

@@ -17,11 +17,13 @@ import grpc
 import pytest
 
 from tests.reliability.conftest import Record, RssSampler
-from tests.reliability.load import Caller, Result, closed_loop, open_loop
+from tests.reliability.load import closed_loop, open_loop
 from tests.service.bombs import png_bomb
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import copy_version, publish
-from tlserve.service.wire.tlserve.v1 import inference_pb2
+from tlserve.service.bench import messages
+from tlserve.service.bench.calls import open_channel
+from tlserve.service.bench.stats import Records, by_code, count_codes
 
 MIXED = ["native-png", "tfs-tensor", "oip-tensor", "native-jpeg"]
 SHORT, LONG = "short", "long"
@@ -33,8 +35,7 @@ def _server(tmp_path: Path, work: int, *args: str) -> ServerProcess:
     repository = tmp_path / "models"
     publish(repository, "colors", 1, work=work)
     server = ServerProcess(repository, *args)
-    with server.client() as client:
-        client.wait_ready("colors")
+    server.wait_ready("colors")
     return server
 
 
@@ -44,23 +45,24 @@ def test_steady_mixed_load(tmp_path: Path, record: Record, rss, scale: str) -> N
     seconds, warmup = (30.0, 5.0) if scale == LONG else (6.0, 2.0)
     server = _server(tmp_path, 20)
     sampler: RssSampler = rss(server.pid)
-    started = time.monotonic()
-    result = asyncio.run(closed_loop(server.target, "colors", 16, seconds, MIXED))
+    started = time.perf_counter()
+    records = asyncio.run(closed_loop(server.target, "colors", 16, seconds, MIXED))
     sampler.stop()
     assert server.stop() == 0, server.log
     after_warmup = [mb for t, mb in sampler.series if t >= warmup]
     rss_warm, rss_end = after_warmup[0], after_warmup[-1]
     growth = (rss_end - rss_warm) / rss_warm
-    summary = result.summary(since=started + warmup)
+    summary = by_code(records, since=started + warmup)
+    per_kind = Counter(records.kinds)
     record(f"steady-{scale}", {
         "clients": 16, "seconds": seconds, "warmup_s": warmup, **summary,
-        "per_kind": {k: int(sum(1 for c in result.calls if c.kind == k)) for k in MIXED},
+        "per_kind": {k: per_kind[k] for k in MIXED},
         "throughput_per_s": round(summary["calls"] / (seconds - warmup), 1),
         "rss_mb": {"after_warmup": round(rss_warm, 1), "end": round(rss_end, 1),
                    "peak": round(sampler.peak_mb, 1), "growth_pct": round(100 * growth, 2)},
     })  # fmt: skip
-    assert result.codes() == {"OK": len(result.calls)}, result.codes()
-    assert all(sum(1 for c in result.calls if c.kind == k) > 0 for k in MIXED)
+    assert count_codes(records) == {"OK": len(records)}, count_codes(records)
+    assert all(per_kind[k] > 0 for k in MIXED)
     assert growth < 0.10, f"RSS grew {growth:.1%} after warm-up ({rss_warm:.0f} -> {rss_end:.0f} MB)"
 
 
@@ -76,19 +78,19 @@ def test_overload_is_rejected_at_once_and_admitted_calls_keep_their_latency(
     )
     try:
         capacity_run = asyncio.run(closed_loop(server.target, "colors", 8, 3.0, ["tfs-tensor"]))
-        capacity = capacity_run.codes()["OK"] / 3.0
+        capacity = count_codes(capacity_run)["OK"] / 3.0
         baseline = asyncio.run(open_loop(server.target, "colors", capacity * 0.5, seconds / 2, "tfs-tensor"))
         overload = asyncio.run(open_loop(server.target, "colors", capacity * 3, seconds, "tfs-tensor"))
     finally:
         assert server.stop() == 0, server.log
-    codes = overload.codes()
+    codes = count_codes(overload)
     record(f"overload-{scale}", {
         "capacity_per_s": round(capacity, 1), "offered_per_s": round(capacity * 3, 1), "seconds": seconds,
-        "max_queue_size": 8, "at_capacity_8_clients": capacity_run.summary(),
-        "baseline_at_half_capacity": baseline.summary(), "overload": overload.summary(),
+        "max_queue_size": 8, "at_capacity_8_clients": by_code(capacity_run),
+        "baseline_at_half_capacity": by_code(baseline), "overload": by_code(overload),
         "rejected_pct": round(100 * codes["RESOURCE_EXHAUSTED"] / max(1, sum(codes.values())), 1),
     })  # fmt: skip
-    assert baseline.codes() == {"OK": len(baseline.calls)}, baseline.codes()
+    assert count_codes(baseline) == {"OK": len(baseline)}, count_codes(baseline)
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes  # never DEADLINE_EXCEEDED, nothing else
     assert codes["RESOURCE_EXHAUSTED"] > codes["OK"] / 2  # about 2/3 of 3x must be turned away
 
@@ -103,18 +105,17 @@ def test_overload_with_short_deadlines_behind_a_long_queue(
     seconds = 20.0 if scale == LONG else 5.0
     server = _server(tmp_path, 1000, "--intra-op-threads", "1", "--max-batch-size", "8")
     try:
-        capacity = (
-            asyncio.run(closed_loop(server.target, "colors", 8, 3.0, ["native-png"])).codes()["OK"] / 3.0
-        )
+        capacity_run = asyncio.run(closed_loop(server.target, "colors", 8, 3.0, ["native-png"]))
+        capacity = count_codes(capacity_run)["OK"] / 3.0
         overload = asyncio.run(
             open_loop(server.target, "colors", capacity * 3, seconds, "native-png", timeout_s=1.0)
         )
     finally:
         assert server.stop() == 0, server.log
-    codes = overload.codes()
+    codes = count_codes(overload)
     record(f"overload-deadlines-{scale}", {
         "capacity_per_s": round(capacity, 1), "offered_per_s": round(capacity * 3, 1), "seconds": seconds,
-        "deadline_s": 1.0, "max_queue_size": 256, "overload": overload.summary(),
+        "deadline_s": 1.0, "max_queue_size": 256, "overload": by_code(overload),
     })  # fmt: skip
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
     assert codes["RESOURCE_EXHAUSTED"] > codes["OK"] / 2
@@ -128,38 +129,37 @@ def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path, record: Recor
     access log, one line per handled call, is the server's own account), later ones are refused,
     the process exits 0."""
     server = _server(tmp_path, 300, "--intra-op-threads", "1", "--shutdown-grace-s", "10", "--access-log")
-    result = Result()
-    stop = asyncio.Event()
     sigterm_at = 0.0
 
-    async def scenario() -> None:
+    async def scenario() -> Records:
         nonlocal sigterm_at
+        stop = asyncio.Event()
         load = asyncio.create_task(
-            closed_loop(server.target, "colors", 12, 30.0, ["tfs-tensor", "native-png"], result=result,
-                        stop=stop, timeout_s=20.0)
+            closed_loop(server.target, "colors", 12, 30.0, ["tfs-tensor", "native-png"], stop=stop,
+                        timeout_s=20.0)
         )  # fmt: skip
         await asyncio.sleep(2.0)
-        sigterm_at = time.monotonic()
+        sigterm_at = time.perf_counter()
         server.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(1.0)
         stop.set()
-        await load
+        return await load
 
-    asyncio.run(scenario())
+    records = asyncio.run(scenario())
     code = server.proc.wait(30)
     time.sleep(0.2)  # NOTE: the log reader thread takes the last lines
     handled = re.findall(r"(?:tfs Predict|native Classify) model=\S+ version=\S+ code=(\w+)", server.log)
-    before = [c for c in result.calls if c.scheduled < sigterm_at]
-    in_flight = [c for c in before if c.scheduled + c.seconds > sigterm_at]
-    after = [c for c in result.calls if c.scheduled >= sigterm_at]
-    client_codes = result.codes()
+    calls = range(len(records))
+    in_flight = records.subset(i for i in calls if records.due[i] < sigterm_at < records.done[i])
+    after = records.subset(i for i in calls if records.due[i] >= sigterm_at)
+    client_codes = count_codes(records)
     record("sigterm-under-load", {
-        "clients": 12, "calls": len(result.calls), "client_codes": dict(client_codes),
+        "clients": 12, "calls": len(records), "client_codes": dict(client_codes),
         "handled_by_server": dict(Counter(handled)), "in_flight_at_sigterm": len(in_flight),
-        "in_flight_codes": dict(Result(in_flight).codes()),
-        "after_sigterm_codes": dict(Result(after).codes()),
-        "last_in_flight_finished_ms": round(max((c.scheduled + c.seconds - sigterm_at) * 1000
-                                                for c in in_flight), 1) if in_flight else None,
+        "in_flight_codes": dict(count_codes(in_flight)),
+        "after_sigterm_codes": dict(count_codes(after)),
+        "last_in_flight_finished_ms": round(max((done - sigterm_at) * 1000 for done in in_flight.done), 1)
+                                      if in_flight else None,
         "exit_code": code,
     })  # fmt: skip
     assert code == 0, server.log
@@ -169,9 +169,8 @@ def test_sigterm_under_load_loses_no_accepted_call(tmp_path: Path, record: Recor
     # Calls the server never handled were refused: UNAVAILABLE, or CANCELLED by gRPC core for the
     # few that arrived at the instant it stopped accepting (the access log has no line for them).
     assert set(client_codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, client_codes
-    assert all(c.code == "OK" for c in in_flight if c.scheduled < sigterm_at - 0.05), Result(
-        in_flight
-    ).codes()
+    early = count_codes(in_flight.subset(i for i, due in enumerate(in_flight.due) if due < sigterm_at - 0.05))
+    assert set(early) <= {"OK"}, count_codes(in_flight)
 
 
 def test_hot_swap_and_a_broken_version_under_load(tmp_path: Path, record: Record) -> None:
@@ -179,41 +178,40 @@ def test_hot_swap_and_a_broken_version_under_load(tmp_path: Path, record: Record
     takes over, version 3 never answers."""
     server = _server(tmp_path, 20)
     repository = tmp_path / "models"
-    result = Result()
-    stop = asyncio.Event()
     marks: dict[str, float] = {}
 
-    async def scenario() -> None:
-        load = asyncio.create_task(
-            closed_loop(server.target, "colors", 8, 60.0, MIXED, result=result, stop=stop)
-        )
+    async def scenario() -> Records:
+        stop = asyncio.Event()
+        load = asyncio.create_task(closed_loop(server.target, "colors", 8, 60.0, MIXED, stop=stop))
         await asyncio.sleep(1.0)
-        marks["v2_published"] = time.monotonic()
+        marks["v2_published"] = time.perf_counter()
         copy_version(repository, "colors", 1, 2)
         await asyncio.to_thread(server.wait_for, "loaded colors version 2")
         await asyncio.sleep(1.0)
-        marks["v3_published"] = time.monotonic()
+        marks["v3_published"] = time.perf_counter()
         copy_version(repository, "colors", 1, 3, corrupt="model.onnx")
         await asyncio.to_thread(server.wait_for, "colors version 3")
         await asyncio.sleep(1.0)
         stop.set()
-        await load
+        return await load
 
     try:
-        asyncio.run(scenario())
+        records = asyncio.run(scenario())
     finally:
         assert server.stop() == 0, server.log
-    v2_first = min(c.scheduled for c in result.calls if c.version == 2)
-    after_v3 = [c for c in result.calls if c.scheduled >= marks["v3_published"]]
+    answers = list(zip(records.due, records.versions, strict=True))
+    v2_first = min(due for due, version in answers if version == 2)
+    after_v3 = [version for due, version in answers if due >= marks["v3_published"]]
+    versions = Counter(records.versions)
     record("hot-swap-under-load", {
-        "clients": 8, **result.summary(),
-        "answers_by_version": {str(v): sum(1 for c in result.calls if c.version == v) for v in (1, 2, 3)},
+        "clients": 8, **by_code(records),
+        "answers_by_version": {str(v): versions[v] for v in (1, 2, 3)},
         "v2_first_answer_after_publish_s": round(v2_first - marks["v2_published"], 3),
         "calls_after_broken_v3": len(after_v3),
     })  # fmt: skip
-    assert result.codes() == {"OK": len(result.calls)}, result.codes()
-    assert all(c.version == 2 for c in after_v3) and after_v3
-    assert not any(c.version == 3 for c in result.calls)
+    assert count_codes(records) == {"OK": len(records)}, count_codes(records)
+    assert all(v == 2 for v in after_v3) and after_v3
+    assert versions[3] == 0
     assert "failed to load" in server.log or "FAILED" in server.log, server.log
 
 
@@ -234,20 +232,18 @@ def test_concurrent_bombs_are_rejected_and_memory_stays_bounded(tmp_path: Path, 
     rss_idle = sampler.now_mb()
 
     async def wave(images: list[bytes]) -> list[str]:
-        caller = Caller(server.target, "colors")
-        request = inference_pb2.ClassifyRequest(model="colors", images=images)
+        body = messages.classify_request("colors", images).SerializeToString()
+        async with open_channel(server.target) as channel:
+            classify = channel.unary_unary(messages.CLASSIFY)
 
-        async def one() -> str:
-            try:
-                await caller.native.Classify(request, timeout=60)
-                return "OK"
-            except grpc.RpcError as exc:
-                return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+            async def one() -> str:
+                try:
+                    await classify(body, timeout=60)
+                    return "OK"
+                except grpc.RpcError as exc:
+                    return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
 
-        try:
             return await asyncio.gather(*(one() for _ in range(32)))
-        finally:
-            await caller.close()
 
     try:
         for name, images in waves.items():

@@ -42,10 +42,13 @@ def module_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(module_repo: Path) -> Iterator[ServerProcess]:
-    """A server on the tiny repository, shared by a test module; max batch 8, messages up to 1 MiB."""
-    process = ServerProcess(
-        module_repo, "--max-batch-size", "8", env={"TLSERVE_MAX_MESSAGE_BYTES": str(1 << 20)}
-    )
+    """A server on the tiny repository, shared by a test module; max batch 8, messages up to 1 MiB,
+    version label ``stable`` for version 1 of colors."""
+    env = {
+        "TLSERVE_MAX_MESSAGE_BYTES": str(1 << 20),
+        "TLSERVE_MODELS__COLORS__VERSION_LABELS": '{"stable": 1}',
+    }
+    process = ServerProcess(module_repo, "--max-batch-size", "8", env=env)
     with process.client() as client:
         client.wait_ready("colors")
     yield process

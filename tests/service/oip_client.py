@@ -55,6 +55,12 @@ encoded.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=np.
 result = client.infer("colors", [encoded])
 out["bytes"] = result.as_numpy("probabilities").tolist()
 
+# a client that finds the encoded-image input in the metadata, as a generic Triton client does
+found = next(t for t in client.get_model_metadata("colors").inputs if t.datatype == "BYTES")
+discovered = tc.InferInput(found.name, [len(images)], "BYTES")
+discovered.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=np.object_))
+out["discovered"] = [found.name, client.infer("colors", [discovered]).as_numpy("probabilities").tolist()]
+
 # classification extension: top-2 as "score:index:label"
 wanted = tc.InferRequestedOutput("probabilities", class_count=2)
 result = client.infer("colors", [encoded], outputs=[wanted])
@@ -101,6 +107,9 @@ bad["wrong shape"] = call(r)
 r = base("images", "BYTES", (1,))
 r.raw_input_contents.append(b"\xff\x00\x00\x00abc")
 bad["bytes with a bad length prefix"] = call(r)
+r = base("image", "BYTES", (1,))
+r.inputs[0].contents.bytes_contents.append(images[0].read_bytes())
+bad["encoded images under image"] = call(r)
 r = base("pixels")
 r.raw_input_contents.append(one)
 bad["unknown input name"] = call(r)
@@ -148,6 +157,16 @@ tensor.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=np.o
 http["bytes"] = web.infer("colors", [tensor]).as_numpy("probabilities").tolist()
 answer = web.infer("colors", [tensor], outputs=[th.InferRequestedOutput("probabilities", class_count=2)])
 http["classification"] = [[x.decode() for x in row] for row in answer.as_numpy("probabilities")]
+found = next(t for t in web.get_model_metadata("colors")["inputs"] if t["datatype"] == "BYTES")
+tensor = th.InferInput(found["name"], [len(images)], "BYTES")
+tensor.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=np.object_))
+http["discovered"] = [found["name"], web.infer("colors", [tensor]).as_numpy("probabilities").tolist()]
+misnamed = th.InferInput("image", [1], "BYTES")
+misnamed.set_data_from_numpy(np.array([images[0].read_bytes()], dtype=np.object_))
+try:
+    web.infer("colors", [misnamed])
+except InferenceServerException as exc:
+    http["encoded_under_image"] = [exc.status(), exc.message()]
 try:
     web.infer("nope", [tensor])
 except InferenceServerException as exc:

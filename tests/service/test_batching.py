@@ -277,7 +277,7 @@ def test_the_wait_estimate_packs_batches_as_the_worker_does() -> None:
 
 
 def test_decode_wait_is_zero_while_a_decode_thread_is_free() -> None:
-    from tlserve.service.core import decode_wait
+    from tlserve.service.decoding import decode_wait
 
     assert decode_wait(0, 2, 0.45) == 0.0 and decode_wait(1, 2, 0.45) == 0.0  # slow history, idle now
     assert decode_wait(2, 2, 0.1) == pytest.approx(0.2)  # both busy: one to finish, then its own

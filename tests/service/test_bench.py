@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,18 @@ from PIL import Image
 from tests.service.conftest import ServerProcess
 from tests.test_cli import assert_usage_error, leftovers, run_cli
 from tlserve.cli import main
-from tlserve.service.bench.load import Load, Runner
-from tlserve.service.bench.stats import OK, Records, percentiles, ratios, summarize
+from tlserve.service.bench.calls import cycle
+from tlserve.service.bench.load import Call, Load, Runner
+from tlserve.service.bench.stats import (
+    OK,
+    Outcome,
+    Records,
+    by_code,
+    count_codes,
+    percentiles,
+    ratios,
+    summarize,
+)
 
 # NOTE: warm-up and duration are chosen off the open loop's 10 ms grid, so that which scheduled
 # requests fall in the measured window is plain arithmetic: due at 0.21 s .. 0.70 s = 50 requests.
@@ -105,14 +116,14 @@ def test_closed_loop_keeps_n_in_flight_and_stops_at_max_requests() -> None:
     in_flight, most = 0, 0
     count = 0
 
-    async def call() -> str:
+    async def call() -> Outcome:
         nonlocal in_flight, most, count
         in_flight += 1
         most = max(most, in_flight)
         await asyncio.sleep(0.001)
         in_flight -= 1
         count += 1
-        return "UNAVAILABLE" if count % 5 == 0 else OK
+        return Outcome("UNAVAILABLE" if count % 5 == 0 else OK)
 
     runner = Runner(call, Load(concurrency=3, rate=None, warmup_s=0, duration_s=60, max_requests=40))
     records = asyncio.run(runner.run())
@@ -126,10 +137,10 @@ def test_closed_loop_keeps_n_in_flight_and_stops_at_max_requests() -> None:
 def test_open_loop_sends_on_schedule_whatever_the_answers() -> None:
     lock = asyncio.Lock()
 
-    async def one_at_a_time() -> str:  # a server far slower than the rate: answers queue up
+    async def one_at_a_time() -> Outcome:  # a server far slower than the rate: answers queue up
         async with lock:
             await asyncio.sleep(0.02)
-        return OK
+        return Outcome(OK)
 
     runner = Runner(one_at_a_time, Load(None, 100, 0.055, 0.24, max_requests=1000))
     records = asyncio.run(runner.run())
@@ -148,12 +159,12 @@ def test_open_loop_sends_on_schedule_whatever_the_answers() -> None:
 def test_a_stalled_client_counts_its_own_lateness() -> None:
     calls = 0
 
-    async def call() -> str:
+    async def call() -> Outcome:
         nonlocal calls
         calls += 1
         if calls == 20:
             time.sleep(0.05)  # blocks the event loop: the requests due meanwhile go late
-        return OK
+        return Outcome(OK)
 
     runner = Runner(call, Load(None, 400, 0, 0.199, max_requests=1000))
     records = asyncio.run(runner.run())
@@ -166,18 +177,78 @@ def test_a_stalled_client_counts_its_own_lateness() -> None:
 def test_open_loop_behind_schedule_still_sends_as_it_goes() -> None:
     in_flight, most = 0, 0
 
-    async def call() -> str:
+    async def call() -> Outcome:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
         await asyncio.sleep(0)
         in_flight -= 1
-        return OK
+        return Outcome(OK)
 
     # a rate no client reaches: every request is already late when its turn comes
     records = asyncio.run(Runner(call, Load(None, 1e7, 0, 10, max_requests=2000)).run())
     assert len(records) == 2000
     assert most < 100  # not 2000 tasks created first and sent afterwards
+
+
+def _labelled(kind: str, code: str = OK) -> Call:
+    async def call() -> Outcome:
+        await asyncio.sleep(0.001)
+        return Outcome(code, 1, kind)
+
+    return call
+
+
+def test_several_calls_one_per_client_or_in_turn() -> None:
+    # NOTE: each client sends its first request before any is answered, and that is the budget
+    closed = Runner([_labelled("a"), _labelled("b")], Load(4, None, 0, 60, max_requests=4))
+    records = asyncio.run(closed.run())
+    assert len(records) == 4 and set(records.versions) == {1}
+    assert Counter(records.kinds) == {"a": 2, "b": 2}  # clients 0 and 2 make a, 1 and 3 make b
+    opened = Runner([_labelled("a"), _labelled("b"), _labelled("c")], Load(None, 1000, 0, 0.0095, 100))
+    records = asyncio.run(opened.run())
+    assert [records.kinds[i] for i in np.argsort(records.due)] == list("abcabcabca")
+
+
+def test_cycle_takes_each_call_in_turn_from_its_start() -> None:
+    mixed = cycle([_labelled("a"), _labelled("b"), _labelled("c")], start=1)
+
+    async def four() -> list[str]:
+        return [(await mixed()).kind for _ in range(4)]
+
+    assert asyncio.run(four()) == ["b", "c", "a", "b"]
+
+
+def test_a_run_ends_when_told_and_a_client_pauses_after_unavailable() -> None:
+    async def scenario() -> tuple[Records, Records]:
+        until = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.1, until.set)
+        told = Runner(_labelled("a"), Load(1, None, 0, 60, 1_000_000), until=until)
+        backing_off = Load(1, None, 0, 0.2, 1_000, unavailable_pause_s=0.05)
+        unavailable = Runner(_labelled("a", "UNAVAILABLE"), backing_off)
+        return await told.run(), await unavailable.run()
+
+    started = time.perf_counter()
+    told, unavailable = asyncio.run(scenario())
+    assert time.perf_counter() - started < 2  # not the 60 s planned
+    assert len(told) > 0 and max(told.done) - min(told.due) < 0.5
+    assert 2 <= len(unavailable) <= 5  # one call every ~51 ms for 0.2 s, not ~200
+    assert count_codes(unavailable) == {"UNAVAILABLE": len(unavailable)}
+
+
+def test_figures_by_code_count_from_since() -> None:
+    records = Records()
+    for i, (code, ms) in enumerate([(OK, 10), (OK, 30), ("RESOURCE_EXHAUSTED", 1), (OK, 20), (OK, 1000)]):
+        records.add(float(i), float(i), i + ms / 1000, code, version=i, kind=f"k{i}")
+    figures = by_code(records, since=1.0)
+    assert figures["calls"] == 4 and figures["codes"] == {"OK": 3, "RESOURCE_EXHAUSTED": 1}
+    assert figures["OK"] == {"p50_ms": pytest.approx(30.0), "p99_ms": pytest.approx(980.6),
+                             "max_ms": pytest.approx(1000.0)}  # fmt: skip
+    assert figures["RESOURCE_EXHAUSTED"]["max_ms"] == pytest.approx(1.0)
+    assert by_code(records)["calls"] == 5 and count_codes(records, since=3.0) == {OK: 2}
+    chosen = records.subset([4, 0])
+    assert (chosen.codes, chosen.versions, chosen.kinds) == ([OK, OK], [4, 0], ["k4", "k0"])
+    assert chosen.due == [4.0, 0.0]
 
 
 class _Terminal(io.StringIO):
@@ -186,9 +257,9 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_line_is_rewritten_in_place_on_a_terminal() -> None:
-    async def call() -> str:
+    async def call() -> Outcome:
         await asyncio.sleep(0.002)
-        return OK
+        return Outcome(OK)
 
     terminal = _Terminal()
     asyncio.run(Runner(call, Load(1, None, 0.6, 0.6, 10_000), "server", terminal).run())

@@ -106,6 +106,7 @@ def test_a_version_copied_under_a_new_model_name_serves(tiny_repo: Path) -> None
             assert (answer.version, answer.predictions[0][0].label) == (1, "green")
             [canary] = client.list_models()["colors-canary"]
             assert canary.state == "AVAILABLE" and canary.labels == ["blue", "green", "red"]
+            assert canary.exported_as == "colors/1"  # provenance, from its manifest
         assert re.search(r"loaded colors-canary version 1 in .* \(a copy: exported as colors/1\)", server.log)
     finally:
         assert server.stop() == 0, server.log
@@ -146,7 +147,7 @@ def test_a_repository_given_one_level_too_deep_is_named_once(tiny_repo: Path, gi
         server.wait_for("ready: serving no model yet")
         time.sleep(5 * POLL_S)  # NOTE: a few more scans, to see that it is said once
         lines = [line for line in server.lines if says in line]
-        assert len(lines) == 1 and f" WARNING tlserve.service.watcher: {path} looks like a" in lines[0], (
+        assert len(lines) == 1 and f" WARNING tlserve.service.registry: {path} looks like a" in lines[0], (
             server.log
         )
     finally:

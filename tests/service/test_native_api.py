@@ -72,7 +72,7 @@ def test_list_models_reports_backend_and_providers(server: ServerProcess) -> Non
     assert version.backend == "onnxruntime"
     assert version.providers[-1] == "CPUExecutionProvider"
     assert version.artifact == "model.onnx"
-    assert version.base == "tiny-colors"
+    assert version.base == "tiny-colors" and version.exported_as == "colors/1"
 
 
 def test_health_per_model(server: ServerProcess) -> None:

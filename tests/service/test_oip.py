@@ -70,7 +70,8 @@ def test_health_and_metadata(seen: dict[str, Any]) -> None:
         "onnxruntime_onnx",
     )
     assert metadata["inputs"] == [
-        {"name": "image", "datatype": "FP32", "shape": ["-1", str(SIZE), str(SIZE), "3"]}
+        {"name": "image", "datatype": "FP32", "shape": ["-1", str(SIZE), str(SIZE), "3"]},
+        {"name": "images", "datatype": "BYTES", "shape": ["-1"]},
     ]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": ["-1", "3"]}]
     assert seen["index"]["models"] == [{"name": "colors", "version": "1", "state": "READY"}]
@@ -87,6 +88,8 @@ def test_fp32_raw_and_typed_agree(seen: dict[str, Any]) -> None:
 
 def test_bytes_images_and_the_classification_extension(seen: dict[str, Any]) -> None:
     assert [LABELS[i] for i in np.asarray(seen["bytes"]).argmax(1)] == ["red", "green", "blue"]
+    name, probabilities = seen["discovered"]  # the BYTES input as the metadata lists it
+    assert name == "images" and [LABELS[i] for i in np.argmax(probabilities, 1)] == ["red", "green", "blue"]
     rows = seen["classification"]
     assert [row[0].split(":")[2] for row in rows] == ["red", "green", "blue"]
     for row in rows:
@@ -104,6 +107,7 @@ EXPECTED_BAD = {
     "wrong shape": ("INVALID_ARGUMENT", "[N, 16, 16, 3]"),
     "bytes with a bad length prefix": ("INVALID_ARGUMENT", "declares 255 bytes"),
     "unknown input name": ("INVALID_ARGUMENT", "unknown input 'pixels'"),
+    "encoded images under image": ("INVALID_ARGUMENT", "encoded images go in as input 'images', BYTES [N]"),
     "unknown model": ("NOT_FOUND", "'nope' not found"),
     "unknown version": ("NOT_FOUND", "version 9 is not served"),
     "version not a number": ("INVALID_ARGUMENT", "positive integer"),
@@ -126,8 +130,13 @@ def test_http_with_tritonclient(seen: dict[str, Any]) -> None:
     assert http["live"] is True and http["ready"] is True and http["model_ready"] == [True, True, False]
     assert http["server_metadata"]["name"] == "tlserve"
     assert http["model_metadata"]["inputs"] == [
-        {"name": "image", "datatype": "FP32", "shape": [-1, SIZE, SIZE, 3]}
+        {"name": "image", "datatype": "FP32", "shape": [-1, SIZE, SIZE, 3]},
+        {"name": "images", "datatype": "BYTES", "shape": [-1]},
     ]
+    name, probabilities = http["discovered"]
+    assert name == "images" and [LABELS[i] for i in np.argmax(probabilities, 1)] == ["red", "green", "blue"]
+    status, message = http["encoded_under_image"]
+    assert str(status) == "400" and "encoded images go in as input 'images', BYTES [N]" in message
     grpc_answer = np.asarray(seen["fp32_raw"]["probabilities"])
     for binary in (True, False):
         np.testing.assert_allclose(np.asarray(http[f"fp32_binary_{binary}"]), grpc_answer, atol=1e-6)

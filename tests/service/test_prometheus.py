@@ -24,7 +24,7 @@ import pytest
 
 from tests.service.conftest import ServerProcess
 from tests.service.images import encoded
-from tests.service.test_watcher import break_onnx
+from tests.service.test_registry import break_onnx
 from tests.service.tiny import publish
 
 ROOT = Path(__file__).resolve().parents[2]

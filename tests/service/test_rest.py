@@ -89,7 +89,21 @@ def test_status_and_metadata(server: ServerProcess) -> None:
     assert status == 200 and body["model_spec"]["version"] == "1"
     defs = body["metadata"]["signature_def"]["signature_def"]
     assert set(defs) == {"serving_default", "predict_images", "classify"}
-    assert defs["serving_default"]["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    image = defs["serving_default"]["inputs"]["image"]  # every field, as TF Serving writes them
+    dims = [{"size": str(d), "name": ""} for d in (-1, SIZE, SIZE, 3)]
+    shape = {"dim": dims, "unknown_rank": False}
+    assert image == {"name": "serving_default_image:0", "dtype": "DT_FLOAT", "tensor_shape": shape}
+
+
+def test_status_and_metadata_by_version_label(server: ServerProcess) -> None:
+    """As TF Serving: /labels/LABEL wherever /versions/N goes."""
+    assert http(server, "GET", "/v1/models/colors/labels/stable") == http(server, "GET", "/v1/models/colors")
+    by_label = http(server, "GET", "/v1/models/colors/labels/stable/metadata")
+    assert by_label == http(server, "GET", "/v1/models/colors/versions/1/metadata") and by_label[0] == 200
+    status, body = http(server, "GET", "/v1/models/colors/labels/beta")
+    assert status == 404 and "no version label 'beta' (labels: stable)" in body["error"]
+    status, body = http(server, "GET", "/v1/models/colors/labels/beta/metadata")
+    assert status == 404 and "no version label 'beta'" in body["error"]
 
 
 BAD = [

@@ -155,7 +155,7 @@ def test_connections_past_the_cap_get_503_and_grpc_still_serves(tmp_path: Path) 
 def test_the_open_file_limit_is_raised_to_fit_both_connection_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     import resource
 
-    from tlserve.service.transport import server
+    from tlserve.service import server
 
     limits = {"now": (1024, 4096)}
     monkeypatch.setattr(resource, "getrlimit", lambda kind: limits["now"])

@@ -275,7 +275,7 @@ def test_a_rotated_token_file_takes_effect_without_a_restart(secure) -> None:
      ("::", False), ("10.0.0.5", False), ("tlserve.example.com", False)],
 )  # fmt: skip
 def test_loopback_hosts(host: str, loopback: bool) -> None:
-    from tlserve.service.transport.server import is_loopback
+    from tlserve.service.tls import is_loopback
 
     assert is_loopback(host) is loopback
 
@@ -290,7 +290,7 @@ def test_plaintext_without_tokens_on_every_interface_is_a_warning(module_repo: P
             lines = [line for line in server.lines if warning in line]
             assert len(lines) == int(warned), server.log
             if warned:
-                assert " WARNING tlserve.service.transport.server: " in lines[0]
+                assert " WARNING tlserve.service.server: " in lines[0]
                 assert "--tls-cert-file" in lines[0] and "--auth-tokens-file" in lines[0]
                 assert "bind --host 127.0.0.1" in lines[0]
         finally:

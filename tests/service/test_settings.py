@@ -94,7 +94,7 @@ def test_bad_version_policies(policy: str) -> None:
 
 
 def test_connection_settings_become_grpc_options() -> None:
-    from tlserve.service.transport.server import channel_options
+    from tlserve.service.server import channel_options
 
     plain = dict(channel_options(ServerSettings()))
     assert "grpc.max_connection_age_ms" not in plain and plain["grpc.so_reuseport"] == 0

@@ -130,6 +130,12 @@ def test_get_model_status(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as error:
         stub.GetModelStatus(request, timeout=10)
     assert error.value.code() == NOT_FOUND
+    request.model_spec.version_label = "stable"  # the server's fixture labels version 1
+    assert stub.GetModelStatus(request, timeout=10) == response
+    request.model_spec.version_label = "beta"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelStatus(request, timeout=10)
+    assert error.value.code() == NOT_FOUND and "no version label 'beta'" in error.value.details()
 
 
 def _pixels(n: int = 1) -> np.ndarray:

@@ -68,7 +68,7 @@ def vgg_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_frozen_mode_trains_head_on_cached_features(vgg_run: Path) -> None:
     out = vgg_run
-    report = rundir.read_run(out)
+    report = rundir.read_run_json(out)
     check_run_dir(out, ["blue", "green", "red"])
     (phase,) = report["phases"]
     assert phase["name"] == "head" and phase["used_feature_cache"] is True
@@ -261,12 +261,12 @@ def test_a_run_that_learnt_nothing_is_flagged_weak(
     report = run(data, tmp_path / "weak", base="mobilenet_v2", mode="frozen", epochs=2)
     err = capsys.readouterr().err
     assert report["quality"]["weak"] is True and report["quality"]["reasons"]
-    assert rundir.read_run(tmp_path / "weak")["quality"] == report["quality"]
+    assert rundir.read_run_json(tmp_path / "weak")["quality"] == report["quality"]
     assert err.count("warning: weak model:") == 1 and "--allow-weak" in err
 
 
 def test_a_good_run_is_not_weak_and_lists_its_mistakes(vgg_run: Path) -> None:
-    report = rundir.read_run(vgg_run)
+    report = rundir.read_run_json(vgg_run)
     assert report["quality"]["weak"] is False
     head = report["phases"][0]
     assert 1 <= head["kept_epoch"] <= head["epochs_run"]

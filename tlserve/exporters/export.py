@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import sys
@@ -24,38 +23,13 @@ from typing import Any
 
 from tlserve import __version__
 from tlserve import repository as repo
-from tlserve.errors import ExportError, UsageError
+from tlserve.errors import UsageError
 from tlserve.exporters import checks
+from tlserve.exporters.options import FORMATS, ExportOptions
+from tlserve.exporters.publish import publish
 from tlserve.training import quality, rundir
 
-FORMATS = ("savedmodel", "onnx")
-
-
-@dataclass
-class ExportOptions:
-    run_dir: Path
-    repository: Path
-    name: str
-    version: int | None = None
-    formats: tuple[str, ...] = FORMATS
-    fp16: bool = False
-    int8: bool = False
-    calibration_data: Path | None = None
-    opset: int = 17
-    parity_images: int = 32
-    """At least this many images for every parity check (validation images, topped up at random)."""
-    validation_limit: int = 1000
-    calibration_limit: int = 200
-    tolerance: float = 1e-4
-    """fp32 ONNX: max abs difference of probabilities allowed against Keras."""
-    fp16_tolerance: float = 5e-2
-    int8_max_drop_points: float = 1.0
-    allow_weak: bool = False
-    """Publish a run even when its validation accuracy is not clearly above chance or its predictions
-    are constant (see ``tlserve.training.quality``); the export then warns instead of refusing."""
-    allow_duplicate: bool = False
-    """Publish a run even when a version of the model already holds the same weights, labels and
-    artifacts (every server would swap to an identical version)."""
+__all__ = ["ExportOptions", "ExportResult", "check_options", "export", "run_quality", "summary_table"]
 
 
 @dataclass
@@ -108,7 +82,7 @@ def check_options(options: ExportOptions) -> None:
                 f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively)"
             )
     run = rundir.read_run(options.run_dir)  # a corrupt run.json is bad input, found before any work
-    verdict = run_quality(options.run_dir, run)
+    verdict = run_quality(run)
     if verdict is not None and verdict["weak"] and not options.allow_weak:
         raise UsageError(
             f"{options.run_dir}: weak model, not exported: {_reasons(verdict)}; retrain it, or pass "
@@ -181,23 +155,21 @@ class _Steps:
             self.started = 0.0
 
 
-def run_quality(run_dir: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+def run_quality(run: rundir.RunRecord) -> dict[str, Any] | None:
     """The run's quality verdict: the one the trainer stored in run.json, or, for runs trained before
     it did, one computed from the validation confusion matrix; None when run.json has neither."""
-    stored = run.get("quality")
-    if isinstance(stored, dict) and isinstance(stored.get("weak"), bool):
-        return stored
-    metrics = run.get("metrics")
-    confusion = metrics.get("confusion_matrix") if isinstance(metrics, dict) else None
+    if run.quality is not None:
+        return run.quality
+    confusion = run.confusion_matrix
     if confusion is None:
         return None
-    labels = rundir.read_labels(run_dir)
+    labels = rundir.read_labels(run.run_dir)
     # NOTE: labels that do not fit the matrix are reported once the model is loaded (it says why).
-    names = labels if isinstance(confusion, list) and len(labels) == len(confusion) else None
+    names = labels if len(labels) == len(confusion) else None
     try:
         return quality.assess(confusion, names)
     except ValueError as exc:
-        raise UsageError(f"{run_dir / rundir.RUN_FILE}: metrics.confusion_matrix: {exc}") from None
+        raise UsageError(f"{run.file}: metrics.confusion_matrix: {exc}") from None
 
 
 def _reasons(verdict: dict[str, Any]) -> str:
@@ -211,8 +183,7 @@ def export(options: ExportOptions) -> ExportResult:
     check_options(options)
     # NOTE: heavy imports only once the request is known to be sound.
     from tlserve.exporters import images as imgs
-    from tlserve.exporters import onnx_export, savedmodel
-    from tlserve.exporters.quantize import quantize_int8
+    from tlserve.exporters import onnx_export, quantize, savedmodel
 
     run = rundir.read_run(options.run_dir)
     labels = rundir.read_labels(options.run_dir)
@@ -233,7 +204,7 @@ def export(options: ExportOptions) -> ExportResult:
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a server may run as another user
     scratch = Path(tempfile.mkdtemp(prefix="tlserve-export-"))
     warnings: list[str] = []
-    verdict = run_quality(options.run_dir, run)
+    verdict = run_quality(run)
     if verdict is None:
         warnings.append("run.json has no validation confusion matrix, so the model's quality was not checked")
     elif verdict["weak"]:
@@ -293,9 +264,7 @@ def export(options: ExportOptions) -> ExportResult:
             calibration = imgs.calibration_images(
                 run, options.calibration_data, size, options.calibration_limit
             )
-            artifact = checks.int8_artifact(
-                staging, calibration, validation, check, reference, options, quantize_int8
-            )
+            artifact = quantize.int8_artifact(staging, calibration, validation, check, reference, options)
             artifacts.append(artifact)
             warnings += [f"{note} (so the manifest does not recommend int8)" for note in artifact.notes]
             steps.end(_describe(artifact))
@@ -303,7 +272,7 @@ def export(options: ExportOptions) -> ExportResult:
         (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
         manifest.write(staging)  # last: a version with a manifest is a complete version
-        final = _publish(staging, model_dir, options.version)
+        final = publish(staging, model_dir, options.version)
         manifest.version = int(final.name)
     except BaseException:
         steps.abandon()
@@ -319,56 +288,14 @@ def export(options: ExportOptions) -> ExportResult:
     return ExportResult(final, manifest, warnings)
 
 
-def _publish(staging: Path, model_dir: Path, version: int | None) -> Path:
-    """Make the staging dir durable, then rename it to the version: the given one, or the next free
-    number (retrying upwards when another export or a stray file takes it first)."""
-    for path in [*staging.rglob("*"), staging]:
-        _fsync(path)
-    number = version if version is not None else repo.next_version(model_dir)
-    for _ in range(1000):
-        final = model_dir / str(number)
-        if not final.exists():
-            _set_version(staging, number)
-            try:
-                os.rename(staging, final)  # NOTE: fails on an existing non-empty dir: no overwrite
-            except OSError:
-                if not final.exists():
-                    raise
-            else:
-                _fsync(model_dir)
-                return final
-        if version is not None:
-            raise UsageError(
-                f"version {version} of {model_dir.name} appeared while exporting; it was not overwritten"
-            )
-        number += 1
-    raise ExportError(f"no free version number found in {model_dir}")
-
-
-def _set_version(staging: Path, number: int) -> None:
-    data = json.loads((staging / repo.MANIFEST_FILE).read_text(encoding="utf-8"))
-    data["version"] = number
-    (staging / repo.MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    _fsync(staging / repo.MANIFEST_FILE)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _manifest(
     options: ExportOptions,
-    run: dict[str, Any],
+    run: rundir.RunRecord,
     labels: list[str],
     size: int,
     artifacts: list[repo.Artifact],
     labels_file: Path,
 ) -> repo.Manifest:
-    metrics = run.get("metrics", {})
     signatures = {
         repo.SIGNATURE_PIXELS: {
             "inputs": {repo.INPUT_NAME: {"dtype": "float32", "shape": [-1, size, size, 3]}},
@@ -379,7 +306,7 @@ def _manifest(
             "outputs": {repo.OUTPUT_NAME: {"dtype": "float32", "shape": [-1, len(labels)]}},
         },
     }
-    versions = dict(run.get("versions", {}))
+    versions = dict(run.versions)
     import onnxruntime
 
     versions.update(tlserve_export=__version__, onnxruntime=onnxruntime.__version__)
@@ -391,12 +318,12 @@ def _manifest(
         labels=labels,
         input=repo.InputSpec(name=repo.INPUT_NAME, shape=[-1, size, size, 3], dtype="float32"),
         outputs=[repo.TensorSpec(name=repo.OUTPUT_NAME, shape=[-1, len(labels)], dtype="float32")],
-        base={**run.get("base", {}), "mode": run.get("config", {}).get("mode")},
+        base={**run.base, "mode": run.mode},
         validation={
-            "accuracy": metrics.get("accuracy"),
-            "loss": metrics.get("loss"),
-            "images": metrics.get("images"),
-            "macro_f1": metrics.get("macro_f1"),
+            "accuracy": run.accuracy,
+            "loss": run.loss,
+            "images": run.val_images,
+            "macro_f1": run.macro_f1,
         },
         signatures=signatures,
         artifacts=artifacts,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tlserve.errors import UsageError
 from tlserve.training.data import IMAGE_EXTENSIONS, Split, find_corrupt, image_dataset
+from tlserve.training.rundir import RunRecord
 
 
 @dataclass
@@ -35,14 +35,13 @@ def load_pixels(paths: list[Path], size: int) -> np.ndarray:
     return np.concatenate([x.numpy() for x, _ in batches]).astype(np.float32)
 
 
-def _val_files(run: dict[str, Any], labels: list[str]) -> tuple[list[Path], list[int]]:
-    dataset = run.get("dataset", {})
-    root = dataset.get("val_data_dir") or dataset.get("data_dir")
-    if not root:
+def _val_files(run: RunRecord, labels: list[str]) -> tuple[list[Path], list[int]]:
+    root = run.val_data_dir or run.data_dir
+    if root is None:
         return [], []
     files, classes = [], []
-    for rel in dataset.get("val_files", []):
-        path = Path(root) / rel
+    for rel in run.val_files:
+        path = root / rel
         label = Path(rel).parts[0]
         if path.is_file() and label in labels:
             files.append(path)
@@ -52,7 +51,7 @@ def _val_files(run: dict[str, Any], labels: list[str]) -> tuple[list[Path], list
     return [files[i] for i in keep], [classes[i] for i in keep]
 
 
-def validation_images(run: dict[str, Any], labels: list[str], size: int, limit: int) -> LabelledImages | None:
+def validation_images(run: RunRecord, labels: list[str], size: int, limit: int) -> LabelledImages | None:
     files, classes = _val_files(run, labels)
     if not files:
         return None
@@ -85,9 +84,7 @@ def image_files(root: Path) -> list[Path]:
     return [p for p in files if p not in corrupt]
 
 
-def calibration_images(
-    run: dict[str, Any], calibration_dir: Path | None, size: int, limit: int
-) -> LabelledImages:
+def calibration_images(run: RunRecord, calibration_dir: Path | None, size: int, limit: int) -> LabelledImages:
     """``--calibration-data`` if given, else the run's training images (data dir minus validation)."""
     if calibration_dir is not None:
         if not calibration_dir.is_dir():
@@ -100,16 +97,15 @@ def calibration_images(
             )
         source = str(calibration_dir)
     else:
-        data_dir = Path(run.get("dataset", {}).get("data_dir", ""))
+        data_dir = run.data_dir
+        if data_dir is None:
+            raise UsageError(f"{run.file} names no training data; pass --calibration-data DIR for int8")
         if not data_dir.is_dir():
             raise UsageError(
                 f"the run's training data {data_dir} is gone; pass --calibration-data DIR for int8"
             )
-        dataset = run["dataset"]
         # val_files are relative to the val dir; only a --val-split run took them out of data_dir
-        held_out = (
-            set() if dataset.get("val_data_dir") else {data_dir / r for r in dataset.get("val_files", [])}
-        )
+        held_out = set() if run.val_data_dir else {data_dir / r for r in run.val_files}
         files = [p for p in image_files(data_dir) if p not in held_out]
         if not files:
             raise UsageError(f"no training images left in {data_dir}; pass --calibration-data DIR for int8")

@@ -1,1 +1,1 @@
-"""The serving half: gRPC server, model repository watcher, backends, batcher, client."""
+"""The serving half: gRPC server, model registry following the repository, backends, batcher, client."""

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tlserve.service.errors import Unauthenticated
+from tlserve.service.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 HEADER = "authorization"
@@ -132,3 +133,10 @@ class Tokens:
             ok |= hmac.compare_digest(given, token)
         if not ok or not given:
             raise Unauthenticated(MESSAGE)
+
+
+def auth_tokens(settings: ServerSettings) -> Tokens | None:
+    """The accepted bearer tokens, or None when authentication is off. ValueError when misconfigured."""
+    if not settings.auth_tokens and settings.auth_tokens_file is None:
+        return None
+    return Tokens([t.get_secret_value() for t in settings.auth_tokens], settings.auth_tokens_file)

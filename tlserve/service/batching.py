@@ -31,10 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from tlserve.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-
-DEADLINE_MARGIN = 0.9
-"""Admit a request only if its estimated wait fits in this share of its remaining deadline (what is
-left covers the estimate's own error, the answer's way back and the client's scheduling)."""
+from tlserve.service.waits import RecentTime, too_late
 
 
 class BatchObserver(Protocol):
@@ -82,11 +79,13 @@ class Batcher:
         self._closed = False
         self._busy = False
         """True from taking a batch's first request until its results are handed out."""
+        self._computing: list[asyncio.Future[np.ndarray]] = []
+        """The futures of the batch being collected or computed."""
         self._pending = 0
         """Requests waiting for the worker (abandoned ones stop counting at once)."""
         self._pending_rows = 0
-        self._batch_s: float | None = None
-        """Recent time of one backend call (an exponentially weighted average)."""
+        self._batch = RecentTime()
+        """Recent time of one backend call."""
 
     @property
     def pending(self) -> int:
@@ -109,16 +108,15 @@ class Batcher:
             raise ResourceExhausted(
                 f"the queue of this model is full ({self.max_queue_size} requests waiting); retry later"
             )
-        if deadline is not None and self._batch_s is not None and (self._pending or self._busy):
+        if self._batch.seconds is not None and (self._pending or self._busy):
             # NOTE: the batches queued ahead, this request's own and the one computing now: under
             # sustained overload the queue settles where this estimate meets the deadlines, so an
             # estimate that left any of them out would admit requests bound to expire
-            wait = (self._batches_ahead(len(pixels)) + self._busy) * self._batch_s
-            remaining = deadline - time.monotonic()
-            if wait > DEADLINE_MARGIN * remaining:
+            wait = (self._batches_ahead(len(pixels)) + self._busy) * self._batch.seconds
+            if (remaining := too_late(wait, deadline)) is not None:
                 raise ResourceExhausted(
                     f"{self._pending} requests queued ahead: this one would take about {wait * 1000:.0f} ms, "
-                    f"more than its remaining deadline of {max(remaining, 0) * 1000:.0f} ms; retry later"
+                    f"more than its remaining deadline of {remaining * 1000:.0f} ms; retry later"
                 )
         if self._worker is None:  # NOTE: asyncio primitives are made inside the running loop
             self._wakeup = asyncio.Event()
@@ -172,6 +170,7 @@ class Batcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         batch, rows = [first], len(first.pixels)
+        self._computing = [first.future]
         if not self.enabled:
             return batch
         until = time.monotonic() + self.max_batch_delay_s
@@ -182,6 +181,7 @@ class Batcher:
                 request = self._take(time.monotonic())
                 if request is not None:
                     batch.append(request)
+                    self._computing.append(request.future)
                     rows += len(request.pixels)
                 continue
             remaining = until - time.monotonic()
@@ -207,7 +207,7 @@ class Batcher:
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self._predict, pixels)
                 took = time.perf_counter() - started
-                self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
+                self._batch.add(took)
                 if self._observer is not None:
                     self._observer.computed(len(pixels), took)
                 start = 0
@@ -222,12 +222,14 @@ class Batcher:
                         request.future.set_exception(exc)
             finally:
                 self._busy = False
+                self._computing = []
 
     async def close(self) -> None:
         """Refuse new requests, let queued ones finish, stop the worker."""
         self._closed = True
-        while self._busy or any(not r.future.done() for r in self._queue):
-            await asyncio.sleep(0.005)
+        waiting = [*self._computing, *(r.future for r in self._queue)]
+        if waiting:  # NOTE: no new ones join (closed); each is answered, failed or abandoned
+            await asyncio.wait(waiting)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -38,7 +38,8 @@ _IMAGE_PREFIX = re.compile(r"^image 0: ")
 @dataclass(frozen=True)
 class Label:
     label: str
-    index: int
+    index: int | None
+    """The class's index in the model's labels; None through TF Serving's Classify (it names classes only)."""
     score: float
 
 
@@ -70,6 +71,8 @@ class VersionInfo:
     providers: list[str]
     artifact: str
     base: str
+    exported_as: str
+    """Where the manifest says it was exported, NAME/VERSION (another for a copied folder)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ class Client:
         self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0, api: str = "native"
     ) -> tuple[int, list[Answer]]:
         """Top-k labels of every image, one ``Answer`` each, through the native API (``classify``)
-        or TF Serving's (``predict_images``, top-k taken here): (version that answered, answers).
+        or TF Serving's (``classify_examples``): (version that answered, answers).
 
         A batch the server refuses as invalid (one undecodable image refuses them all) is sent
         again one image at a time, so that each image gets its own answer or its own error. Other
@@ -226,14 +229,23 @@ class Client:
             return result.version, [Answer(labels) for labels in result.predictions]
         if api != "tfs":
             raise ValueError(f"api must be 'native' or 'tfs'; got {api!r}")
-        got, probabilities = self.predict_images(model, images, version=version)
-        names = next(v.labels for v in self.list_models()[model] if v.version == got)
-        order = np.argsort(-probabilities, axis=1)[:, :top_k]
-        answers = [
-            Answer([Label(names[i], int(i), float(p[i])) for i in row])
-            for p, row in zip(probabilities, order, strict=True)
-        ]
-        return got, answers
+        result = self.classify_examples(model, images, version=version)
+        return result.version, [Answer(labels[:top_k]) for labels in result.predictions]
+
+    def classify_examples(self, model: str, images: Sequence[bytes], version: int = 0) -> ClassifyResult:
+        """TF Serving API, Classify: every class of each encoded image (sent as a tf.Example's
+        ``image/encoded`` feature) with its score, best first."""
+        request = serving_pb2.ClassificationRequest()
+        request.model_spec.name = model
+        if version:
+            request.model_spec.version.value = version
+        for image in images:
+            example = request.input.example_list.examples.add()
+            example.features.feature[repo.IMAGE_FEATURE].bytes_list.value.append(image)
+        response = self._prediction.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
+        predictions = [[Label(c.label, None, c.score) for c in each.classes]
+                       for each in response.result.classifications]  # fmt: skip
+        return ClassifyResult(model, response.model_spec.version.value, predictions)
 
     def list_models(self) -> dict[str, list[VersionInfo]]:
         response = self._native.ListModels(
@@ -242,7 +254,7 @@ class Client:
         return {
             m.name: [
                 VersionInfo(v.version, pb.ModelVersion.State.Name(v.state), v.error, list(v.labels), v.height,
-                            v.width, v.backend, list(v.providers), v.artifact, v.base)
+                            v.width, v.backend, list(v.providers), v.artifact, v.base, v.exported_as)
                 for v in m.versions
             ]
             for m in response.models

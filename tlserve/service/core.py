@@ -7,152 +7,83 @@ their protos to these calls and map ``ServiceError.code`` to their own statuses.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
-from tlserve.service.batching import DEADLINE_MARGIN
-from tlserve.service.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from tlserve.service.images import decode_batch
+import tlserve
+from tlserve.service.decoding import Decoder
+from tlserve.service.domain import (
+    Classification,
+    ModelMetadata,
+    ModelRef,
+    ModelStatus,
+    Prediction,
+    ServerMetadata,
+    VersionStatus,
+)
+from tlserve.service.errors import DeadlineExceeded, InvalidArgument, NotFound
 from tlserve.service.metrics import current_model
+from tlserve.service.registry import LoadedVersion, Model, ModelRegistry, VersionRecord
 from tlserve.service.settings import ServerSettings
-from tlserve.service.watcher import Model, Repository, ServedVersion
 
 DEFAULT_TOP_K = 5
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model a request asks for; ``version`` and ``label`` are optional (newest by default)."""
-
-    name: str
-    version: int | None = None
-    label: str | None = None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    name: str
-    version: int
-    probabilities: np.ndarray
-    """float32 [N, classes]."""
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Classification:
-    name: str
-    version: int
-    top: list[list[LabelScore]]
-    """One list per image, best first."""
+"""What the native API and ``tlserve predict`` answer when no top-k is given."""
+EXTENSIONS = ("classification",)
+"""The Open Inference Protocol extensions every API of this server has."""
 
 
 class InferenceCore:
-    def __init__(self, repository: Repository, settings: ServerSettings, decoder: ThreadPoolExecutor) -> None:
-        self.repository = repository
+    def __init__(self, registry: ModelRegistry, settings: ServerSettings, decoder: Decoder) -> None:
+        self.registry = registry
         self.settings = settings
-        self._decoder = decoder
-        self._decoding = 0
-        """Requests whose images are being decoded or wait for a decode thread."""
-        self._decode_threads = settings.decode_threads or os.cpu_count() or 1
-        self._decode_s: float | None = None
-        """Recent time to decode one request's images (an exponentially weighted average)."""
+        self.decoder = decoder
 
     # --- inference --------------------------------------------------------------------------------
-    async def predict(self, ref: ModelRef, pixels: np.ndarray, deadline: float | None = None) -> Prediction:
-        """Probabilities for float32 pixels [N, H, W, 3] (RGB 0..255) at the model's input size."""
-        with self._lease(ref) as served:
-            self._check_pixels(served, pixels)
-            return await self._run(served, pixels, deadline)
-
-    async def predict_images(
-        self, ref: ModelRef, images: Sequence[bytes], deadline: float | None = None
+    async def infer(
+        self, ref: ModelRef, inputs: np.ndarray | Sequence[bytes], deadline: float | None = None
     ) -> Prediction:
-        """Probabilities for encoded images, decoded and resized as the exported signature does."""
+        """Probabilities for float32 pixels [N, H, W, 3] (RGB 0..255) at the model's input size, or
+        for encoded images (decoded and resized as the exported signature does)."""
         with self._lease(ref) as served:
-            return await self._images(served, images, deadline)
+            if isinstance(inputs, np.ndarray):
+                self._check_pixels(served, inputs)
+                return await self._run(served, inputs, deadline)
+            return await self._images(served, inputs, deadline)
 
     async def classify(
-        self, ref: ModelRef, images: Sequence[bytes], top_k: int = 0, deadline: float | None = None
+        self, ref: ModelRef, images: Sequence[bytes], k: int | None = None, deadline: float | None = None
     ) -> Classification:
-        """Top-k labels per encoded image; ``top_k`` 0 means DEFAULT_TOP_K, capped at the class count."""
-        if top_k < 0:
-            raise InvalidArgument(f"top_k must be 0 (default {DEFAULT_TOP_K}) or positive; got {top_k}")
-        with self._lease(ref) as served:
-            prediction = await self._images(served, images, deadline)
-            assert served.manifest is not None
-            top = top_labels(prediction.probabilities, served.manifest.labels, top_k or DEFAULT_TOP_K)
-            return Classification(served.name, served.version, top)
+        """The ``k`` best labels per encoded image (every class when None; at most the class count)."""
+        if k is not None and k < 1:
+            raise InvalidArgument(f"top-k must be positive; got {k}")
+        prediction = await self.infer(ref, images, deadline)
+        return Classification(prediction.name, prediction.version, prediction.top(k))
 
     async def _images(
-        self, served: ServedVersion, images: Sequence[bytes], deadline: float | None
+        self, served: LoadedVersion, images: Sequence[bytes], deadline: float | None
     ) -> Prediction:
         self._check_batch(len(images))
-        assert served.manifest is not None
-        height, width = served.manifest.image_size
-        if self._decoding >= self.settings.max_queue_size:  # NOTE: admission, as the batcher's queue
-            raise ResourceExhausted(
-                f"{self._decoding} requests are already decoding images (setting max_queue_size); retry later"
-            )
-        wait = decode_wait(self._decoding, self._decode_threads, self._decode_s)
-        if deadline is not None and wait:  # NOTE: as the batcher's estimate
-            remaining = deadline - time.monotonic()
-            if wait > DEADLINE_MARGIN * remaining:
-                raise ResourceExhausted(
-                    f"{self._decoding} requests waiting to decode need about {wait * 1000:.0f} ms, more than "
-                    f"this request's remaining deadline of {max(remaining, 0) * 1000:.0f} ms; retry later"
-                )
         started = time.perf_counter()
-        self._decoding += 1
-        settings = self.settings
-
-        def timed() -> tuple[np.ndarray, float]:  # NOTE: the decode alone, without the wait for a thread
-            begin = time.perf_counter()
-            out = decode_batch(images, height, width, settings.allowed_image_formats,
-                               settings.max_image_pixels, deadline, settings.max_image_bytes,
-                               settings.max_request_pixels, settings.jpeg_draft,
-                               settings.max_jpeg_scans, settings.max_gif_frames)  # fmt: skip
-            return out, time.perf_counter() - begin
-
-        loop = asyncio.get_running_loop()
-        job = self._decoder.submit(timed)
-        # NOTE: the count drops when the thread is done, not when the caller gives up: a cancelled
-        # call's decode that already started still holds its thread
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._decoded))
-        pixels, decoding = await asyncio.wrap_future(job)
-        self._decode_s = decoding if self._decode_s is None else 0.8 * self._decode_s + 0.2 * decoding
-        if served.metrics is not None:
-            served.metrics.preprocess.observe(time.perf_counter() - started)
+        pixels = await self.decoder.decode(images, *served.manifest.image_size, deadline)
+        served.metrics.preprocess.observe(time.perf_counter() - started)
         return await self._run(served, pixels, deadline)
 
-    def _decoded(self) -> None:
-        self._decoding -= 1
-
     @contextmanager
-    def _lease(self, ref: ModelRef) -> Iterator[ServedVersion]:
+    def _lease(self, ref: ModelRef) -> Iterator[LoadedVersion]:
         self._label(ref)
-        with self.repository.lease(ref.name, ref.version, ref.label) as served:
+        with self.registry.lease(ref.name, ref.version, ref.label) as served:
             current_model.set((served.name, str(served.version)))
             yield served
 
-    async def _run(self, served: ServedVersion, pixels: np.ndarray, deadline: float | None) -> Prediction:
+    async def _run(self, served: LoadedVersion, pixels: np.ndarray, deadline: float | None) -> Prediction:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed before the request reached the model")
-        assert served.batcher is not None
         probabilities = await served.batcher.submit(pixels, deadline)
-        return Prediction(served.name, served.version, probabilities)
+        return Prediction(served.name, served.version, probabilities, served.manifest.labels)
 
     # --- validation -------------------------------------------------------------------------------
     def _check_batch(self, size: int) -> None:
@@ -160,8 +91,7 @@ class InferenceCore:
             raise InvalidArgument("empty batch: send at least one image")
         check_batch_size(size, self.settings.max_batch_size)
 
-    def _check_pixels(self, served: ServedVersion, pixels: np.ndarray) -> None:
-        assert served.manifest is not None
+    def _check_pixels(self, served: LoadedVersion, pixels: np.ndarray) -> None:
         height, width = served.manifest.image_size
         if pixels.dtype != np.float32:
             raise InvalidArgument(f"pixels must be float32; got {pixels.dtype}")
@@ -174,23 +104,85 @@ class InferenceCore:
             raise InvalidArgument("pixels must be finite; got NaN or Inf")
 
     # --- model information ------------------------------------------------------------------------
-    def models(self) -> list[Model]:
-        return [self.repository.models[name] for name in sorted(self.repository.models)]
+    def status(self, ref: ModelRef) -> ModelStatus:
+        """A model's versions in any state: all of them, or the one ``ref`` names by number or label."""
+        model = self._model(ref)
+        status = model_status(model)
+        if ref.version is None and ref.label is None:
+            return status
+        number = self._labelled(model, ref.label) if ref.label else ref.version
+        versions = tuple(v for v in status.versions if v.version == number)
+        if not versions:
+            known = ", ".join(str(v.version) for v in status.versions) or "none"
+            raise NotFound(f"model {ref.name!r} has no version {number} (versions: {known})")
+        return ModelStatus(status.name, versions, status.serving)
 
-    def model(self, name: str) -> Model:
-        return self.repository.model(name)
+    def models(self) -> list[ModelStatus]:
+        return [model_status(self.registry.models[name]) for name in sorted(self.registry.models)]
 
-    def resolve(self, ref: ModelRef) -> ServedVersion:
+    def metadata(self, ref: ModelRef) -> ModelMetadata:
+        """The interface of the serving version ``ref`` asks for."""
+        served = self._resolve(ref)
+        serving = tuple(sorted(self.registry.model(served.name).serving))
+        manifest = served.manifest
+        return ModelMetadata(served.name, served.version, serving, served.backend.name,
+                             tuple(manifest.labels), manifest.image_size)  # fmt: skip
+
+    def ready(self, ref: ModelRef | None = None) -> bool:
+        """The server's readiness (first scan done, a model serving), or whether ``ref`` would be
+        answered now: an unknown model or version is not ready rather than an error."""
+        if ref is None:
+            return self.registry.ready
+        model = self.registry.models.get(ref.name)
+        if model is None:
+            return False
+        if ref.label:
+            return model.settings.version_labels.get(ref.label) in model.serving
+        return bool(model.serving) if ref.version is None else ref.version in model.serving
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata("tlserve", tlserve.__version__, EXTENSIONS)
+
+    # --- lookup -----------------------------------------------------------------------------------
+    def _model(self, ref: ModelRef) -> Model:
         self._label(ref)
-        served = self.repository.resolve(ref.name, ref.version, ref.label)
+        return self.registry.model(ref.name)
+
+    def _labelled(self, model: Model, label: str) -> int:
+        number = model.settings.version_labels.get(label)
+        if number is None:
+            known = ", ".join(sorted(model.settings.version_labels)) or "none configured"
+            raise NotFound(f"model {model.name!r} has no version label {label!r} (labels: {known})")
+        return number
+
+    def _resolve(self, ref: ModelRef) -> LoadedVersion:
+        self._label(ref)
+        served = self.registry.resolve(ref.name, ref.version, ref.label)
         current_model.set((served.name, str(served.version)))
         return served
 
     def _label(self, ref: ModelRef) -> None:
         """Label the call's metrics with the model as soon as it is known to exist (unknown names
         stay unlabelled, which keeps the label's cardinality bounded)."""
-        if ref.name in self.repository.models:
+        if ref.name in self.registry.models:
             current_model.set((ref.name, ""))
+
+
+def model_status(model: Model) -> ModelStatus:
+    versions = tuple(version_status(model.versions[n]) for n in sorted(model.versions))
+    return ModelStatus(model.name, versions, tuple(sorted(model.serving)))
+
+
+def version_status(record: VersionRecord) -> VersionStatus:
+    status = VersionStatus(record.version, record.state, record.error)
+    if record.loaded is None:
+        return status
+    manifest, backend = record.loaded.manifest, record.loaded.backend
+    return replace(
+        status, labels=tuple(manifest.labels), image_size=manifest.image_size,
+        base=str(manifest.base.get("name") or "a network trained before"), exported_as=manifest.exported_as,
+        backend=backend.name, providers=tuple(backend.providers), artifact=backend.artifact,
+    )  # fmt: skip
 
 
 def check_batch_size(size: int, maximum: int) -> None:
@@ -200,20 +192,3 @@ def check_batch_size(size: int, maximum: int) -> None:
         raise InvalidArgument(
             f"batch of {size} images is above the maximum of {maximum} (setting max_batch_size); split it"
         )
-
-
-def decode_wait(decoding: int, threads: int, per_request_s: float | None) -> float:
-    """Lower-bound wait for a decode thread plus the decode itself, in seconds; 0 while a thread is
-    free (so a few slow requests can never lock out short deadlines on an idle server)."""
-    if per_request_s is None or decoding < threads:
-        return 0.0
-    return ((decoding - threads) // threads + 2) * per_request_s
-
-
-def top_labels(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[list[LabelScore]]:
-    k = min(k, len(labels))
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [
-        [LabelScore(labels[i], int(i), float(row[i])) for i in idx]
-        for row, idx in zip(probabilities, order, strict=True)
-    ]

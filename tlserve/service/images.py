@@ -31,8 +31,15 @@ from tlserve.service.errors import DeadlineExceeded, InvalidArgument
 from tlserve.service.jpeg import count_scans
 
 ORIENTATION = 0x0112  # the EXIF tag
-# NOTE: Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb must be an error
-warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Make Pillow's own bomb check, run as it opens an image, follow ``max_pixels`` (setting
+    max_image_pixels) and raise, not warn: once, when a server starts (it is process-wide). Every
+    image's size is checked against the server's limit from its headers anyway (``open_image``)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    # NOTE: Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb must be an error
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def _axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,8 +117,6 @@ def open_image(
         raise ValueError("empty image")
     if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"{len(data)} bytes is more than the limit of {max_bytes} (setting max_image_bytes)")
-    if max_pixels != Image.MAX_IMAGE_PIXELS:  # NOTE: Pillow's bomb check follows the setting, up or down
-        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image = Image.open(io.BytesIO(data), formats=list(allowed))
     except UnidentifiedImageError:

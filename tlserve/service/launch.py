@@ -1,4 +1,5 @@
-"""Start ``tlserve serve`` as a child process and stop it cleanly (used by the demo, benchmarks, tests)."""
+"""Start ``tlserve serve`` as a child process and stop it cleanly (used by the demo, benchmarks, tests);
+what it costs while it runs (memory, CPU time)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from pathlib import Path
 
 from tlserve.errors import TlserveError
 from tlserve.service.client import Client, Tls
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, in MB (Linux /proc); OSError once it has gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise TlserveError(f"no VmRSS in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 LISTENING = re.compile(
     r"listening: grpc=[^:]+:(\d+) http=(?:[^:]+:(\d+)|off) metrics=(?:[^:]+:(\d+)|off)"
@@ -75,6 +91,11 @@ class ServerProcess:
     def client(self, timeout_s: float = 10.0) -> Client:
         return Client(self.target, timeout_s=timeout_s, tls=self.tls, token=self.token)
 
+    def wait_ready(self, model: str, timeout_s: float = 60.0) -> None:
+        """Block until health says SERVING for ``model``; TimeoutError if not within ``timeout_s``."""
+        with self.client() as client:
+            client.wait_ready(model, timeout_s=timeout_s)
+
     def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
         """Block until ``text`` appears in the log; AssertionError with the log if it does not."""
         deadline = time.monotonic() + timeout_s
@@ -88,11 +109,12 @@ class ServerProcess:
         return self.proc.pid
 
     def rss_mb(self) -> float:
-        """The server's resident memory now, in MB (Linux /proc)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise TlserveError("no VmRSS in /proc status")
+        """The server's resident memory now, in MB."""
+        return rss_mb(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU time so far, user + system."""
+        return cpu_seconds(self.proc.pid)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait; the exit code (0 for a clean shutdown)."""

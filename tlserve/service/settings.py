@@ -69,16 +69,20 @@ class ModelSettings(BaseModel):
 
 
 class ServerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TLSERVE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="TLSERVE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
+    )
 
     repository: Path = Path("models")
     """Model repository root: REPO/NAME/VERSION/ as `tlserve export` writes it."""
     host: str = "0.0.0.0"
-    """Address to bind the gRPC and metrics ports to."""
+    """Address to bind every port to (gRPC, REST, metrics, health)."""
     grpc_port: int = Field(8500, ge=0, le=65535)
-    """gRPC port (TF Serving API, native API, health, reflection); 0 picks a free port."""
+    """gRPC port (TF Serving API, Open Inference Protocol, native API, health, reflection); 0 picks a
+    free port."""
     http_port: int | None = Field(8501, ge=0, le=65535)
-    """REST port (TF Serving's REST API); 0 picks a free port; unset (null) disables it."""
+    """REST port (TF Serving's REST API and the Open Inference Protocol's HTTP API); 0 picks a free
+    port; unset (null) disables it."""
     metrics_port: int | None = Field(8502, ge=0, le=65535)
     """Prometheus /metrics port; 0 picks a free port; unset (null) disables it."""
 
@@ -128,7 +132,7 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Larger images are rejected before decoding (decompression bombs)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent."""
+    """Largest gRPC message received or sent, and largest REST body."""
     jpeg_draft: int = Field(0, ge=0, le=64)
     """Fast JPEG path, off by default: N > 0 decodes a JPEG over N times the model's input size at a
     reduced DCT scale keeping at least N times that size. At 4, a 12-megapixel photo for a 224 px
@@ -136,7 +140,14 @@ class ServerSettings(BaseSettings):
     photo-like images; but scaled decoding averages where the exported signature's resize samples,
     so on fine detail (noise, thin stripes) pixels differ far more (docs/performance.md)."""
     decode_threads: int = Field(0, ge=0)
-    """Threads decoding images; 0 = one per CPU."""
+    """Threads decoding encoded images, for all models together; 0 = one per CPU."""
+    max_decode_queue: int = Field(256, ge=1)
+    """Requests decoding images or waiting for a decode thread, server-wide, beyond which new ones
+    get RESOURCE_EXHAUSTED at once (those whose deadline the wait would not fit are refused too)."""
+    compute_threads: int = Field(4, ge=1)
+    """Threads running backend calls, for all model versions together. Each version's batcher has
+    one call in flight at a time, so more threads than versions serving at once add nothing; one
+    call spreads over ``intra_op_threads`` of its own."""
     max_connection_age_s: float | None = Field(None, gt=0)
     """Close each client connection after this long (gRPC GOAWAY; calls in flight finish): clients
     reconnect, and behind a Kubernetes Service that spreads them over new pods. Unset: never."""
@@ -221,6 +232,7 @@ class ServerSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM/SIGINT: how long in-flight calls may take to finish."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The least severe log lines written."""
     log_format: Literal["plain", "json"] = "plain"
     """plain: one human-readable line per event; json: one JSON object per line."""
     access_log: bool = False

@@ -49,6 +49,12 @@ class DatasetPlan:
     corrupt: list[str]
     """Image files that do not decode, relative to their data dir."""
 
+    def class_weights(self) -> dict[int, float]:
+        """Balanced weights n / (k * n_c), as scikit-learn's class_weight='balanced'."""
+        counts = np.asarray(self.train.counts(len(self.class_names)), dtype=np.float64)
+        total, k = counts.sum(), len(counts)
+        return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
+
     def summary(self) -> dict[str, Any]:
         n = len(self.class_names)
         return {

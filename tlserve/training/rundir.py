@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +48,171 @@ def check_run_dir(path: Path) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
-    # NOTE: split on "\n" only: str.splitlines() also splits on \x85, \u2028 and other separators.
-    return [line for line in (path / LABELS_FILE).read_text(encoding="utf-8").split("\n") if line]
-
-
-def read_run(path: Path) -> dict[str, Any]:
+    file = path / LABELS_FILE
     try:
-        data = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"run dir {path} is incomplete: missing {LABELS_FILE}") from None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path / RUN_FILE} is not readable JSON: {first_line(exc)}") from exc
+        raise UsageError(f"{file} is not readable UTF-8 text: {first_line(exc)}") from exc
+    # NOTE: split on "\n" only: str.splitlines() also splits on \x85, \u2028 and other separators.
+    return [line for line in text.split("\n") if line]
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """run.json as the trainer wrote it, whole (for a report that shows it); ``read_run`` for the
+    parts tlserve acts on."""
+    file = path / RUN_FILE
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"run dir {path} is incomplete: missing {RUN_FILE}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{file} is not readable JSON: {first_line(exc)}") from exc
     if not isinstance(data, dict):
-        raise UsageError(f"{path / RUN_FILE} does not hold a JSON object")
+        raise UsageError(f"{file} does not hold a JSON object")
     return data
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str | None
+    learning_rate: float | None
+    """None when run.json gives none (or not a positive number)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What tlserve reads back from a run dir's run.json, each field checked once (``read_run``).
+
+    A section or field that run.json lacks reads as empty or None: runs of older versions, or made
+    by hand, lack some; one of the wrong type is a UsageError that names it."""
+
+    run_dir: Path
+    mode: str | None
+    """config.mode: frozen, finetune or scratch."""
+    base: Mapping[str, Any]
+    """The base section as the trainer wrote it; the manifest carries it as is."""
+    base_name: str | None
+    """The Keras Application, None for an earlier network."""
+    earlier: Path | None
+    """The earlier run dir or .keras file used as base."""
+    phases: tuple[Phase, ...]
+    data_dir: Path | None
+    val_data_dir: Path | None
+    """The separate validation folder (--val-data); None when validation was split off data_dir."""
+    val_files: tuple[str, ...]
+    """The validation images, relative to val_data_dir (or data_dir); their first part is the class."""
+    accuracy: float | None
+    loss: float | None
+    macro_f1: float | None
+    val_images: int | None
+    confusion_matrix: list[list[int]] | None
+    """Validation confusion matrix as stored (rows: true class); ``quality.assess`` checks its shape."""
+    quality: dict[str, Any] | None
+    """The trainer's verdict (``quality.assess``); None when run.json has none with a boolean ``weak``."""
+    versions: Mapping[str, Any]
+    """Library versions the run was trained with."""
+
+    @property
+    def file(self) -> Path:
+        return self.run_dir / RUN_FILE
+
+
+def read_run(path: Path) -> RunRecord:
+    """The run.json of run dir ``path``, checked; a UsageError naming the file and field otherwise."""
+    run = _Fields(path / RUN_FILE, read_run_json(path))
+    config, base, dataset, metrics = (run.section(name) for name in ("config", "base", "dataset", "metrics"))
+    phases = run.objects("phases", run.data.get("phases"))
+    verdict = run.data.get("quality")
+    return RunRecord(
+        run_dir=path,
+        mode=run.string("config.mode", config.get("mode")),
+        base=base,
+        base_name=run.string("base.name", base.get("name")) or None,
+        earlier=run.folder("base.earlier", base.get("earlier")),
+        phases=tuple(
+            Phase(run.string(f"phases[{i}].name", p.get("name")), _positive(p.get("learning_rate")))
+            for i, p in enumerate(phases)
+        ),
+        data_dir=run.folder("dataset.data_dir", dataset.get("data_dir")),
+        val_data_dir=run.folder("dataset.val_data_dir", dataset.get("val_data_dir")),
+        val_files=run.strings("dataset.val_files", dataset.get("val_files")),
+        accuracy=run.number("metrics.accuracy", metrics.get("accuracy")),
+        loss=run.number("metrics.loss", metrics.get("loss")),
+        macro_f1=run.number("metrics.macro_f1", metrics.get("macro_f1")),
+        val_images=run.integer("metrics.images", metrics.get("images")),
+        confusion_matrix=run.table("metrics.confusion_matrix", metrics.get("confusion_matrix")),
+        quality=verdict if isinstance(verdict, dict) and isinstance(verdict.get("weak"), bool) else None,
+        versions=run.section("versions"),
+    )
+
+
+class _Fields:
+    """Typed reads of run.json's fields, each wrong one a UsageError that names it."""
+
+    def __init__(self, file: Path, data: dict[str, Any]) -> None:
+        self.file = file
+        self.data = data
+
+    def _bad(self, where: str, expected: str, value: object) -> UsageError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return UsageError(f"{self.file}: {where}: expected {expected}; got {shown}")
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise self._bad(name, "an object", value)
+        return value or {}
+
+    def objects(self, where: str, value: object) -> list[dict[str, Any]]:
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            raise self._bad(where, "a list of objects", value)
+        return value or []
+
+    def string(self, where: str, value: object) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise self._bad(where, "a string", value)
+        return value
+
+    def strings(self, where: str, value: object) -> tuple[str, ...]:
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self._bad(where, "a list of strings", value)
+        return tuple(value or ())
+
+    def folder(self, where: str, value: object) -> Path | None:
+        text = self.string(where, value)
+        return Path(text) if text else None
+
+    def number(self, where: str, value: object) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._bad(where, "a number", value)
+        return float(value)
+
+    def integer(self, where: str, value: object) -> int | None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._bad(where, "an integer", value)
+        return value
+
+    def table(self, where: str, value: object) -> list[list[int]] | None:
+        """A list of rows of integers; its shape is checked where it is used (``quality.assess``)."""
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(row, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in row)
+            for row in value
+        ):
+            raise self._bad(where, "a table of counts (lists of integers)", value)
+        return value
+
+
+def _positive(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 ASSUMED_LEARNING_RATE = 1e-3
@@ -75,18 +229,12 @@ def trained_learning_rate(path: Path, _depth: int = 0) -> float | None:
     if not path.is_dir():
         return ASSUMED_LEARNING_RATE
     run = read_run(path)
-    phases = [p for p in run.get("phases") or [] if isinstance(p, dict)]
-    for phase in reversed(phases):
-        rate = phase.get("learning_rate")
-        if phase.get("name") in _BASE_TRAINING_PHASES and isinstance(rate, (int, float)) and rate > 0:
-            return float(rate)
-    base = run.get("base")
-    if not isinstance(base, dict):
-        base = {}
-    earlier = base.get("earlier")
-    if isinstance(earlier, str) and Path(earlier).is_dir() and _depth < 8:
-        return trained_learning_rate(Path(earlier), _depth + 1)  # frozen on an earlier network
-    if base.get("name"):
+    for phase in reversed(run.phases):
+        if phase.name in _BASE_TRAINING_PHASES and phase.learning_rate is not None:
+            return phase.learning_rate
+    if run.earlier is not None and run.earlier.is_dir() and _depth < 8:
+        return trained_learning_rate(run.earlier, _depth + 1)  # frozen on an earlier network
+    if run.base_name:
         return None
     return ASSUMED_LEARNING_RATE
 

@@ -6,7 +6,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -21,9 +21,7 @@ from tlserve.training.fit import PhaseResult, run_phase
 from tlserve.training.metrics import classification_metrics, format_metrics
 from tlserve.training.network import Classifier, build_application, build_classifier, build_from_earlier
 from tlserve.training.policy import PhasePlan
-
-if TYPE_CHECKING:
-    from tlserve.training.trainer import ResolvedBase
+from tlserve.training.resolve import ResolvedBase
 
 
 class TrainingSession:
@@ -230,11 +228,9 @@ class TrainingSession:
             keras.mixed_precision.set_global_policy(previous_policy)
 
     def _run(self) -> dict[str, Any]:
-        from tlserve.training.trainer import class_weights
-
         config = self.config
         strategy = self._setup_runtime()
-        weights = class_weights(self.plan) if config.class_weight == "auto" else None
+        weights = self.plan.class_weights() if config.class_weight == "auto" else None
         with strategy.scope():
             clf = self._build()
         self.model = clf.model

@@ -1,48 +1,19 @@
 """Inference backends: one small interface, one module per runtime.
 
-A backend serves one model version. The watcher calls ``load()`` once (in a worker thread), then
+A backend serves one model version. The registry calls ``load()`` once (in a worker thread), then
 ``predict()`` any number of times from the batcher's thread, then ``unload()`` once no request uses
 it. Implement those three and the descriptive attributes to add a runtime.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from pathlib import Path
 
-import numpy as np
-
 from tlserve.repository import Manifest
+from tlserve.service.backends.base import Backend
 from tlserve.service.settings import ModelSettings, ServerSettings
 
-
-class Backend(ABC):
-    name: str
-    """"onnxruntime" or "tensorflow"."""
-    providers: list[str]
-    """The devices/providers the runtime really uses, best first (after load)."""
-    artifact: str
-    """The main file served, relative to the version dir (after load)."""
-
-    def __init__(self, version_dir: Path, manifest: Manifest, settings: ServerSettings, model: ModelSettings):
-        self.version_dir = version_dir
-        self.manifest = manifest
-        self.settings = settings
-        self.model = model
-        self.providers = []
-        self.artifact = ""
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load the artifact; raise with a message that says what went wrong."""
-
-    @abstractmethod
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 [N, H, W, 3] pixels 0..255 -> float32 [N, classes] probabilities."""
-
-    @abstractmethod
-    def unload(self) -> None:
-        """Release the runtime's memory; called once, after the last predict."""
+__all__ = ["Backend", "create_backend"]
 
 
 def create_backend(

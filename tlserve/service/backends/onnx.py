@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.repository import Artifact
-from tlserve.service.backends import Backend
+from tlserve.service.backends.base import Backend
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = (repo.TENSORRT, repo.CUDA)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tlserve import repository as repo
-from tlserve.service.backends import Backend
+from tlserve.service.backends.base import Backend
 
 
 class TensorFlowBackend(Backend):

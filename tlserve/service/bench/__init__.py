@@ -1,12 +1,17 @@
 """``tlserve bench``: load a running server the way Triton's perf_analyzer does, and say what it costs.
 
     stats      records of a run -> percentiles, throughput, errors by code (pure)
-    load       the asyncio load generator: closed loop (concurrency) or open loop (rate)
-    calls      each API's request, serialized once; the gRPC call; the first answer's check
+    load       the asyncio load generator: closed loop (concurrency) or open loop (rate); a run
+               measured; the sequential timing loop
+    messages   each API's request message and method path, and what its answer says
+    calls      those requests serialized once; the channel; the gRPC call; the first answer's check
     inprocess  the same load through onnxruntime in this process: the baseline of the ratios
+    echo       a gRPC server answering nothing: the transport's own floor
     report     the printed table, machine facts, the JSON and PNG files
 
-No TensorFlow here: the requests are built with tlserve's own wire code.
+The one load generator of the project: ``tlserve bench``, the reliability suites (tests/reliability)
+and the benchmarks (benchmarks/) all drive it. No TensorFlow here: the requests are built with
+tlserve's own wire code.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,17 +29,25 @@ import grpc
 
 from tlserve.errors import TlserveError, UsageError
 from tlserve.service.bench import report
-from tlserve.service.bench.calls import APIS, INPUTS, Payload, Request, build_request, grpc_call, make_payload
+from tlserve.service.bench.calls import (
+    APIS,
+    INPUTS,
+    Payload,
+    Request,
+    bearer,
+    build_request,
+    grpc_call,
+    make_payload,
+    open_channel,
+)
 from tlserve.service.bench.calls import probe as probe_server
 from tlserve.service.bench.inprocess import Baseline, inprocess_call, open_session, read_manifest
-from tlserve.service.bench.load import Call, Load, Runner
-from tlserve.service.bench.stats import ratios, summarize
-from tlserve.service.client import MAX_MESSAGE_BYTES, Client, Tls, VersionInfo
+from tlserve.service.bench.load import Load, Run, measure
+from tlserve.service.bench.stats import ratios
+from tlserve.service.client import Client, Tls, VersionInfo
 
 __all__ = ["BenchOptions", "run"]
 JSON_SCHEMA = 1
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class BenchOptions:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+        return bearer(self.token)
 
 
 def _check(options: BenchOptions) -> tuple[str, Load, bytes | None]:
@@ -147,31 +159,11 @@ def _served_version(options: BenchOptions) -> VersionInfo:
     return max(available, key=lambda v: v.version)
 
 
-async def _measure(name: str, call: Call, load: Load, batch: int, progress: TextIO | None) -> report.Run:
-    runner = Runner(call, load, name, progress)
-    cpu, wall = time.process_time(), time.perf_counter()
-    records = await runner.run()
-    cpu_percent = 100 * (time.process_time() - cpu) / max(time.perf_counter() - wall, 1e-9)
-    summary = summarize(records, runner.plan.measured_from, batch)
-    return report.Run(name, summary, records, runner.plan, cpu_percent)
-
-
-def _channel(options: BenchOptions) -> grpc.aio.Channel:
-    if options.tls is None:
-        return grpc.aio.insecure_channel(options.server, options=CHANNEL_OPTIONS)
-    tls = options.tls
-    extra = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
-    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
-    return grpc.aio.secure_channel(options.server, credentials, options=CHANNEL_OPTIONS + extra)
-
-
-async def _bench_server(
-    options: BenchOptions, request: Request, load: Load, progress: TextIO | None
-) -> report.Run:
-    async with _channel(options) as channel:
+async def _bench_server(options: BenchOptions, request: Request, load: Load, progress: TextIO | None) -> Run:
+    async with open_channel(options.server, options.tls) as channel:
         await probe_server(channel, request, options.batch_size, options.timeout_s, options.metadata)
         call = grpc_call(channel, request, options.timeout_s, options.metadata)
-        return await _measure("server", call, load, options.batch_size, progress)
+        return await measure("server", call, load, options.batch_size, progress)
 
 
 async def _bench_inprocess(
@@ -181,10 +173,10 @@ async def _bench_inprocess(
     load: Load,
     batch: int,
     progress: TextIO | None,
-) -> report.Run:
+) -> Run:
     with ThreadPoolExecutor(1, thread_name_prefix="bench-onnxruntime") as executor:
         call = inprocess_call(baseline, payload, *size, executor)
-        return await _measure("in-process", call, load, batch, progress)
+        return await measure("in-process", call, load, batch, progress)
 
 
 def _header(
@@ -217,7 +209,7 @@ def _header(
 
 
 def _document(
-    options: BenchOptions, kind: str, load: Load, served: VersionInfo, runs: list[report.Run],
+    options: BenchOptions, kind: str, load: Load, served: VersionInfo, runs: list[Run],
     baseline: Baseline | None, ratio: dict[str, float | None] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything --json writes: settings, model, machine, each run's figures, the ratios."""

@@ -1,35 +1,31 @@
-"""The request of each API and input kind, built and serialized once; the call that sends it.
+"""The request of each API and input kind, built and serialized once (messages.py); the channel and
+the call that send it; the first answer's check.
 
-native  tlserve.v1.Inference/Classify                jpeg: ``images``, top_k 1
-tfs     tensorflow.serving.PredictionService/Predict  tensor: serving_default ``image`` DT_FLOAT;
-                                                      jpeg: predict_images ``images`` DT_STRING
-v2      inference.GRPCInferenceService/ModelInfer     tensor: ``image`` FP32; jpeg: ``images``
-                                                      BYTES; both in raw_input_contents
+tensor input: random float32 pixels; jpeg: encoded images (the native API takes only these).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import ModuleType
 
 import grpc
 import numpy as np
 from PIL import Image
 
-from tlserve import repository as repo
 from tlserve.errors import TlserveError, UsageError
+from tlserve.service.bench import messages
 from tlserve.service.bench.load import Call
-from tlserve.service.bench.stats import OK
-from tlserve.service.transport.oip_codec import join_bytes
-from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb
-from tlserve.service.wire.tfs import serving_pb2
-from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
-from tlserve.service.wire.tlserve.v1 import inference_pb2 as native_pb
+from tlserve.service.bench.stats import OK, Outcome
+from tlserve.service.client import MAX_MESSAGE_BYTES, Tls
 
 APIS = ("native", "tfs", "v2")
 INPUTS = ("tensor", "jpeg")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,74 +64,46 @@ class Request:
     """A serialized answer -> (the version that answered, rows); raises if it does not parse."""
 
 
-def _path(module: ModuleType, service: str, method: str) -> str:
-    descriptor = module.DESCRIPTOR.services_by_name[service]
-    return f"/{descriptor.full_name}/{descriptor.methods_by_name[method].name}"
-
-
-def _native(model: str, version: int, payload: Payload) -> Request:
-    assert payload.images is not None
-    body = native_pb.ClassifyRequest(model=model, version=version, images=payload.images, top_k=1)
-
-    def answer(data: bytes) -> tuple[int, int]:
-        response = native_pb.ClassifyResponse.FromString(data)
-        return int(response.version), len(response.predictions)
-
-    return Request(_path(native_pb, "Inference", "Classify"), body.SerializeToString(), answer)
-
-
-def _tfs(model: str, version: int, payload: Payload) -> Request:
-    request = serving_pb2.PredictRequest()
-    request.model_spec.name = model
-    if version:
-        request.model_spec.version.value = version
-    if payload.pixels is not None:
-        request.model_spec.signature_name = repo.SIGNATURE_PIXELS
-        tensor = request.inputs[repo.INPUT_NAME]
-        tensor.dtype = tf_pb.DT_FLOAT
-        tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in payload.pixels.shape)
-        tensor.tensor_content = payload.pixels.tobytes()
-    else:
-        assert payload.images is not None
-        request.model_spec.signature_name = repo.SIGNATURE_IMAGES
-        tensor = request.inputs[repo.IMAGES_INPUT_NAME]
-        tensor.dtype = tf_pb.DT_STRING
-        tensor.tensor_shape.dim.add(size=len(payload.images))
-        tensor.string_val.extend(payload.images)
-
-    def answer(data: bytes) -> tuple[int, int]:
-        response = serving_pb2.PredictResponse.FromString(data)
-        dims = response.outputs[repo.OUTPUT_NAME].tensor_shape.dim
-        return int(response.model_spec.version.value), dims[0].size if dims else 0
-
-    return Request(_path(serving_pb2, "PredictionService", "Predict"), request.SerializeToString(), answer)
-
-
-def _v2(model: str, version: int, payload: Payload) -> Request:
-    request = oip_pb.ModelInferRequest(model_name=model, model_version=str(version) if version else "")
-    if payload.pixels is not None:
-        request.inputs.add(name=repo.INPUT_NAME, datatype="FP32", shape=list(payload.pixels.shape))
-        request.raw_input_contents.append(payload.pixels.astype("<f4").tobytes())
-    else:
-        assert payload.images is not None
-        request.inputs.add(name=repo.IMAGES_INPUT_NAME, datatype="BYTES", shape=[len(payload.images)])
-        request.raw_input_contents.append(join_bytes(payload.images))
-
-    def answer(data: bytes) -> tuple[int, int]:
-        response = oip_pb.ModelInferResponse.FromString(data)
-        rows = response.outputs[0].shape[0] if response.outputs and response.outputs[0].shape else 0
-        return int(response.model_version or 0), int(rows)
-
-    path = _path(oip_pb, "GRPCInferenceService", "ModelInfer")
-    return Request(path, request.SerializeToString(), answer)
-
-
-BUILDERS = {"native": _native, "tfs": _tfs, "v2": _v2}
-
-
 def build_request(api: str, model: str, version: int, payload: Payload) -> Request:
-    """The request of ``api`` carrying ``payload``; ``version`` 0 asks for the newest serving."""
-    return BUILDERS[api](model, version, payload)
+    """The request of ``api`` carrying ``payload`` (native Classify: top_k 1); ``version`` 0 asks
+    for the newest serving."""
+    if api == "native":
+        assert payload.images is not None
+        message = messages.classify_request(model, payload.images, version, top_k=1)
+        return Request(messages.CLASSIFY, message.SerializeToString(), messages.classify_answer)
+    if api == "tfs":
+        tfs = messages.predict_request(model, payload.pixels, payload.images, version)
+        return Request(messages.PREDICT, tfs.SerializeToString(), messages.predict_answer)
+    assert api == "v2", api
+    v2 = messages.infer_request(model, payload.pixels, payload.images, version)
+    return Request(messages.MODEL_INFER, v2.SerializeToString(), messages.infer_answer)
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata carrying ``token`` (None: no metadata)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def open_channel(target: str, tls: Tls | None = None) -> grpc.aio.Channel:
+    """An asyncio channel with tlserve's message limits; TLS (and mutual TLS) when ``tls`` is given."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    extra = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS + extra)
+
+
+@asynccontextmanager
+async def open_channels(
+    target: str, count: int, tls: Tls | None = None
+) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """``count`` channels, as that many client processes would have; closed on the way out."""
+    channels = [open_channel(target, tls) for _ in range(count)]
+    try:
+        yield channels
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def grpc_call(
@@ -143,19 +111,34 @@ def grpc_call(
     request: Request,
     timeout_s: float,
     metadata: tuple[tuple[str, str], ...] | None = None,
+    kind: str = "",
+    read_version: bool = False,
 ) -> Call:
-    """Sends ``request`` as it is, and returns "OK" or the status code's name."""
-    # NOTE: a bare multicallable sends the bytes serialized once, above, and does not parse the answer:
-    # the load generator shares the machine's cores with a loopback server, so the less CPU it spends
-    # per call the more the figures say about the server (perf_analyzer prepares its inputs too).
+    """Sends ``request`` as it is; its Outcome says "OK" or the status code's name, and ``kind``.
+    ``read_version``: parse each answer for the version that answered (costs client CPU)."""
+    # NOTE: a bare multicallable sends the bytes serialized once, above, and does not parse the answer
+    # unless asked: the load generator shares the machine's cores with a loopback server, so the less
+    # CPU it spends per call the more the figures say about the server (perf_analyzer prepares its
+    # inputs too).
     send = channel.unary_unary(request.method)
+    ok = Outcome(OK, 0, kind)
 
-    async def call() -> str:
+    async def call() -> Outcome:
         try:
-            await send(request.body, timeout=timeout_s, metadata=metadata)
+            data = await send(request.body, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            return str(exc.code().name)
-        return OK
+            return Outcome(str(exc.code().name), 0, kind)
+        return Outcome(OK, request.answer(data)[0], kind) if read_version else ok
+
+    return call
+
+
+def cycle(calls: Sequence[Call], start: int = 0) -> Call:
+    """A call making each of ``calls`` in turn, from call ``start`` (a client mixing requests)."""
+    turns = itertools.count(start)
+
+    async def call() -> Outcome:
+        return await calls[next(turns) % len(calls)]()
 
     return call
 

@@ -3,6 +3,9 @@
 One session called from one thread: requests wait their turn, as in a server that does not batch.
 Encoded images are decoded first by the server's own decoder, so jpeg input costs the same work on
 both sides, and the ratios say what serving adds: transport, queueing, batching.
+
+``batch_sweep`` is the benchmarks' in-process figure: a plain session called directly, batch-1
+latency and the best throughput over batch sizes.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tlserve import repository as repo
 from tlserve.errors import TlserveError, UsageError
 from tlserve.service.bench.calls import Payload
-from tlserve.service.bench.load import Call
-from tlserve.service.bench.stats import OK
+from tlserve.service.bench.load import Call, p50_ms
+from tlserve.service.bench.stats import OK, Outcome
+
+SWEEP_BATCHES = (1, 2, 4, 8, 16, 32)
 
 
 def read_manifest(repository: Path, name: str, version: int) -> tuple[Path, repo.Manifest]:
@@ -98,11 +105,32 @@ def inprocess_call(baseline: Baseline, payload: Payload, height: int, width: int
     if rows != batch:
         raise TlserveError(f"in-process onnxruntime answered {rows} rows for a batch of {batch}")
 
-    async def call() -> str:
+    ok = Outcome(OK)
+
+    async def call() -> Outcome:
         try:
             await asyncio.get_running_loop().run_in_executor(executor, predict)
         except Exception as exc:  # NOTE: counted by type like a status code; the first call passed
-            return type(exc).__name__
-        return OK
+            return Outcome(type(exc).__name__)
+        return ok
 
     return call
+
+
+def batch_sweep(model: Path, height: int, width: int, repeats: int) -> dict[str, Any]:
+    """onnxruntime (CPU, default threads) on ``model`` in this process, random pixels: images/s by
+    batch size (``repeats`` images' worth of calls, 8 at least, each timed by ``p50_ms``), then the
+    batch-1 p50 over ``repeats`` calls. {"p50" ms, "best_ips", "best_batch", "by_batch"}."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    by_batch = {}
+    for batch in SWEEP_BATCHES:
+        pixels = rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32)
+        ms = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: pixels}), max(8, repeats // batch))  # noqa: B023
+        by_batch[batch] = batch * 1000 / ms
+    one = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
+    p50 = p50_ms(lambda: session.run(None, {repo.INPUT_NAME: one}), repeats)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return {"p50": p50, "best_ips": by_batch[best], "best_batch": best, "by_batch": by_batch}

@@ -13,39 +13,30 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from tlserve.errors import UsageError
-from tlserve.service.bench.load import Plan
+from tlserve.service.bench.load import Run
 from tlserve.service.bench.stats import OK, Records, Summary
 
 VERSIONS_OF = ("tlserve", "onnxruntime", "onnxruntime-gpu", "grpcio", "protobuf", "numpy")
 
 
-@dataclass(frozen=True)
-class Run:
-    name: str
-    """"server" or "in-process"."""
-    summary: Summary
-    records: Records
-    plan: Plan
-    cpu_percent: float
-    """CPU time of this process during the run, in % of one core (the client's own cost, for the server
-    run; for the in-process run it includes onnxruntime's threads)."""
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, platform and the versions of the libraries that decide the figures."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {}
     for name in VERSIONS_OF:

@@ -7,14 +7,27 @@ open loop), so a request that waited in the client behind a slow answer shows it
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 OK = "OK"
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+
+
+class Outcome(NamedTuple):
+    """What one call returns to the load generator."""
+
+    code: str
+    """"OK" or the gRPC status code's name (in-process: the exception's type)."""
+    version: int = 0
+    """The version that answered, where the call reads the answer (0: not read, or failed)."""
+    kind: str = ""
+    """Which request it was, where a run mixes several."""
 
 
 @dataclass
@@ -27,15 +40,48 @@ class Records:
     done: list[float] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
     """"OK" or the gRPC status code's name (in-process: the exception's type)."""
+    versions: list[int] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
 
-    def add(self, due: float, sent: float, done: float, code: str) -> None:
+    def add(self, due: float, sent: float, done: float, code: str, version: int = 0, kind: str = "") -> None:
         self.due.append(due)
         self.sent.append(sent)
         self.done.append(done)
         self.codes.append(code)
+        self.versions.append(version)
+        self.kinds.append(kind)
 
     def __len__(self) -> int:
         return len(self.done)
+
+    def subset(self, indices: Iterable[int]) -> Records:
+        """The records at ``indices``, in that order."""
+        chosen = Records()
+        for i in indices:
+            chosen.add(
+                self.due[i], self.sent[i], self.done[i], self.codes[i], self.versions[i], self.kinds[i]
+            )
+        return chosen
+
+
+def count_codes(records: Records, since: float = -math.inf) -> Counter[str]:
+    """Requests due at or after ``since``, by status code."""
+    return Counter(c for c, d in zip(records.codes, records.due, strict=True) if d >= since)
+
+
+def by_code(records: Records, since: float = -math.inf) -> dict[str, Any]:
+    """Requests due at or after ``since``: their count, counts by status, and for each status seen
+    the p50, p99 and max latency from the due time, in ms rounded to 0.01 (the reliability figures)."""
+    codes = count_codes(records, since)
+    out: dict[str, Any] = {"calls": sum(codes.values()), "codes": dict(sorted(codes.items()))}
+    due, done = np.asarray(records.due, dtype=np.float64), np.asarray(records.done, dtype=np.float64)
+    for code in out["codes"]:
+        chosen = (due >= since) & np.asarray([c == code for c in records.codes], dtype=bool)
+        ms = (done[chosen] - due[chosen]) * 1000
+        out[code] = {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+                     "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                     "max_ms": round(float(ms.max()), 2)}  # fmt: skip
+    return out
 
 
 def percentiles(latencies_ms: np.ndarray) -> dict[str, float]:

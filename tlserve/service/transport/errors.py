@@ -1,4 +1,4 @@
-"""The one place where errors become gRPC statuses, calls are timed and request ids assigned.
+"""The gRPC side of every call: request ids, errors to gRPC statuses, timing (transport.calls).
 
 ServiceError -> its code and message. Anything else -> INTERNAL with a generic message carrying the
 request id; the traceback goes to the log with the same id. The request message is parsed here too,
@@ -17,8 +17,6 @@ garbage collector runs (four rejected 60 MB requests once held 5.5 GB that way).
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,13 +25,11 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from tlserve.service import logs
-from tlserve.service.errors import Code, InvalidArgument, ServiceError, release
-from tlserve.service.metrics import Metrics, current_model
+from tlserve.service.errors import Code, InvalidArgument, release
 from tlserve.service.transport import wirescan
 from tlserve.service.transport.budget import Hold, Reader
+from tlserve.service.transport.calls import STATUS, CallObserver
 
-log = logging.getLogger(__name__)
 REQUEST_ID = "x-request-id"
 _UNTIMED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 API_NAMES = {
@@ -44,10 +40,6 @@ API_NAMES = {
 }
 
 
-def grpc_code(code: Code) -> grpc.StatusCode:
-    return grpc.StatusCode[code.name]
-
-
 def request_id(context: aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID and isinstance(value, str) and 0 < len(value) <= 128:
@@ -56,16 +48,13 @@ def request_id(context: aio.ServicerContext[Any, Any]) -> str:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    def __init__(
-        self, metrics: Metrics, reader: Reader, side: Reader, max_fields: int, access_log: bool = False
-    ) -> None:
+    def __init__(self, observer: CallObserver, reader: Reader, side: Reader, max_fields: int) -> None:
         """``reader`` reads the requests of the APIs' methods, ``side`` those of health and reflection;
         a request of more than ``max_fields`` protobuf fields is refused unparsed (wirescan)."""
-        self.metrics = metrics
+        self.observer = observer
         self.reader = reader
         self.side = side
         self.max_fields = max_fields
-        self.access_log = access_log
 
     async def intercept_service(
         self,
@@ -82,57 +71,34 @@ class ErrorInterceptor(aio.ServerInterceptor):
         api = API_NAMES.get(service, service)
         behaviour = _unary(handler, self.reader, self.max_fields)
         budget = self.reader.budget
-        metrics = self.metrics
-        access_log = self.access_log
+        observer = self.observer
 
         # NOTE: a stream-unary handler: grpc.aio runs it when the call's headers arrive, before the
         # request is read (a unary-unary one gets the whole request first); the client sees no difference
         async def wrapped(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             rid = request_id(context)
-            logs.request_id.set(rid)
             # NOTE: trailing metadata rides with the status; initial metadata would cost a write
             context.set_trailing_metadata(((REQUEST_ID, rid),))
-            start = time.perf_counter()
-            current_model.set(("", ""))
-            code = grpc.StatusCode.OK
-            metrics.in_flight.labels(api).inc()
-            try:
-                async with budget.hold() as share:
-                    return await behaviour(requests, context, share)
-            except ServiceError as exc:
-                code = grpc_code(exc.code)
-                message = exc.message
-                if exc.code is Code.INTERNAL:
-                    log.error("%s failed [request id %s]: %s", method, rid, exc.message)
-                    message = f"internal error (request id {rid}); the server log has the details"
-                log.debug("%s %s [%s]: %s", name, code.name, rid, exc.message)
-                release(exc)
-            except asyncio.CancelledError:  # gRPC cancels the handler when the client's deadline passes
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                raise
-            except aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s failed [request id %s]", method, rid)
-                message = f"internal error (request id {rid}); the server log has the details"
-                release(exc)
-            finally:
-                metrics.in_flight.labels(api).dec()
-                model, version = current_model.get()
-                labels = (model, version, api, name, code.name)
-                elapsed = time.perf_counter() - start
-                metrics.request_duration.labels(*labels).observe(elapsed)
-                metrics.requests.labels(*labels).inc()
-                if access_log:
-                    logs.access.info("%s %s model=%s version=%s code=%s %.2f ms", api, name, model or "-",
-                             version or "-", code.name, elapsed * 1000)  # fmt: skip
+            code, message = Code.INTERNAL, ""
+            with observer.call(api, name, rid) as call:
+                try:
+                    async with budget.hold() as share:
+                        return await behaviour(requests, context, share)
+                except asyncio.CancelledError:  # gRPC cancels the handler when the client's deadline passes
+                    remaining = context.time_remaining()
+                    call.code = (
+                        "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+                    )
+                    raise
+                except aio.AbortError:
+                    call.code = (context.code() or grpc.StatusCode.UNKNOWN).name
+                    raise
+                except Exception as exc:
+                    code, message = call.failed(exc, method)
+                    release(exc)
             # NOTE: outside the except blocks: the abort's own exception must not keep the failure
             # (and with it every frame the request passed through) alive
-            await context.abort(code, message, trailing_metadata=((REQUEST_ID, rid),))
+            await context.abort(STATUS[code][0], message, trailing_metadata=((REQUEST_ID, rid),))
 
         return grpc.stream_unary_rpc_method_handler(
             wrapped, request_deserializer=None, response_serializer=handler.response_serializer
@@ -160,17 +126,31 @@ def _unary(handler: grpc.RpcMethodHandler, reader: Reader, max_fields: int) -> B
         data = await reader.read(context, share)
         if data is None:
             raise InvalidArgument("the call carries no request message")
-        large = descriptor is not None and len(data) >= wirescan.SCAN_FROM_BYTES
-        limit = wirescan.limit_for(max_fields, len(data))
-        if large and not wirescan.within(data, descriptor, limit):
-            raise InvalidArgument(f"the request holds more than {limit} protobuf fields (repeated "
-                                  "elements and nested messages counted), far more than max_batch_size "
-                                  "images need")  # fmt: skip
-        request = _parse(deserialize, data)
+        if descriptor is not None and len(data) >= wirescan.SCAN_FROM_BYTES:
+            # NOTE: in a thread: a walk that ends at the budget of a 56 MB message of tiny fields
+            # takes seconds of Python (the loop still gets the GIL every switch interval)
+            loop = asyncio.get_running_loop()
+            request = await loop.run_in_executor(
+                None, _scan_and_parse, deserialize, descriptor, data, max_fields
+            )
+        else:
+            request = _parse(deserialize, data)
         del data  # NOTE: the raw bytes need not stay alive while the request is served
         return await servicer(request, context)
 
     return call
+
+
+def _scan_and_parse(
+    deserialize: Callable[[bytes], Any] | None, descriptor: Any, data: bytes, max_fields: int
+) -> Any:
+    """A large message, parsed once its fields are known to fit the budget (wirescan)."""
+    limit = wirescan.limit_for(max_fields, len(data))
+    if not wirescan.within(data, descriptor, limit):
+        raise InvalidArgument(f"the request holds more than {limit} protobuf fields (repeated "
+                              "elements and nested messages counted), far more than max_batch_size "
+                              "images need")  # fmt: skip
+    return _parse(deserialize, data)
 
 
 def _parse(deserialize: Callable[[bytes], Any] | None, data: bytes) -> Any:

@@ -32,7 +32,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tlserve.service.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tlserve.service.settings import ServerSettings
 from tlserve.service.transport.budget import Hold
-from tlserve.service.watcher import ServedVersion
 
 T = TypeVar("T")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -155,11 +154,10 @@ def _lone_surrogate(value: Any) -> bool:
     return False
 
 
-def max_json_values(settings: ServerSettings, served: ServedVersion) -> int:
-    """The JSON values of the largest request this version takes: ``max_batch_size`` images, each
-    height x width x 3 numbers in height x width + height + 1 lists, and 256 for the rest."""
-    assert served.manifest is not None
-    height, width = served.manifest.image_size
+def max_json_values(settings: ServerSettings, image_size: tuple[int, int]) -> int:
+    """The JSON values of the largest request a model of ``image_size`` takes: ``max_batch_size``
+    images, each height x width x 3 numbers in height x width + height + 1 lists, and 256 more."""
+    height, width = image_size
     return settings.max_batch_size * (height * width * 4 + height + 1) + 256
 
 

@@ -6,10 +6,10 @@ from typing import Any, TypeAlias
 
 from grpc import aio
 
-from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.core import DEFAULT_TOP_K, InferenceCore
+from tlserve.service.domain import ModelRef, State, VersionStatus
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.transport.deadline import deadline_of
-from tlserve.service.watcher import ServedVersion, State
 from tlserve.service.wire.tlserve.v1 import inference_pb2 as pb
 from tlserve.service.wire.tlserve.v1 import inference_pb2_grpc
 
@@ -30,8 +30,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         if request.version < 0:
             raise InvalidArgument(f"version must be 0 (newest) or positive; got {request.version}")
+        if request.top_k < 0:
+            raise InvalidArgument(
+                f"top_k must be 0 (default {DEFAULT_TOP_K}) or positive; got {request.top_k}"
+            )
         ref = ModelRef(request.model, version=request.version or None)
-        result = await self.core.classify(ref, request.images, request.top_k, deadline_of(context))
+        k = request.top_k or DEFAULT_TOP_K
+        result = await self.core.classify(ref, request.images, k, deadline_of(context))
         response = pb.ClassifyResponse(model=result.name, version=result.version)
         for top in result.top:
             response.predictions.add().labels.extend(
@@ -42,20 +47,14 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         response = pb.ListModelsResponse()
         for model in self.core.models():
-            entry = response.models.add(name=model.name)
-            for served in sorted(model.versions.values(), key=lambda v: v.version):
-                entry.versions.append(version_info(served))
+            response.models.add(name=model.name).versions.extend(map(version_info, model.versions))
         return response
 
 
-def version_info(served: ServedVersion) -> pb.ModelVersion:
-    info = pb.ModelVersion(version=served.version, state=STATE[served.state], error=served.error)
-    if served.manifest is not None:
-        info.labels.extend(served.manifest.labels)
-        info.height, info.width = served.manifest.image_size
-        info.base = str(served.manifest.base.get("name") or "a network trained before")
-    if served.backend is not None:
-        info.backend = served.backend.name
-        info.providers.extend(served.backend.providers)
-        info.artifact = served.backend.artifact
-    return info
+def version_info(version: VersionStatus) -> pb.ModelVersion:
+    height, width = version.image_size
+    return pb.ModelVersion(
+        version=version.version, state=STATE[version.state], error=version.error, labels=version.labels,
+        height=height, width=width, base=version.base, backend=version.backend,
+        providers=version.providers, artifact=version.artifact, exported_as=version.exported_as,
+    )  # fmt: skip

@@ -22,6 +22,11 @@ from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 ITEM_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
               "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2, "BYTES": 0}  # fmt: skip
 EXPECTED = {repo.INPUT_NAME: "FP32", repo.IMAGES_INPUT_NAME: "BYTES"}
+OTHER_INPUT = {
+    (repo.INPUT_NAME, "BYTES"): f" (encoded images go in as input {repo.IMAGES_INPUT_NAME!r}, BYTES [N])",
+    (repo.IMAGES_INPUT_NAME, "FP32"): f" (pixels go in as input {repo.INPUT_NAME!r}, FP32 [N, H, W, 3])",
+}
+"""What to say when a request sends the other input's datatype under an input's name."""
 CLASSIFICATION = "classification"
 MAX_RANK = 8
 
@@ -33,6 +38,11 @@ class Input:
     images: list[bytes] | None = None
     raw: bool = False
     """The request sent raw_input_contents (the response answers in kind)."""
+
+    @property
+    def values(self) -> np.ndarray | list[bytes]:
+        """The pixels, or the encoded images."""
+        return self.pixels if self.pixels is not None else self.images or []
 
 
 def _has_typed(contents: pb.InferTensorContents) -> bool:
@@ -54,7 +64,8 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int
             f"unknown input {tensor.name!r}: expected {repo.INPUT_NAME} or {repo.IMAGES_INPUT_NAME}"
         )
     if tensor.datatype != EXPECTED[tensor.name]:
-        raise InvalidArgument(f"input {tensor.name!r} must be {EXPECTED[tensor.name]}; got {tensor.datatype}")
+        raise InvalidArgument(f"input {tensor.name!r} must be {EXPECTED[tensor.name]}; got {tensor.datatype}"
+                              f"{OTHER_INPUT.get((tensor.name, tensor.datatype), '')}")  # fmt: skip
     shape = list(tensor.shape)
     if len(shape) > MAX_RANK or any(d < 0 or d > max_elements for d in shape):
         raise InvalidArgument(f"input {tensor.name!r}: invalid shape {shape}")

@@ -21,9 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-import tlserve
-from tlserve import repository as repo
-from tlserve.service.core import InferenceCore, ModelRef
+from tlserve.service.core import InferenceCore
+from tlserve.service.domain import ModelRef
 from tlserve.service.errors import InvalidArgument
 from tlserve.service.parsing import parse_count, parse_number, parse_version
 from tlserve.service.transport import oip_codec
@@ -37,7 +36,7 @@ from tlserve.service.transport.http import (
     parse_json,
     read_body,
 )
-from tlserve.service.transport.oip import PLATFORMS, infer
+from tlserve.service.transport.oip import infer, model_metadata
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -47,6 +46,10 @@ VERSIONED = MODEL + r"/versions/{version:[^/]+}"
 
 def _version(request: web.Request) -> str:
     return request.match_info.get("version", "")
+
+
+def _ref(request: web.Request) -> ModelRef:
+    return ModelRef(request.match_info["name"], parse_version(_version(request)))
 
 
 async def _split_body(request: web.Request, body: bytes, max_values: int) -> tuple[dict[str, Any], bytes]:
@@ -184,43 +187,29 @@ class OipRest:
         return web.json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        ready = self.core.repository.ready
+        ready = self.core.ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "name": "tlserve",
-                "version": tlserve.__version__,
-                "extensions": ["classification", "binary_tensor_data"],
-            }
-        )
+        server = self.core.server_metadata()
+        extensions = [*server.extensions, "binary_tensor_data"]
+        return web.json_response({"name": server.name, "version": server.version, "extensions": extensions})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        served = self.core.resolve(ModelRef(name, parse_version(_version(request))))
-        assert served.manifest is not None and served.backend is not None
-        height, width = served.manifest.image_size
-        classes = len(served.manifest.labels)
-        return web.json_response({
-            "name": served.name,
-            "versions": [str(v) for v in sorted(self.core.model(name).serving)],
-            "platform": PLATFORMS.get(served.backend.name, served.backend.name),
-            "inputs": [{"name": repo.INPUT_NAME, "datatype": "FP32", "shape": [-1, height, width, 3]}],
-            "outputs": [{"name": repo.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, classes]}],
-        })  # fmt: skip
+        return web.json_response(model_metadata(self.core.metadata(_ref(request))))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        name, version = request.match_info["name"], parse_version(_version(request))
-        model = self.core.repository.models.get(name)
-        ready = model is not None and (bool(model.serving) if version is None else version in model.serving)
-        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+        ready = self.core.ready(_ref(request))
+        return web.json_response({"name": request.match_info["name"], "ready": ready},
+                                 status=200 if ready else 503)  # fmt: skip
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], _version(request)
-        served = self.core.resolve(ModelRef(name, parse_version(version)))
+        metadata = self.core.metadata(_ref(request))
         data = await read_body(request)
-        body, binary = await _split_body(request, data, max_json_values(self.core.settings, served))
+        body, binary = await _split_body(
+            request, data, max_json_values(self.core.settings, metadata.image_size)
+        )
         max_elements = self.core.settings.max_message_bytes // 4
         large = len(data) >= LARGE_BODY_BYTES
         del data

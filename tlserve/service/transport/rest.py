@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,13 +23,14 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from tlserve import repository as repo
-from tlserve.service import logs
 from tlserve.service.auth import Tokens
-from tlserve.service.core import InferenceCore, ModelRef
-from tlserve.service.errors import Code, InvalidArgument, NotFound, ServiceError, release
-from tlserve.service.metrics import Metrics, current_model
+from tlserve.service.core import InferenceCore
+from tlserve.service.domain import ModelRef
+from tlserve.service.errors import Code, InvalidArgument, release
+from tlserve.service.metrics import Metrics
 from tlserve.service.parsing import parse_version
 from tlserve.service.transport.budget import RequestBudget
+from tlserve.service.transport.calls import STATUS, CallObserver
 from tlserve.service.transport.http import (
     LARGE_BODY_BYTES,
     LIMITS,
@@ -45,24 +44,12 @@ from tlserve.service.transport.http import (
     read_body,
 )
 from tlserve.service.transport.oip_rest import OipRest
-from tlserve.service.transport.tfs import SIGNATURE_INPUTS, signature_defs
-from tlserve.service.watcher import State
+from tlserve.service.transport.tfs import SIGNATURE_INPUTS, model_status, signature_defs
 
-log = logging.getLogger(__name__)
-HTTP_STATUS = {
-    Code.INVALID_ARGUMENT: 400,
-    Code.NOT_FOUND: 404,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.UNAVAILABLE: 503,
-    Code.INTERNAL: 500,
-    Code.CANCELLED: 499,
-    Code.UNAUTHENTICATED: 401,
-}
 HTTP_CODES = {404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED"}
 """The code counted for aiohttp's HTTP errors (others: INVALID_ARGUMENT)."""
-TFS_STATE = {State.LOADING: "LOADING", State.AVAILABLE: "AVAILABLE", State.UNLOADING: "UNLOADING",
-             State.UNLOADED: "END", State.FAILED: "END"}  # fmt: skip
+JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+"""Protos as TF Serving's REST API writes them (snake_case names, zeros and empty strings shown)."""
 NAME = r"{name:[^/:]+}"
 VERSION = r"{version:[0-9]+}"
 LABEL = r"{label:[^/:]+}"
@@ -76,58 +63,37 @@ def _error(status: int, message: str, rid: str) -> web.Response:
 HEALTH_PATHS = ("/v2/health/",)
 
 
-def middleware(metrics: Metrics, access_log: bool, tokens: Tokens | None, budget: RequestBudget) -> Any:
+def middleware(observer: CallObserver, tokens: Tokens | None, budget: RequestBudget) -> Any:
     @web.middleware
     async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
-        logs.request_id.set(rid)
-        current_model.set(("", ""))
         method = request.match_info.get("method", request.method)
-        start = time.perf_counter()
-        code = "OK"
-        metrics.in_flight.labels("rest").inc()
-        try:
-            if tokens is not None and not request.path.startswith(HEALTH_PATHS):
-                tokens.check(request.headers.get("Authorization"))
-            async with budget.hold() as share:
-                request[SHARE] = share
-                response = await handler(request)
-            response.headers["x-request-id"] = rid
-            return response
-        except ServiceError as exc:
-            code = exc.code.name
-            release(exc)
-            if exc.code is Code.UNAUTHENTICATED:
-                response = _error(401, exc.message, rid)
-                response.headers["WWW-Authenticate"] = 'Bearer realm="tlserve"'
+        with observer.call("rest", method, rid, f"{request.method} {request.path}") as call:
+            try:
+                if tokens is not None and not request.path.startswith(HEALTH_PATHS):
+                    tokens.check(request.headers.get("Authorization"))
+                async with budget.hold() as share:
+                    request[SHARE] = share
+                    response = await handler(request)
+                response.headers["x-request-id"] = rid
                 return response
-            if exc.code is Code.INTERNAL:
-                log.error("%s %s failed: %s", request.method, request.path, exc.message)
-                return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
-            return _error(HTTP_STATUS[exc.code], exc.message, rid)
-        except web.HTTPException as exc:  # 404 unknown path, 405; 408, 413, 417 from http.read_body
-            code = HTTP_CODES.get(exc.status, "INVALID_ARGUMENT")
-            release(exc)
-            own = exc.text and not exc.text.startswith(f"{exc.status}: ")  # NOTE: aiohttp's own say only that
-            response = _error(exc.status, f"{exc.reason}: {exc.text}" if own else exc.reason, rid)
-            if exc.status in (408, 413):  # NOTE: the body was not read: do not wait for it
-                response.force_close()
-            return response
-        except Exception as exc:
-            code = "INTERNAL"
-            log.exception("%s %s failed [request id %s]", request.method, request.path, rid)
-            release(exc)
-            return _error(500, f"internal error (request id {rid}); the server log has the details", rid)
-        finally:
-            metrics.in_flight.labels("rest").dec()
-            model, version = current_model.get()
-            elapsed = time.perf_counter() - start
-            labels = (model, version, "rest", method, code)
-            metrics.request_duration.labels(*labels).observe(elapsed)
-            metrics.requests.labels(*labels).inc()
-            if access_log:
-                logs.access.info("rest %s %s code=%s %.2f ms", request.method, request.path, code,
-                                 elapsed * 1000)  # fmt: skip
+            except web.HTTPException as exc:  # 404 unknown path, 405; 408, 413, 417 from http.read_body
+                call.code = HTTP_CODES.get(exc.status, "INVALID_ARGUMENT")
+                release(exc)
+                own = exc.text and not exc.text.startswith(
+                    f"{exc.status}: "
+                )  # NOTE: aiohttp's own say only that
+                response = _error(exc.status, f"{exc.reason}: {exc.text}" if own else exc.reason, rid)
+                if exc.status in (408, 413):  # NOTE: the body was not read: do not wait for it
+                    response.force_close()
+                return response
+            except Exception as exc:
+                code, message = call.failed(exc, f"{request.method} {request.path}")
+                release(exc)
+                response = _error(STATUS[code][1], message, rid)
+                if code is Code.UNAUTHENTICATED:
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="tlserve"'
+                return response
 
     return handle
 
@@ -180,13 +146,13 @@ class RestApi:
             f"/v1/models/{NAME}/labels/{LABEL}",
         ):
             app.router.add_post(prefix + ":{method:predict}", self.predict, expect_handler=continue_later)
-        for prefix in (f"/v1/models/{NAME}", f"/v1/models/{NAME}/versions/{VERSION}"):
             app.router.add_get(prefix, self.status)
             app.router.add_get(prefix + "/metadata", self.metadata)
 
     async def predict(self, request: web.Request) -> web.Response:
         ref = _ref(request)
-        body, large = await _json(request, max_json_values(self.core.settings, self.core.resolve(ref)))
+        image_size = self.core.metadata(ref).image_size
+        body, large = await _json(request, max_json_values(self.core.settings, image_size))
         signature = body.get("signature_name")
         if signature is not None and not isinstance(signature, str):
             raise InvalidArgument(f'"signature_name" must be a string; got {type(signature).__name__}')
@@ -205,41 +171,23 @@ class RestApi:
         if signature == repo.SIGNATURE_IMAGES:
             if not isinstance(values, list):
                 raise InvalidArgument(f'{name}: expected a list of {{"b64": ...}} images')
-            result = await self.core.predict_images(
-                ref, [_b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
-            )
+            inputs = [_b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
+            result = await self.core.infer(ref, inputs)
         else:
             message = f"{name}: expected nested lists of numbers [N, H, W, 3]"
-            result = await self.core.predict(ref, await off_loop(large, json_numbers, values, message))
+            result = await self.core.infer(ref, await off_loop(large, json_numbers, values, message))
         probabilities = result.probabilities.tolist()
         return web.json_response({"predictions": probabilities} if rows else {"outputs": probabilities})
 
     async def status(self, request: web.Request) -> web.Response:
-        ref = _ref(request)
-        model = self.core.model(ref.name)
-        versions = sorted(model.versions.values(), key=lambda v: v.version)
-        if ref.version is not None:
-            versions = [v for v in versions if v.version == ref.version]
-            if not versions:
-                raise NotFound(f"model {ref.name!r} has no version {ref.version}")
-        statuses = [
-            {
-                "version": str(v.version),
-                "state": TFS_STATE[v.state],
-                "status": {
-                    "error_code": "UNKNOWN" if v.state is State.FAILED else "OK",
-                    "error_message": v.error,
-                },
-            }
-            for v in versions
-        ]
-        return web.json_response({"model_version_status": statuses})
+        status = model_status(self.core.status(_ref(request)))
+        return web.json_response(json_format.MessageToDict(status, **JSON))
 
     async def metadata(self, request: web.Request) -> web.Response:
-        served = self.core.resolve(_ref(request))
-        defs = json_format.MessageToDict(signature_defs(served), preserving_proto_field_name=True)
+        metadata = self.core.metadata(_ref(request))
+        defs = json_format.MessageToDict(signature_defs(metadata), **JSON)
         return web.json_response({
-            "model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
+            "model_spec": {"name": metadata.name, "signature_name": "", "version": str(metadata.version)},
             "metadata": {"signature_def": defs},
         })  # fmt: skip
 
@@ -254,7 +202,7 @@ def make_app(
     settings = core.settings
     app = web.Application(
         client_max_size=settings.max_message_bytes,
-        middlewares=[middleware(metrics, access_log, tokens, budget)],
+        middlewares=[middleware(CallObserver(metrics, access_log), tokens, budget)],
     )
     app[LIMITS] = BodyLimits(
         settings.max_message_bytes, settings.body_timeout_s, settings.max_decompression_ratio

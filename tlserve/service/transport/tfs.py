@@ -11,22 +11,21 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+import numpy as np
 from grpc import aio
 
 from tlserve import repository as repo
-from tlserve.service.core import InferenceCore, ModelRef, check_batch_size
-from tlserve.service.errors import InvalidArgument, NotFound
+from tlserve.service.core import InferenceCore, check_batch_size
+from tlserve.service.domain import ModelMetadata, ModelRef, ModelStatus, State
+from tlserve.service.errors import InvalidArgument
 from tlserve.service.transport import tfs_codec
 from tlserve.service.transport.deadline import deadline_of
-from tlserve.service.watcher import ServedVersion, State
 from tlserve.service.wire.tfs import error_pb2, serving_pb2, serving_pb2_grpc
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
-IMAGE_FEATURE = "image/encoded"
 CLASSIFY_SIGNATURE = "classify"
 SIGNATURE_DEF = "signature_def"
-ALL_CLASSES = 1 << 30  # top-k is capped at the number of classes
 METHOD_PREDICT = "tensorflow/serving/predict"
 METHOD_CLASSIFY = "tensorflow/serving/classify"
 SIGNATURE_INPUTS = {repo.SIGNATURE_PIXELS: repo.INPUT_NAME, repo.SIGNATURE_IMAGES: repo.IMAGES_INPUT_NAME}
@@ -79,13 +78,12 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 f"output_filter {outputs}: the only output is {repo.OUTPUT_NAME!r}, each name at most once"
             )
         tensor = request.inputs[expected]
-        deadline = deadline_of(context)
+        inputs: np.ndarray | list[bytes]
         if signature == repo.SIGNATURE_PIXELS:
-            pixels = tfs_codec.to_array(tensor, expected, self.max_elements)
-            result = await self.core.predict(ref, pixels, deadline)
+            inputs = tfs_codec.to_array(tensor, expected, self.max_elements)
         else:
-            images = tfs_codec.to_strings(tensor, expected, self.core.settings.max_batch_size)
-            result = await self.core.predict_images(ref, images, deadline)
+            inputs = tfs_codec.to_strings(tensor, expected, self.core.settings.max_batch_size)
+        result = await self.core.infer(ref, inputs, deadline_of(context))
         response = serving_pb2.PredictResponse(
             model_spec=answered_spec(result.name, result.version, signature)
         )
@@ -106,14 +104,15 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         check_batch_size(len(examples), self.core.settings.max_batch_size)  # NOTE: before the loop below
         images = []
         for index, example in enumerate(examples):
-            feature = example.features.feature.get(IMAGE_FEATURE)
+            feature = example.features.feature.get(repo.IMAGE_FEATURE)
             values = feature.bytes_list.value if feature is not None else []
             if len(values) != 1:
                 raise InvalidArgument(
-                    f"example {index}: needs exactly one encoded image in bytes feature {IMAGE_FEATURE!r}"
+                    f"example {index}: needs exactly one encoded image in the bytes feature "
+                    f"{repo.IMAGE_FEATURE!r}"
                 )
             images.append(values[0])
-        result = await self.core.classify(ref, images, ALL_CLASSES, deadline_of(context))
+        result = await self.core.classify(ref, images, None, deadline_of(context))
         response = serving_pb2.ClassificationResponse(
             model_spec=answered_spec(result.name, result.version, signature)
         )
@@ -130,14 +129,14 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             raise InvalidArgument(
                 f"metadata_field must be [{SIGNATURE_DEF!r}] (the only metadata served); got {fields}"
             )
-        served = self.core.resolve(model_ref(request.model_spec))
+        metadata = self.core.metadata(model_ref(request.model_spec))
         response = serving_pb2.GetModelMetadataResponse(
-            model_spec=answered_spec(served.name, served.version, "")
+            model_spec=answered_spec(metadata.name, metadata.version, "")
         )
         response.model_spec.ClearField("signature_name")
         packed = response.metadata[SIGNATURE_DEF]
         packed.type_url = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-        packed.value = signature_defs(served).SerializeToString()
+        packed.value = signature_defs(metadata).SerializeToString()
         return response
 
 
@@ -147,11 +146,10 @@ def _info(name: str, dtype: int, shape: list[int]) -> tf_pb.TensorInfo:
     return info
 
 
-def signature_defs(served: ServedVersion) -> serving_pb2.SignatureDefMap:
+def signature_defs(metadata: ModelMetadata) -> serving_pb2.SignatureDefMap:
     """The signatures of a version, packed as TF Serving packs a SavedModel's."""
-    assert served.manifest is not None
-    height, width = served.manifest.image_size
-    classes = len(served.manifest.labels)
+    height, width = metadata.image_size
+    classes = len(metadata.labels)
     result = serving_pb2.SignatureDefMap()
     probabilities = _info(f"{repo.OUTPUT_NAME}:0", tf_pb.DT_FLOAT, [-1, classes])
     for signature, input_name in SIGNATURE_INPUTS.items():
@@ -179,24 +177,14 @@ class ModelService(serving_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(
         self, request: serving_pb2.GetModelStatusRequest, context: Context
     ) -> serving_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        model = self.core.model(spec.name)
-        versions = sorted(model.versions.values(), key=lambda v: v.version)
-        if spec.WhichOneof("version_choice") == "version":
-            versions = [v for v in versions if v.version == spec.version.value]
-        elif spec.version_label:
-            labelled = model.settings.version_labels.get(spec.version_label)
-            if labelled is None:
-                raise NotFound(f"model {spec.name!r} has no version label {spec.version_label!r}")
-            versions = [v for v in versions if v.version == labelled]
-        if not versions:
-            raise NotFound(
-                f"model {spec.name!r} has no such version ({spec.version.value or spec.version_label})"
-            )
-        response = serving_pb2.GetModelStatusResponse()
-        for served in versions:
-            status = response.model_version_status.add(version=served.version, state=STATE[served.state])
-            if served.state is State.FAILED:
-                status.status.error_code = error_pb2.UNKNOWN
-                status.status.error_message = served.error
-        return response
+        return model_status(self.core.status(model_ref(request.model_spec)))
+
+
+def model_status(status: ModelStatus) -> serving_pb2.GetModelStatusResponse:
+    """What TF Serving's GetModelStatus answers (its REST twin is this message as JSON)."""
+    response = serving_pb2.GetModelStatusResponse()
+    for version in status.versions:
+        entry = response.model_version_status.add(version=version.version, state=STATE[version.state])
+        entry.status.error_code = error_pb2.UNKNOWN if version.state is State.FAILED else error_pb2.OK
+        entry.status.error_message = version.error
+    return response

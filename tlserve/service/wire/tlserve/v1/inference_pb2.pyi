@@ -51,7 +51,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "state", "error", "labels", "height", "width", "backend", "providers", "artifact", "base")
+    __slots__ = ("version", "state", "error", "labels", "height", "width", "backend", "providers", "artifact", "base", "exported_as")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ModelVersion.State]
@@ -76,6 +76,7 @@ class ModelVersion(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AS_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: ModelVersion.State
     error: str
@@ -86,7 +87,8 @@ class ModelVersion(_message.Message):
     providers: _containers.RepeatedScalarFieldContainer[str]
     artifact: str
     base: str
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., error: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., backend: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., artifact: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
+    exported_as: str
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., error: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., backend: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., artifact: _Optional[str] = ..., base: _Optional[str] = ..., exported_as: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "versions")

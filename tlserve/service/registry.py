@@ -1,4 +1,4 @@
-"""The repository watcher: which versions are served, loading, warm-up, atomic swap and drain.
+"""The model registry: which versions are served, following the repository, atomic swap and drain.
 
 Every ``poll_interval_s`` the repository is scanned. For each model the version policy picks versions
 among those on disk that have not failed; new ones are loaded and warmed up in a worker thread while the
@@ -14,7 +14,6 @@ it was exported is logged with the load.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,41 +22,56 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tlserve import repository as repo
-from tlserve.service.backends import Backend, create_backend
+from tlserve.service.backends import Backend
 from tlserve.service.batching import Batcher
+from tlserve.service.domain import State
 from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
+from tlserve.service.loader import load_version
 from tlserve.service.metrics import Metrics, VersionMetrics
 from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
 
 log = logging.getLogger(__name__)
 
 
-class State(enum.Enum):
-    LOADING = "LOADING"
-    AVAILABLE = "AVAILABLE"
-    UNLOADING = "UNLOADING"
-    UNLOADED = "UNLOADED"
-    FAILED = "FAILED"
+@dataclass(eq=False)
+class LoadedVersion:
+    """A version that loaded and warmed up: what requests run on, held by ``ModelRegistry.lease``."""
+
+    name: str
+    version: int
+    manifest: repo.Manifest
+    backend: Backend
+    batcher: Batcher
+    metrics: VersionMetrics
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no request holds it (a retired version is unloaded once it is)."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def hold(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
 
 @dataclass(eq=False)
-class ServedVersion:
-    name: str
+class VersionRecord:
+    """What this server knows of one version directory, in any state."""
+
     version: int
-    path: Path
     stamp: tuple[int, int, int]
     """(files, bytes, newest mtime in ns) of the version dir when it was loaded or failed."""
     state: State = State.LOADING
     error: str = ""
-    manifest: repo.Manifest | None = None
-    backend: Backend | None = None
-    batcher: Batcher | None = None
-    in_flight: int = 0
-    load_seconds: float = 0.0
-    metrics: VersionMetrics | None = None
+    loaded: LoadedVersion | None = None
+    """While AVAILABLE and UNLOADING."""
 
     @property
     def ready(self) -> bool:
@@ -68,9 +82,9 @@ class ServedVersion:
 class Model:
     name: str
     settings: ModelSettings
-    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
     """Every version this server has seen, in any state."""
-    serving: dict[int, ServedVersion] = field(default_factory=dict)
+    serving: dict[int, LoadedVersion] = field(default_factory=dict)
     """The versions that answer requests; replaced as a whole, never mutated."""
 
 
@@ -86,8 +100,9 @@ def _stamp(version_dir: Path) -> tuple[int, int, int]:
     return count, size, newest
 
 
-class Repository:
-    """The served models; ``lease()`` is how the core gets a version to run."""
+class ModelRegistry:
+    """The served models, following the model repository; ``lease()`` is how the core gets a
+    version to run."""
 
     def __init__(
         self,
@@ -112,15 +127,15 @@ class Repository:
     @contextmanager
     def lease(
         self, name: str, version: int | None = None, label: str | None = None
-    ) -> Iterator[ServedVersion]:
+    ) -> Iterator[LoadedVersion]:
         """The serving version asked for (newest when neither ``version`` nor ``label``), held
         for the duration of the ``with`` block so that it is not unloaded under the request."""
         served = self.resolve(name, version, label)
-        served.in_flight += 1
+        served.hold()
         try:
             yield served
         finally:
-            served.in_flight -= 1
+            served.release()
 
     def model(self, name: str) -> Model:
         if not name:
@@ -137,7 +152,7 @@ class Repository:
             raise NotFound(f"model {name!r} not found (models: {known})")
         return model
 
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
         model = self.model(name)
         if label:
             if label not in model.settings.version_labels:
@@ -221,7 +236,7 @@ class Repository:
                     return
         failed = sum(1 for v in model.versions.values() if v.state is State.FAILED)
         self.metrics.failed_versions.labels(model.name).set(failed)
-        selected = {v: model.versions[v] for v in wanted}
+        selected = {v: loaded for v in wanted if (loaded := model.versions[v].loaded) is not None}
         if selected.keys() != model.serving.keys():
             self._swap(model, selected)
 
@@ -230,14 +245,14 @@ class Repository:
         known = model.versions.get(number)
         return known is not None and known.state is State.FAILED
 
-    def _swap(self, model: Model, selected: dict[int, ServedVersion]) -> None:
+    def _swap(self, model: Model, selected: dict[int, LoadedVersion]) -> None:
         old = model.serving
         model.serving = selected
         if selected:
             log.info("model %s now serving version(s) %s", model.name, ", ".join(map(str, sorted(selected))))
         for number, served in old.items():
             if number not in selected:
-                task = asyncio.get_running_loop().create_task(self._retire(served))
+                task = asyncio.get_running_loop().create_task(self._retire(model.versions[number], served))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
         if self._on_change is not None:
@@ -245,72 +260,47 @@ class Repository:
 
     async def _load(self, model: Model, number: int) -> None:
         path = self.root / model.name / str(number)
-        served = model.versions[number] = ServedVersion(model.name, number, path, _stamp(path))
+        record = model.versions[number] = VersionRecord(number, _stamp(path))
         log.info("loading %s version %d (%s backend)", model.name, number, model.settings.backend)
         start = time.perf_counter()
         try:
             manifest, backend = await asyncio.get_running_loop().run_in_executor(
-                None, self._load_blocking, path, model.settings
+                None, load_version, path, self.settings, model.settings
             )
         except Exception as exc:  # any failure of a version must leave the server serving the others
             # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
             error = f"{type(exc).__name__}: {exc}".replace(f"{self.root}/", "").replace(str(self.root), "")
-            served.state, served.error = State.FAILED, error.splitlines()[0][:500]
-            log.error("model %s version %d failed to load: %s", model.name, number, served.error)
+            record.state, record.error = State.FAILED, error.splitlines()[0][:500]
+            log.error("model %s version %d failed to load: %s", model.name, number, record.error)
             self.metrics.load_failures.labels(model.name).inc()
             log.debug("load failure", exc_info=True)
             return
-        served.manifest, served.backend = manifest, backend
-        served.load_seconds = time.perf_counter() - start
-        self.metrics.load_duration.labels(model.name).observe(served.load_seconds)
-        served.metrics = self.metrics.version(
-            model.name, number, backend.name, backend.providers, backend.artifact
-        )
-        served.batcher = Batcher(
+        seconds = time.perf_counter() - start
+        self.metrics.load_duration.labels(model.name).observe(seconds)
+        metrics = self.metrics.version(model.name, number, backend.name, backend.providers, backend.artifact)
+        batcher = Batcher(
             backend.predict, self._compute, enabled=self.settings.batching,
             max_batch_size=min(self.settings.dynamic_batch_size, self.settings.max_batch_size),
             max_batch_delay_s=self.settings.max_batch_delay_s,
-            max_queue_size=self.settings.max_queue_size, observer=served.metrics,
+            max_queue_size=self.settings.max_queue_size, observer=metrics,
         )  # fmt: skip
-        served.metrics.serving(self.settings.max_queue_size)
-        served.state = State.AVAILABLE
+        metrics.serving(self.settings.max_queue_size)
+        record.loaded = LoadedVersion(model.name, number, manifest, backend, batcher, metrics)
+        record.state = State.AVAILABLE
         copied = manifest.exported_as != f"{model.name}/{number}"
         log.info(
-            "loaded %s version %d in %.2f s: %s on %s%s", model.name, number, served.load_seconds,
+            "loaded %s version %d in %.2f s: %s on %s%s", model.name, number, seconds,
             backend.artifact, ", ".join(backend.providers),
             f" (a copy: exported as {manifest.exported_as})" if copied else "",
         )  # fmt: skip
 
-    def _load_blocking(self, path: Path, settings: ModelSettings) -> tuple[repo.Manifest, Backend]:
-        manifest = repo.Manifest.read(path)
-        bad = repo.verify_checksums(path, manifest)
-        if bad:
-            raise ValueError(f"files missing or not matching their sha256 in the manifest: {', '.join(bad)}")
-        backend = create_backend(path, manifest, self.settings, settings)
-        backend.load()
-        height, width = manifest.image_size
-        rng = np.random.default_rng(0)
-        sizes = {1, min(self.settings.dynamic_batch_size, self.settings.max_batch_size)}
-        if set(backend.providers[:1]) & {repo.TENSORRT, repo.CUDA}:  # NOTE: TensorRT builds its engine
-            sizes.add(self.settings.max_batch_size)  # profile from the shapes it has run: cover them all
-        for size in sorted(sizes):  # warm-up: first runs allocate and tune
-            pixels = rng.uniform(0, 255, (size, height, width, 3)).astype(np.float32)
-            out = backend.predict(pixels)
-            if out.shape != (size, len(manifest.labels)) or not np.isfinite(out).all():
-                raise ValueError(f"warm-up gave shape {out.shape} (expected {(size, len(manifest.labels))})")
-        return manifest, backend
-
-    async def _retire(self, served: ServedVersion) -> None:
-        served.state = State.UNLOADING
-        while served.in_flight:
-            await asyncio.sleep(0.01)
-        if served.batcher is not None:
-            await served.batcher.close()
-        if served.backend is not None:
-            await asyncio.get_running_loop().run_in_executor(None, served.backend.unload)
-        if served.metrics is not None:
-            served.metrics.remove()
-        served.backend, served.batcher, served.state = None, None, State.UNLOADED
+    async def _retire(self, record: VersionRecord, served: LoadedVersion) -> None:
+        record.state = State.UNLOADING
+        await served.idle.wait()
+        await served.batcher.close()
+        await asyncio.get_running_loop().run_in_executor(None, served.backend.unload)
+        served.metrics.remove()
+        record.loaded, record.state = None, State.UNLOADED
         log.info("unloaded %s version %d", served.name, served.version)
 
     async def watch(self, stop: asyncio.Event) -> None:

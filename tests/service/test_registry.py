@@ -1,4 +1,4 @@
-"""The repository watcher in-process: policies, swap, drain, failed versions."""
+"""The model registry in-process: policies, swap, drain, failed versions."""
 
 from __future__ import annotations
 
@@ -8,24 +8,26 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.service.tiny import copy_version, publish
+from tests.service.tiny import SIZE, copy_version, publish
+from tlserve.service.domain import State
 from tlserve.service.errors import NotFound, Unavailable
+from tlserve.service.registry import ModelRegistry
 from tlserve.service.settings import ServerSettings
-from tlserve.service.watcher import Repository, State
 
 
-def repository(root: Path, **settings: object) -> tuple[Repository, list[tuple[str, bool]]]:
+def repository(root: Path, **settings: object) -> tuple[ModelRegistry, list[tuple[str, bool]]]:
     changes: list[tuple[str, bool]] = []
     options = {"repository": root, "max_batch_size": 4, **settings}
-    watcher = Repository(
+    watcher = ModelRegistry(
         ServerSettings(**options), ThreadPoolExecutor(1), on_change=lambda n, s: changes.append((n, s))
     )  # type: ignore[arg-type]
     return watcher, changes
 
 
-def serving(watcher: Repository, name: str = "colors") -> list[int]:
+def serving(watcher: ModelRegistry, name: str = "colors") -> list[int]:
     return sorted(watcher.models[name].serving)
 
 
@@ -38,12 +40,13 @@ def test_new_version_is_swapped_in_and_the_old_one_unloaded(tiny_repo: Path) -> 
         watcher, changes = repository(tiny_repo)
         await watcher.poll()
         assert serving(watcher) == [1] and changes == [("colors", True)]
-        old = watcher.resolve("colors")
+        old = watcher.models["colors"].versions[1]
+        assert old.loaded is watcher.resolve("colors")
         copy_version(tiny_repo, "colors", 1, 2)
         await watcher.poll()
         assert serving(watcher) == [2]
         await watcher.close()
-        assert old.state is State.UNLOADED and old.backend is None
+        assert old.state is State.UNLOADED and old.loaded is None
 
     asyncio.run(main())
 
@@ -122,17 +125,21 @@ def test_a_retired_version_finishes_requests_that_hold_it(tiny_repo: Path) -> No
     async def main() -> None:
         watcher, _ = repository(tiny_repo)
         await watcher.poll()
+        record = watcher.models["colors"].versions[1]
         with watcher.lease("colors") as held:
             copy_version(tiny_repo, "colors", 1, 2)
             await watcher.poll()
             await asyncio.sleep(0.1)
-            assert held.state is State.UNLOADING and held.backend is not None  # still usable
+            assert record.state is State.UNLOADING and record.loaded is held  # still usable
+            assert held.batcher.pending == 0 and not held.idle.is_set()
+            out = await held.batcher.submit(np.zeros((1, SIZE, SIZE, 3), np.float32))
+            assert out.shape == (1, 3)
             assert watcher.resolve("colors").version == 2
-        for _ in range(100):
-            if held.state is State.UNLOADED:
+        for _ in range(100):  # NOTE: unloaded as soon as the lease ends (an event, no polling)
+            if record.state is State.UNLOADED:
                 break
-            await asyncio.sleep(0.02)
-        assert held.state is State.UNLOADED
+            await asyncio.sleep(0.01)
+        assert record.state is State.UNLOADED and record.loaded is None
         await watcher.close()
 
     asyncio.run(main())
@@ -218,6 +225,7 @@ def test_nothing_loads_after_close(tiny_repo: Path) -> None:
 
 def test_model_status_by_label_reports_a_failed_version(tiny_repo: Path) -> None:
     from tlserve.service.core import InferenceCore
+    from tlserve.service.decoding import Decoder
     from tlserve.service.transport.tfs import ModelService
     from tlserve.service.wire.tfs import serving_pb2
 
@@ -226,7 +234,8 @@ def test_model_status_by_label_reports_a_failed_version(tiny_repo: Path) -> None
     async def main() -> None:
         watcher, _ = repository(tiny_repo, models={"colors": {"version_labels": {"canary": 2}}})
         await watcher.poll()
-        service = ModelService(InferenceCore(watcher, watcher.settings, ThreadPoolExecutor(1)))
+        decoder = Decoder(ThreadPoolExecutor(1), watcher.settings)
+        service = ModelService(InferenceCore(watcher, watcher.settings, decoder))
         request = serving_pb2.GetModelStatusRequest()
         request.model_spec.name = "colors"
         request.model_spec.version_label = "canary"

@@ -1,4 +1,5 @@
-"""The gRPC server: TF Serving API, native API, health and reflection on one port; metrics on another.
+"""The server: TF Serving's API, the Open Inference Protocol (KServe v2) and the native API over gRPC and,
+for TF Serving and OIP, REST; health and reflection on the gRPC port; metrics on another.
 
 Lifecycle: bind the ports (port 0 picks a free one; the chosen ports are logged), start answering at
 once (health says NOT_SERVING while models load), load the repository, then poll it. On SIGTERM or
@@ -18,16 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import resource
 import signal
-import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,19 +36,23 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from tlserve.service import logs
-from tlserve.service.auth import Tokens
+from tlserve.service.auth import auth_tokens
 from tlserve.service.core import InferenceCore
+from tlserve.service.decoding import Decoder
+from tlserve.service.images import configure_pillow
 from tlserve.service.metrics import Metrics
+from tlserve.service.registry import ModelRegistry
 from tlserve.service.settings import ServerSettings
+from tlserve.service.tls import ANY_ADDRESS, is_loopback, tls_context, tls_credentials, tls_summary
 from tlserve.service.transport import oip, rest, wirescan
 from tlserve.service.transport.auth import AuthInterceptor
 from tlserve.service.transport.budget import Reader, RequestBudget
+from tlserve.service.transport.calls import CallObserver
 from tlserve.service.transport.errors import ErrorInterceptor
 from tlserve.service.transport.health import HealthServicer
 from tlserve.service.transport.http import ProtocolLog, RestRunner
 from tlserve.service.transport.native import InferenceService
 from tlserve.service.transport.tfs import ModelService, PredictionService
-from tlserve.service.watcher import Repository
 from tlserve.service.wire import _pool
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
@@ -131,79 +133,6 @@ class Ports:
     health: int | None = None
 
 
-def auth_tokens(settings: ServerSettings) -> Tokens | None:
-    """The accepted bearer tokens, or None when authentication is off. ValueError when misconfigured."""
-    if not settings.auth_tokens and settings.auth_tokens_file is None:
-        return None
-    return Tokens([t.get_secret_value() for t in settings.auth_tokens], settings.auth_tokens_file)
-
-
-def _read_pem(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise ValueError(f"{what} {path} is not PEM (no -----BEGIN line)")
-    return data
-
-
-def tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    """gRPC server credentials from the TLS settings (None: plaintext). ValueError names a bad file."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    tls_context(settings)  # NOTE: validates the files with a clear message; gRPC's own is opaque
-    cert = _read_pem(settings.tls_cert_file, "tls_cert_file")
-    key = _read_pem(settings.tls_key_file, "tls_key_file")
-    ca = settings.tls_client_ca_file
-    client_ca = None if ca is None else _read_pem(ca, "tls_client_ca_file")
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
-def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
-    """The REST port's TLS context, same files and rules as gRPC's (None: plaintext)."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ValueError(f"cannot use tls_cert_file {settings.tls_cert_file} with tls_key_file "
-                         f"{settings.tls_key_file}: {reason}") from None  # fmt: skip
-    if settings.tls_client_ca_file is not None:
-        try:
-            context.load_verify_locations(settings.tls_client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cannot use tls_client_ca_file {settings.tls_client_ca_file}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None  # fmt: skip
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-ANY_ADDRESS = ("0.0.0.0", "::")
-"""Hosts that bind every interface."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the ports to this machine (a host name may resolve anywhere)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _tls_summary(settings: ServerSettings) -> str:
-    if settings.tls_cert_file is None:
-        return "plaintext (no TLS)"
-    return "mutual TLS (client certificates required)" if settings.tls_client_ca_file else "TLS"
-
-
 _PORT_FLAGS = {
     "gRPC": "--grpc-port", "health": "--health-port", "REST": "--http-port", "metrics": "--metrics-port",
 }  # fmt: skip
@@ -235,14 +164,15 @@ class Server:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = HealthServicer(settings.max_health_watches)
-        self._compute = ThreadPoolExecutor(4, thread_name_prefix="tlserve-compute")
+        configure_pillow(settings.max_image_pixels)
+        self._compute = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="tlserve-compute")
         self._decoder = ThreadPoolExecutor(
             settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="tlserve-decode"
         )
-        self.repository = Repository(
+        self.registry = ModelRegistry(
             settings, self._compute, metrics=self.metrics, on_change=self._model_changed
         )
-        self.core = InferenceCore(self.repository, settings, self._decoder)
+        self.core = InferenceCore(self.registry, settings, Decoder(self._decoder, settings))
         self.tokens = auth_tokens(settings)
         self.budget = RequestBudget(settings.max_inflight_request_bytes)
         reader = Reader(self.budget, settings.max_message_bytes, settings.body_timeout_s, per_peer=True)
@@ -254,7 +184,7 @@ class Server:
         side_budget = RequestBudget(settings.max_concurrent_calls * HEALTH_MESSAGE_BYTES)
         side = Reader(side_budget, HEALTH_MESSAGE_BYTES, side_timeout_s)
         fields = wirescan.max_fields(settings.max_batch_size)
-        errors = ErrorInterceptor(self.metrics, reader, side, fields, access_log=settings.access_log)
+        errors = ErrorInterceptor(CallObserver(self.metrics, settings.access_log), reader, side, fields)
         interceptors: list[aio.ServerInterceptor] = [errors]
         if self.tokens is not None:
             interceptors.append(AuthInterceptor(self.tokens))
@@ -268,7 +198,7 @@ class Server:
     def _model_changed(self, name: str, serving: bool) -> None:
         self.metrics.set_ready(name, serving)
         self._set_health(name, serving)
-        self._set_health("", self.repository.ready)
+        self._set_health("", self.registry.ready)
 
     def _set_health(self, service: str, serving: bool) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -339,7 +269,7 @@ class Server:
                  f"{host}:{http_port}" if http_port is not None else "off",
                  f"{host}:{metrics_port}" if metrics_port is not None else "off",
                  f"{host}:{health_port}" if health_port is not None else "off")  # fmt: skip
-        log.info("security: %s; %s", _tls_summary(self.settings),
+        log.info("security: %s; %s", tls_summary(self.settings),
                  f"bearer tokens required ({self.tokens.count} accepted; health exempt)"
                  if self.tokens is not None else "no authentication")  # fmt: skip
         if not self.settings.tls and self.tokens is None and not is_loopback(host):
@@ -347,8 +277,8 @@ class Server:
                         "ports can call them; turn on TLS (--tls-cert-file and --tls-key-file) or bearer "
                         "tokens (--auth-tokens-file), or bind --host 127.0.0.1 (docs/security.md)",
                         f"every interface ({host})" if host in ANY_ADDRESS else host)  # fmt: skip
-        await self.repository.poll()
-        ready = [n for n, m in sorted(self.repository.models.items()) if m.serving]
+        await self.registry.poll()
+        ready = [n for n, m in sorted(self.registry.models.items()) if m.serving]
         self._set_health("", bool(ready))
         log.info(
             "ready: serving %s", ", ".join(ready) if ready else "no model yet (waiting for the repository)"
@@ -357,7 +287,7 @@ class Server:
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Poll the repository until ``stop`` is set, then shut down gracefully."""
-        watcher = asyncio.get_running_loop().create_task(self.repository.watch(stop))
+        watcher = asyncio.get_running_loop().create_task(self.registry.watch(stop))
         await stop.wait()
         watcher.cancel()  # NOTE: before unloading, or a scan in progress could load versions again
         with contextlib.suppress(asyncio.CancelledError):
@@ -375,7 +305,7 @@ class Server:
         await asyncio.gather(*stopping)
         if self._health_grpc is not None:  # NOTE: last: probes see NOT_SERVING while the others drain
             await self._health_grpc.stop(0)
-        await self.repository.close()
+        await self.registry.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._compute.shutdown(wait=False)

@@ -1,0 +1,40 @@
+"""The interface every inference backend implements (see the package's docstring)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from tlserve.repository import Manifest
+from tlserve.service.settings import ModelSettings, ServerSettings
+
+
+class Backend(ABC):
+    name: str
+    """"onnxruntime" or "tensorflow"."""
+    providers: list[str]
+    """The devices/providers the runtime really uses, best first (after load)."""
+    artifact: str
+    """The main file served, relative to the version dir (after load)."""
+
+    def __init__(self, version_dir: Path, manifest: Manifest, settings: ServerSettings, model: ModelSettings):
+        self.version_dir = version_dir
+        self.manifest = manifest
+        self.settings = settings
+        self.model = model
+        self.providers = []
+        self.artifact = ""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the artifact; raise with a message that says what went wrong."""
+
+    @abstractmethod
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [N, H, W, 3] pixels 0..255 -> float32 [N, classes] probabilities."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Release the runtime's memory; called once, after the last predict."""

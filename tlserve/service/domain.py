@@ -1,0 +1,143 @@
+"""What the serving core answers, as plain types: every API's transport converts these to its wire.
+
+No gRPC, HTTP or registry types here, so that a transport needs nothing but this module and the core.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlserve import repository as repo
+
+
+class State(enum.Enum):
+    """Where one version of a model is in its life on this server."""
+
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    UNLOADED = "UNLOADED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a request asks for; ``version`` and ``label`` are optional (newest by default)."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer of one version to one request, with the labels of its classes."""
+
+    name: str
+    version: int
+    probabilities: np.ndarray
+    """float32 [N, classes]."""
+    labels: Sequence[str]
+
+    def top(self, k: int | None = None) -> list[list[LabelScore]]:
+        """Per image, the ``k`` best labels (all when None, at most the class count), best first."""
+        count = len(self.labels) if k is None else min(k, len(self.labels))
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :count]
+        return [
+            [LabelScore(self.labels[i], int(i), float(row[i])) for i in idx]
+            for row, idx in zip(self.probabilities, order, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class Classification:
+    name: str
+    version: int
+    top: list[list[LabelScore]]
+    """One list per image, best first."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An input or output of every served model, in the Open Inference Protocol's terms."""
+
+    name: str
+    datatype: str
+    """"FP32" or "BYTES"."""
+    shape: tuple[int, ...]
+    """-1 for a dimension of any size."""
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version this server has seen, in any state; the details are empty until it has loaded."""
+
+    version: int
+    state: State
+    error: str = ""
+    """Why it failed to load (FAILED only); never an absolute server path."""
+    labels: tuple[str, ...] = ()
+    image_size: tuple[int, int] = (0, 0)
+    base: str = ""
+    """The base network it was trained from."""
+    backend: str = ""
+    providers: tuple[str, ...] = ()
+    artifact: str = ""
+    exported_as: str = ""
+    """The model/version its manifest says it was exported as (differs for a copied folder)."""
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.AVAILABLE
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    versions: tuple[VersionStatus, ...]
+    """By version number."""
+    serving: tuple[int, ...]
+    """The versions that answer requests, ascending."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A serving version's interface: both inputs (pixels, or encoded images) and the output."""
+
+    name: str
+    version: int
+    serving: tuple[int, ...]
+    """Every version of the model that answers requests, ascending."""
+    backend: str
+    labels: tuple[str, ...]
+    image_size: tuple[int, int]
+
+    @property
+    def inputs(self) -> tuple[Tensor, Tensor]:
+        height, width = self.image_size
+        return (
+            Tensor(repo.INPUT_NAME, "FP32", (-1, height, width, 3)),
+            Tensor(repo.IMAGES_INPUT_NAME, "BYTES", (-1,)),
+        )
+
+    @property
+    def outputs(self) -> tuple[Tensor]:
+        return (Tensor(repo.OUTPUT_NAME, "FP32", (-1, len(self.labels))),)
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
