@@ -307,3 +307,28 @@ def test_a_released_backend_failure_leaves_the_batcher_working() -> None:
         return result
 
     np.testing.assert_array_equal(asyncio.run(main())[:, 0], [2])
+
+
+def test_close_waits_for_a_backend_call_whose_requests_all_gave_up() -> None:
+    """A retiring version is unloaded right after close(): the backend call still running for a
+    batch whose callers all left (deadline, cancel) must end first."""
+    recorder = Recorder(delay_s=0.3)
+    finished: list[float] = []
+    real = recorder.__call__
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        out = real(pixels)
+        finished.append(time.monotonic())
+        return out
+
+    async def main() -> float:
+        batcher = Batcher(predict, ThreadPoolExecutor(1), enabled=True, max_batch_size=8,
+                          max_batch_delay_s=0, max_queue_size=100)  # fmt: skip
+        call = asyncio.ensure_future(batcher.submit(rows(1)))
+        await asyncio.sleep(0.05)  # the backend is computing
+        call.cancel()
+        await batcher.close()
+        return time.monotonic()
+
+    closed = asyncio.run(main())
+    assert finished and finished[0] <= closed

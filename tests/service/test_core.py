@@ -31,7 +31,7 @@ def run(repository: Path, check: Callable[[InferenceCore], Awaitable[None]], **s
     async def main() -> None:
         options = ServerSettings(repository=repository, max_batch_size=4, **settings)  # type: ignore[arg-type]
         registry = ModelRegistry(options, ThreadPoolExecutor(1))
-        core = InferenceCore(registry, options, Decoder(ThreadPoolExecutor(1), options))
+        core = InferenceCore(registry, options, Decoder(options))
         assert not core.ready()  # nothing scanned yet
         await registry.poll()
         try:
@@ -168,3 +168,23 @@ def test_predictions_carry_their_labels_and_classify_ranks_them(repository: Path
             await core.infer(ModelRef("colors"), [images[0], b"junk"])
 
     run(repository, check, models=LABELLED)
+
+
+def test_a_model_folder_with_no_version_and_an_unloaded_version(tiny_repo: Path) -> None:
+    (tiny_repo / "empty").mkdir()
+
+    async def check(core: InferenceCore) -> None:
+        with pytest.raises(NotFound, match="'empty' has no versions"):  # as TF Serving answers
+            core.status(ModelRef("empty"))
+        assert not core.ready(ModelRef("empty"))
+        copy_version(tiny_repo, "colors", 1, 2)
+        await core.registry.poll()  # version 2 replaces version 1, which is drained and unloaded
+        for _ in range(100):
+            old = core.status(ModelRef("colors", version=1)).versions[0]
+            if old.state is State.UNLOADED:
+                break
+            await asyncio.sleep(0.01)
+        assert old.state is State.UNLOADED and old.labels == tuple(LABELS)  # still says what it was
+        assert old.image_size == (SIZE, SIZE) and old.backend == ""  # no runtime any more
+
+    run(tiny_repo, check)

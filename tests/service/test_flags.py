@@ -26,7 +26,7 @@ def test_every_setting_has_a_flag_with_its_docstring(parser: argparse.ArgumentPa
     for setting, action in actions.items():
         assert action.option_strings == [flag_name(setting, fields[setting])]
         docstring = " ".join((fields[setting].description or "").split()).replace("``", "`")
-        assert action.help is not None and " (default: " in action.help
+        assert action.help is not None and "default" in action.help  # the docstring's own, or added
         said = action.help.rsplit(" (default: ", 1)[0].replace("%%", "%")
         assert len(said) > 10 and docstring.startswith(said), (setting, said, docstring)
 
@@ -46,6 +46,16 @@ def test_flags_set_their_settings(parser: argparse.ArgumentParser, tmp_path: Pat
     assert (settings.providers, settings.log_format) == (["CPUExecutionProvider"], "json")
     assert (settings.allowed_image_formats, settings.max_connection_age_s) == (["JPEG", "PNG"], 2.5)
     assert vars(parser.parse_args([])) == {}  # flags left out keep the environment's, the file's, the default
+
+
+def test_off_turns_a_port_off(parser: argparse.ArgumentParser, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = vars(parser.parse_args(["--http-port", "off", "--keepalive-time-s", "OFF"]))
+    assert args == {"http_port": None, "keepalive_time_s": None}
+    assert load_settings(None, **args).http_port is None
+    monkeypatch.setenv("TLSERVE_METRICS_PORT", "off")
+    assert load_settings(None).metrics_port is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--http-port", "closed"])
 
 
 def test_help_is_the_first_sentence() -> None:

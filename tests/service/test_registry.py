@@ -234,7 +234,7 @@ def test_model_status_by_label_reports_a_failed_version(tiny_repo: Path) -> None
     async def main() -> None:
         watcher, _ = repository(tiny_repo, models={"colors": {"version_labels": {"canary": 2}}})
         await watcher.poll()
-        decoder = Decoder(ThreadPoolExecutor(1), watcher.settings)
+        decoder = Decoder(watcher.settings)
         service = ModelService(InferenceCore(watcher, watcher.settings, decoder))
         request = serving_pb2.GetModelStatusRequest()
         request.model_spec.name = "colors"

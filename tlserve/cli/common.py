@@ -16,8 +16,9 @@ EXIT_CODES = f"""exit codes:
   0    done
   {EXIT_FAILED}    failed; the message says why (a command's --help may say more)
   {EXIT_USAGE}    bad input: an argument, a path, a dataset; refused before any work
-  {EXIT_EXPORT_FAILED}    tlserve export failed: an artifact disagrees with the Keras model, or a
-       converter failed; nothing was published
+  {EXIT_EXPORT_FAILED}    an export failed (tlserve export, or the demo's): an artifact disagrees
+       with the Keras model, a converter failed, or no version number was free;
+       nothing was published
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM)"""
 
 

@@ -26,7 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model name in the server's repository")
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address")
     p.add_argument("--api", choices=["native", "tfs"], default="native",
-                   help="native: tlserve.v1 Classify; tfs: TF Serving Predict (predict_images)")  # fmt: skip
+                   help="native: tlserve.v1 Classify; tfs: TF Serving Classify")  # fmt: skip
     p.add_argument("--version", type=int, default=0, help="model version; 0 = the newest serving")
     p.add_argument("--top-k", type=int, default=3, help="labels to print per image")
     p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of the call")

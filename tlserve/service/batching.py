@@ -81,6 +81,8 @@ class Batcher:
         """True from taking a batch's first request until its results are handed out."""
         self._computing: list[asyncio.Future[np.ndarray]] = []
         """The futures of the batch being collected or computed."""
+        self._call: asyncio.Future[np.ndarray] | None = None
+        """The backend call running now (it may outlive every request of its batch)."""
         self._pending = 0
         """Requests waiting for the worker (abandoned ones stop counting at once)."""
         self._pending_rows = 0
@@ -205,7 +207,8 @@ class Batcher:
                     for request in batch:
                         self._observer.waited(now - request.submitted)
                 started = time.perf_counter()
-                result = await loop.run_in_executor(self._executor, self._predict, pixels)
+                self._call = loop.run_in_executor(self._executor, self._predict, pixels)
+                result = await self._call
                 took = time.perf_counter() - started
                 self._batch.add(took)
                 if self._observer is not None:
@@ -223,6 +226,7 @@ class Batcher:
             finally:
                 self._busy = False
                 self._computing = []
+                self._call = None
 
     async def close(self) -> None:
         """Refuse new requests, let queued ones finish, stop the worker."""
@@ -230,6 +234,8 @@ class Batcher:
         waiting = [*self._computing, *(r.future for r in self._queue)]
         if waiting:  # NOTE: no new ones join (closed); each is answered, failed or abandoned
             await asyncio.wait(waiting)
+        if self._call is not None:  # NOTE: its requests may all have given up; the backend has not
+            await asyncio.wait([self._call])
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,7 +27,7 @@ from tlserve.service.domain import (
 )
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument, NotFound
 from tlserve.service.metrics import current_model
-from tlserve.service.registry import LoadedVersion, Model, ModelRegistry, VersionRecord
+from tlserve.service.registry import LoadedVersion, Model, ModelRegistry, VersionRecord, labelled
 from tlserve.service.settings import ServerSettings
 
 DEFAULT_TOP_K = 5
@@ -108,9 +108,11 @@ class InferenceCore:
         """A model's versions in any state: all of them, or the one ``ref`` names by number or label."""
         model = self._model(ref)
         status = model_status(model)
+        if not status.versions:  # NOTE: as TF Serving answers for a model folder with no version
+            raise NotFound(f"model {ref.name!r} has no versions (none on disk in its folder)")
         if ref.version is None and ref.label is None:
             return status
-        number = self._labelled(model, ref.label) if ref.label else ref.version
+        number = labelled(model, ref.label) if ref.label else ref.version
         versions = tuple(v for v in status.versions if v.version == number)
         if not versions:
             known = ", ".join(str(v.version) for v in status.versions) or "none"
@@ -148,13 +150,6 @@ class InferenceCore:
         self._label(ref)
         return self.registry.model(ref.name)
 
-    def _labelled(self, model: Model, label: str) -> int:
-        number = model.settings.version_labels.get(label)
-        if number is None:
-            known = ", ".join(sorted(model.settings.version_labels)) or "none configured"
-            raise NotFound(f"model {model.name!r} has no version label {label!r} (labels: {known})")
-        return number
-
     def _resolve(self, ref: ModelRef) -> LoadedVersion:
         self._label(ref)
         served = self.registry.resolve(ref.name, ref.version, ref.label)
@@ -175,14 +170,16 @@ def model_status(model: Model) -> ModelStatus:
 
 def version_status(record: VersionRecord) -> VersionStatus:
     status = VersionStatus(record.version, record.state, record.error)
-    if record.loaded is None:
-        return status
-    manifest, backend = record.loaded.manifest, record.loaded.backend
-    return replace(
-        status, labels=tuple(manifest.labels), image_size=manifest.image_size,
-        base=str(manifest.base.get("name") or "a network trained before"), exported_as=manifest.exported_as,
-        backend=backend.name, providers=tuple(backend.providers), artifact=backend.artifact,
-    )  # fmt: skip
+    if record.manifest is not None:
+        manifest = record.manifest
+        base = str(manifest.base.get("name") or "a network trained before")
+        status = replace(status, labels=tuple(manifest.labels), image_size=manifest.image_size, base=base,
+                         exported_as=manifest.exported_as)  # fmt: skip
+    if record.loaded is not None:
+        backend = record.loaded.backend
+        status = replace(status, backend=backend.name, providers=tuple(backend.providers),
+                         artifact=backend.artifact)  # fmt: skip
+    return status
 
 
 def check_batch_size(size: int, maximum: int) -> None:

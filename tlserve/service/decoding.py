@@ -13,22 +13,24 @@ import asyncio
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tlserve.service.errors import ResourceExhausted
-from tlserve.service.images import decode_batch
+from tlserve.service.images import configure_pillow, decode_batch
 from tlserve.service.settings import ServerSettings
 from tlserve.service.waits import RecentTime, too_late
 
 
 class Decoder:
-    def __init__(self, executor: Executor, settings: ServerSettings) -> None:
-        """``executor`` has ``settings.decode_threads`` threads (0: one per CPU)."""
-        self._executor = executor
+    def __init__(self, settings: ServerSettings) -> None:
+        """Its ``decode_threads`` threads (0: one per CPU) start on first use; Pillow's own bomb check
+        is set to the server's limit (``configure_pillow``: process-wide, so once, here)."""
         self.settings = settings
         self.threads = settings.decode_threads or os.cpu_count() or 1
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="tlserve-decode")
+        configure_pillow(settings.max_image_pixels)
         self.pending = 0
         """Requests whose images are being decoded or wait for a decode thread."""
         self.recent = RecentTime()
@@ -69,6 +71,10 @@ class Decoder:
 
     def _done(self) -> None:
         self.pending -= 1
+
+    def close(self) -> None:
+        """Stop the threads once their decodes are done (callers that gave up leave them running)."""
+        self._executor.shutdown(wait=False)
 
     def wait_s(self) -> float:
         """Lower-bound wait for a decode thread plus the decode itself, in seconds; 0 while a thread

@@ -44,6 +44,18 @@ def _base(annotation: Any) -> Any:
     return annotation
 
 
+def _or_off(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        if text.strip().lower() == "off":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or 'off'; got {text!r}") from None
+
+    return parse
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -58,11 +70,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         base = _base(field.annotation)
         if base is bool:
             action, shown = ("store_false", "on") if field.default is True else ("store_true", "off")
+            said = "" if "default" in text else f" (default: {shown})"
             parser.add_argument(flag_name(setting, field), dest=setting, action=action,
-                                default=argparse.SUPPRESS, help=f"{text} (default: {shown})")  # fmt: skip
+                                default=argparse.SUPPRESS, help=text + said)  # fmt: skip
             continue
         default = field.get_default(call_default_factory=True)
-        shown = ",".join(default) if isinstance(default, list) else ("unset" if default is None else default)
+        unset = "off" if base in (int, float) else "unset"
+        shown = ",".join(default) if isinstance(default, list) else (unset if default is None else default)
         metavar = "REPO" if setting == "repository" else setting.split("_")[-1].upper()
         options: dict[str, Any] = {"dest": setting, "default": argparse.SUPPRESS, "metavar": metavar}
         if typing.get_origin(base) is Literal:
@@ -70,8 +84,11 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             options["metavar"] = "{" + ",".join(typing.get_args(base)) + "}"
         elif typing.get_origin(base) is list:
             options.update(type=_comma_list, metavar="A,B,...")
+        elif base in (int, float) and field.annotation is not base:
+            options["type"] = _or_off(base)  # NOTE: an optional number: "off" is None
         elif base in (int, float, str, Path):
             options["type"] = base
         else:  # NOTE: a new kind of setting must be given a flag type here, or be listed in NOT_FLAGS
             raise TypeError(f"setting {setting}: no flag type for {field.annotation}")
-        parser.add_argument(flag_name(setting, field), help=f"{text} (default: {shown})", **options)
+        said = "" if "default" in text else f" (default: {shown})"  # NOTE: some docstrings say it
+        parser.add_argument(flag_name(setting, field), help=text + said, **options)

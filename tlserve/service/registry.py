@@ -70,6 +70,8 @@ class VersionRecord:
     """(files, bytes, newest mtime in ns) of the version dir when it was loaded or failed."""
     state: State = State.LOADING
     error: str = ""
+    manifest: repo.Manifest | None = None
+    """Once it has loaded (kept after it is unloaded: what it was)."""
     loaded: LoadedVersion | None = None
     """While AVAILABLE and UNLOADING."""
 
@@ -86,6 +88,15 @@ class Model:
     """Every version this server has seen, in any state."""
     serving: dict[int, LoadedVersion] = field(default_factory=dict)
     """The versions that answer requests; replaced as a whole, never mutated."""
+
+
+def labelled(model: Model, label: str) -> int:
+    """The version number a label of the model's settings names; NotFound for an unknown label."""
+    number = model.settings.version_labels.get(label)
+    if number is None:
+        known = ", ".join(sorted(model.settings.version_labels)) or "none configured"
+        raise NotFound(f"model {model.name!r} has no version label {label!r} (labels: {known})")
+    return number
 
 
 def _stamp(version_dir: Path) -> tuple[int, int, int]:
@@ -155,10 +166,7 @@ class ModelRegistry:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
         model = self.model(name)
         if label:
-            if label not in model.settings.version_labels:
-                known = ", ".join(sorted(model.settings.version_labels)) or "none configured"
-                raise NotFound(f"model {name!r} has no version label {label!r} (labels: {known})")
-            version = model.settings.version_labels[label]
+            version = labelled(model, label)
         serving = model.serving
         if version is None:
             if not serving:
@@ -285,6 +293,7 @@ class ModelRegistry:
             max_queue_size=self.settings.max_queue_size, observer=metrics,
         )  # fmt: skip
         metrics.serving(self.settings.max_queue_size)
+        record.manifest = manifest
         record.loaded = LoadedVersion(model.name, number, manifest, backend, batcher, metrics)
         record.state = State.AVAILABLE
         copied = manifest.exported_as != f"{model.name}/{number}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import resource
 import signal
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from tlserve.service import logs
 from tlserve.service.auth import auth_tokens
 from tlserve.service.core import InferenceCore
 from tlserve.service.decoding import Decoder
-from tlserve.service.images import configure_pillow
 from tlserve.service.metrics import Metrics
 from tlserve.service.registry import ModelRegistry
 from tlserve.service.settings import ServerSettings
@@ -164,15 +162,12 @@ class Server:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = HealthServicer(settings.max_health_watches)
-        configure_pillow(settings.max_image_pixels)
         self._compute = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="tlserve-compute")
-        self._decoder = ThreadPoolExecutor(
-            settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="tlserve-decode"
-        )
+        self._decoder = Decoder(settings)
         self.registry = ModelRegistry(
             settings, self._compute, metrics=self.metrics, on_change=self._model_changed
         )
-        self.core = InferenceCore(self.registry, settings, Decoder(self._decoder, settings))
+        self.core = InferenceCore(self.registry, settings, self._decoder)
         self.tokens = auth_tokens(settings)
         self.budget = RequestBudget(settings.max_inflight_request_bytes)
         reader = Reader(self.budget, settings.max_message_bytes, settings.body_timeout_s, per_peer=True)
@@ -309,7 +304,7 @@ class Server:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._compute.shutdown(wait=False)
-        self._decoder.shutdown(wait=False)
+        self._decoder.close()
         log.info("stopped")
 
 

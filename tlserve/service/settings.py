@@ -82,9 +82,9 @@ class ServerSettings(BaseSettings):
     free port."""
     http_port: int | None = Field(8501, ge=0, le=65535)
     """REST port (TF Serving's REST API and the Open Inference Protocol's HTTP API); 0 picks a free
-    port; unset (null) disables it."""
+    port; off disables it."""
     metrics_port: int | None = Field(8502, ge=0, le=65535)
-    """Prometheus /metrics port; 0 picks a free port; unset (null) disables it."""
+    """Prometheus /metrics port; 0 picks a free port; off disables it."""
 
     backend: Backend = "onnxruntime"
     """Default runtime. TensorFlow is imported only if a model uses the "tensorflow" backend."""
@@ -236,7 +236,13 @@ class ServerSettings(BaseSettings):
     log_format: Literal["plain", "json"] = "plain"
     """plain: one human-readable line per event; json: one JSON object per line."""
     access_log: bool = False
-    """One INFO line per call (method, model, version, status, duration); off by default."""
+    """One INFO line per call (method, model, version, status, duration)."""
+
+    @field_validator("http_port", "metrics_port", "health_port", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        """``off`` (a flag, TLSERVE_HTTP_PORT=off, a TOML file, which has no null) is no port."""
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value
 
     @field_validator("version_policy")
     @classmethod

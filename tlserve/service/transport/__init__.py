@@ -1,1 +1,3 @@
-"""gRPC transports: thin servicers converting protos to core calls and back, one error map, the server."""
+"""The transports: per API, a codec and thin servicers converting its messages (gRPC protos, REST
+JSON) to core calls and back; what every call shares (``calls``); request budgets and parsing limits.
+Nothing here knows the registry: every answer comes from ``tlserve.service.core``."""

@@ -29,6 +29,7 @@ from tlserve.service.errors import Code, InvalidArgument, release
 from tlserve.service.transport import wirescan
 from tlserve.service.transport.budget import Hold, Reader
 from tlserve.service.transport.calls import STATUS, CallObserver
+from tlserve.service.transport.offloop import off_loop
 
 REQUEST_ID = "x-request-id"
 _UNTIMED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -129,10 +130,7 @@ def _unary(handler: grpc.RpcMethodHandler, reader: Reader, max_fields: int) -> B
         if descriptor is not None and len(data) >= wirescan.SCAN_FROM_BYTES:
             # NOTE: in a thread: a walk that ends at the budget of a 56 MB message of tiny fields
             # takes seconds of Python (the loop still gets the GIL every switch interval)
-            loop = asyncio.get_running_loop()
-            request = await loop.run_in_executor(
-                None, _scan_and_parse, deserialize, descriptor, data, max_fields
-            )
+            request = await off_loop(True, _scan_and_parse, deserialize, descriptor, data, max_fields)
         else:
             request = _parse(deserialize, data)
         del data  # NOTE: the raw bytes need not stay alive while the request is served

@@ -32,6 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tlserve.service.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tlserve.service.settings import ServerSettings
 from tlserve.service.transport.budget import Hold
+from tlserve.service.transport.offloop import off_loop
 
 T = TypeVar("T")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -183,14 +184,6 @@ async def parse_json(data: bytes, max_values: int, share: Hold) -> dict[str, Any
         raise ResourceExhausted(f"no room to parse {values} JSON values now (setting "
                                 "max_inflight_request_bytes); retry later")  # fmt: skip
     return await off_loop(len(data) >= LARGE_BODY_BYTES, _parse_json, data)
-
-
-async def off_loop(large: bool, function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)``: inline when it is cheap, else in a thread, so that the event loop runs on
-    (for code that lets go of the GIL now and then: Python loops, callbacks)."""
-    if not large:
-        return function(*args)
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 def _int(text: str) -> int:  # NOTE: Python-level on purpose (see parse_json)

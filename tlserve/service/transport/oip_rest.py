@@ -32,10 +32,10 @@ from tlserve.service.transport.http import (
     continue_later,
     json_numbers,
     max_json_values,
-    off_loop,
     parse_json,
     read_body,
 )
+from tlserve.service.transport.offloop import off_loop
 from tlserve.service.transport.oip import infer, model_metadata
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 

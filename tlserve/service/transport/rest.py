@@ -39,10 +39,10 @@ from tlserve.service.transport.http import (
     continue_later,
     json_numbers,
     max_json_values,
-    off_loop,
     parse_json,
     read_body,
 )
+from tlserve.service.transport.offloop import off_loop
 from tlserve.service.transport.oip_rest import OipRest
 from tlserve.service.transport.tfs import SIGNATURE_INPUTS, model_status, signature_defs
 
