@@ -27,7 +27,7 @@ from tlserve.service.launch import ServerProcess
 ROOT = Path(__file__).resolve().parents[1]
 LOADS = [  # (label, tlserve bench arguments)
     ("TF Serving Predict, tensor", ["--api", "tfs", "--input", "tensor"]),
-    ("OIP ModelInfer, tensor", ["--api", "v2", "--input", "tensor"]),
+    ("OIP ModelInfer, tensor", ["--api", "v2", "--input", "tensor"]),  # NOTE: load[1] is the API
     ("native Classify, JPEG", ["--api", "native", "--input", "jpeg"]),
 ]
 
@@ -40,7 +40,7 @@ def export_model(workdir: Path, size: int) -> Path:
     from tlserve.training.synthetic import make_run_dir
 
     repository = workdir / "models"
-    run_dir, _ = make_run_dir(get_base("MobileNetV2"), size, workdir / "runs")
+    run_dir, _ = make_run_dir(get_base("mobilenet_v2"), size, workdir / "runs")
     export(ExportOptions(run_dir=run_dir, repository=repository, name="m", formats=("onnx",)))
     return repository
 
@@ -68,6 +68,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--before", required=True, help="git commit (or any ref) of the old server")
+    parser.add_argument("--after", help="git commit of the new server (default: the working tree)")
+    parser.add_argument("--loads", default="tfs,v2,native", help="which of tfs, v2, native to run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=4)
@@ -75,17 +77,18 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tlserve-ab-") as tmp:
         workdir = Path(tmp)
-        old_tree = workdir / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.before],
-                       check=True, capture_output=True)  # fmt: skip
+        trees = {"old": workdir / "before", "new": workdir / "after" if args.after else ROOT}
+        for name, ref in (("old", args.before), ("new", args.after)):
+            if ref:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees[name]), ref],
+                               check=True, capture_output=True)  # fmt: skip
         try:
             repository = export_model(workdir, args.size)
             # NOTE: the servers' import path: the current directory comes first (python -m), then
             # PYTHONPATH, then the editable install of the working tree
             os.chdir(workdir)
             servers = {
-                "new": ServerProcess(repository, env={"PYTHONPATH": str(ROOT)}),
-                "old": ServerProcess(repository, env={"PYTHONPATH": str(old_tree)}),
+                name: ServerProcess(repository, env={"PYTHONPATH": str(tree)}) for name, tree in trees.items()
             }
             try:
                 for name, server in servers.items():
@@ -96,18 +99,21 @@ def main() -> None:
                 for server in servers.values():
                     server.stop()
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=False
-            )
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(
+                        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+                    )
 
 
 def run(servers: dict[str, ServerProcess], args: argparse.Namespace, workdir: Path) -> None:
-    print(f"old = {args.before}, new = the working tree; MobileNetV2 {args.size} px ONNX, closed "
-          f"loop {args.concurrency} clients, {args.seconds:g} s per run, {args.rounds} rounds, "
-          "order alternating")  # fmt: skip
+    print(f"old = {args.before}, new = {args.after or 'the working tree'}; MobileNetV2 {args.size} px "
+          f"ONNX, closed loop {args.concurrency} clients, {args.seconds:g} s per run, {args.rounds} "
+          "rounds, order alternating")  # fmt: skip
     print(f"{'load':<28} {'round':>5} {'old req/s':>10} {'new req/s':>10} {'old p50':>8} {'new p50':>8}")
     ratios: dict[str, list[float]] = {}
-    for label, load in LOADS:
+    wanted = args.loads.split(",")
+    for label, load in [(label, load) for label, load in LOADS if load[1] in wanted]:
         for round_ in range(args.rounds):
             order = ["old", "new"] if round_ % 2 == 0 else ["new", "old"]
             got = {
