@@ -34,6 +34,9 @@ EXPECTED = {
     "sigterm-under-load",
     "hot-swap-under-load",
     "bombs",
+    "hardening-freeze-examples",
+    "hardening-rejected-memory",
+    "hardening-slow-bodies-no-token",
 }
 
 
@@ -206,7 +209,54 @@ def render(data: dict[str, dict[str, Any]], passed: bool) -> str:
         out += ["", "Bombs are refused from their headers before any pixel is decoded; images within the limits "
                 "are decoded at most one per decode thread at a time, so memory follows the thread count, not "
                 "the number of requests."]  # fmt: skip
-    return "\n".join(out) + "\n"
+    return "\n".join(out + hardening(data)) + "\n"
+
+
+def _rise(record: dict[str, Any]) -> str:
+    if "rss_before_mb" not in record:
+        return f"peak {record['rss_peak_mb']}"
+    return f"{record['rss_before_mb']} → {record['rss_peak_mb']} (+{record['rss_peak_mb'] - record['rss_before_mb']:.0f})"
+
+
+def hardening(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Single hostile requests and connections (tests/reliability/test_hardening.py, issue 22)."""
+    freezes = [d for name, d in sorted(data.items()) if name.startswith("hardening-freeze-")]
+    out = ["", "## Hardening: single hostile requests and connections", ""]
+    if freezes:
+        out += ["One request each, sent while a health probe over the other protocol (gRPC for REST cases, "
+                "REST for gRPC ones) keeps asking: the worst probe shows whether the event loop stalled "
+                "(before the hardening: 6-17 s; the test's bound is 2 s), and what the request added to the server's "
+                "memory (the test's budget: +300 MB).", "",
+                "| Request | Bytes | Expected | Got | Seconds | Probes meanwhile | Worst probe (ms) | RSS before → peak (MB) |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += [f"| {d['case']} | {d['bytes']:,} | {d['expected']} | {d['got']} | {d['seconds']} | "
+                f"{d['probes_during']} | {d['worst_probe_ms']} | {_rise(d)} |" for d in freezes]  # fmt: skip
+    slow = [(label, data.get(name)) for label, name in (("without a token", "hardening-slow-bodies-no-token"),
+                                                         ("with a token", "hardening-slow-bodies-token"))]  # fmt: skip
+    rows = [(label, d) for label, d in slow if d]
+    if rows:
+        out += ["", "Calls that declare large messages and never finish them (raw HTTP/2):", "",
+                "| Calls | Streams | Declared | Sent | Outcome | RSS idle → peak (MB) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for label, d in rows:
+            outcome = (f"{d['refused']} refused before their bodies, {d['answered']} answered" if "refused" in d
+                       else f"{d['answered_after_body_timeout']} answered after the body timeout, within a "
+                       f"{d['budget_mb']} MB budget")  # fmt: skip
+            rss = d["rss_mb"]
+            out.append(f"| {label} | {d['streams']} | {d['declared_mb']} MB each | {d['sent_mb']} MB | {outcome} | "
+                       f"{rss['idle']} → {rss['peak']} (+{rss['rise']}) |")  # fmt: skip
+    memory = data.get("hardening-rejected-memory")
+    if memory:
+        out += ["", f"Rejected {memory['request_mb']} MB requests, 8 of each kind in a row (RSS after each, idle "
+                f"{memory['idle_mb']} MB): nothing of a rejected request stays alive.", ""]  # fmt: skip
+        out += [
+            f"- {kind}: " + ", ".join(f"{v:.0f}" for v in series) + " MB"
+            for kind, series in memory["rss_mb_after_each"].items()
+        ]
+    watches = data.get("hardening-health-watches")
+    if watches:
+        out += ["", f"Health Watch streams: {watches['opened']} opened against a limit of {watches['limit']}: "
+                f"{watches['serving']} served, the rest {watches['outcomes'][0]}."]  # fmt: skip
+    return out
 
 
 def main() -> int:
