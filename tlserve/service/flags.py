@@ -51,7 +51,8 @@ def _or_off(kind: type) -> Any:
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or 'off'; got {text!r}") from None
+            expected = f"{'an' if kind is int else 'a'} {kind.__name__} or 'off'"
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
 
     return parse
 
