@@ -276,15 +276,6 @@ def test_the_wait_estimate_packs_batches_as_the_worker_does() -> None:
     assert "expired" not in outcomes and "refused" in outcomes and "ok" in outcomes, outcomes
 
 
-def test_decode_wait_is_zero_while_a_decode_thread_is_free() -> None:
-    from tlserve.service.decoding import decode_wait
-
-    assert decode_wait(0, 2, 0.45) == 0.0 and decode_wait(1, 2, 0.45) == 0.0  # slow history, idle now
-    assert decode_wait(2, 2, 0.1) == pytest.approx(0.2)  # both busy: one to finish, then its own
-    assert decode_wait(5, 2, 0.1) == pytest.approx(0.3)
-    assert decode_wait(9, 2, None) == 0.0  # nothing measured yet
-
-
 def test_a_released_backend_failure_leaves_the_batcher_working() -> None:
     """The transports ``release`` a failure; doing so once killed the batcher's own loop (a frame
     of its suspended coroutine is on the failure's traceback): the next submit hung forever."""
