@@ -46,7 +46,7 @@ from performance_report import write_report
 from PIL import Image
 
 from tlserve import repository as repo
-from tlserve.service.bench import messages
+from tlserve.service import messages
 from tlserve.service.bench.echo import echo_floor_ms
 from tlserve.service.bench.inprocess import batch_sweep
 from tlserve.service.bench.load import p50_ms

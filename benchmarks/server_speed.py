@@ -33,7 +33,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from tlserve import repository as repo
-from tlserve.service.bench import messages
+from tlserve.service import messages
 from tlserve.service.bench.calls import Payload, build_request, grpc_call, open_channel, probe
 from tlserve.service.bench.echo import echo_floor_ms
 from tlserve.service.bench.inprocess import batch_sweep

@@ -30,9 +30,9 @@ from tests.service.certs import Certs, make_certs
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import SIZE, publish
 from tlserve import repository as repo
-from tlserve.service.bench import messages
-from tlserve.service.bench.messages import CLASSIFY, MODEL_INFER, PREDICT
+from tlserve.service import messages
 from tlserve.service.client import Client, Tls, channel
+from tlserve.service.messages import CLASSIFY, MODEL_INFER, PREDICT
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc

@@ -28,7 +28,7 @@ from tests.reliability.load import png
 from tests.service.conftest import ServerProcess
 from tests.service.h2raw import slow_bodies
 from tests.service.tiny import publish
-from tlserve.service.bench import messages
+from tlserve.service import messages
 from tlserve.service.bench.calls import open_channel
 from tlserve.service.client import channel
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb2

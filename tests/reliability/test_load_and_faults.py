@@ -21,7 +21,7 @@ from tests.reliability.load import closed_loop, open_loop
 from tests.service.bombs import png_bomb
 from tests.service.conftest import ServerProcess
 from tests.service.tiny import copy_version, publish
-from tlserve.service.bench import messages
+from tlserve.service import messages
 from tlserve.service.bench.calls import open_channel
 from tlserve.service.bench.stats import Records, by_code, count_codes
 

@@ -21,8 +21,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tlserve import repository as repo
+from tlserve.service import messages
 from tlserve.service.wire.tfs import serving_pb2, serving_pb2_grpc
-from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
 from tlserve.service.wire.tlserve.v1 import inference_pb2 as pb
 from tlserve.service.wire.tlserve.v1 import inference_pb2_grpc
 
@@ -187,7 +187,7 @@ class Client:
         self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0
     ) -> ClassifyResult:
         """Native API: top-k labels per encoded image."""
-        request = pb.ClassifyRequest(model=model, version=version, images=list(images), top_k=top_k)
+        request = messages.classify_request(model, list(images), version, top_k)
         response = self._native.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
         predictions = [[Label(x.label, x.index, x.score) for x in p.labels] for p in response.predictions]
         return ClassifyResult(response.model, response.version, predictions)
@@ -235,13 +235,7 @@ class Client:
     def classify_examples(self, model: str, images: Sequence[bytes], version: int = 0) -> ClassifyResult:
         """TF Serving API, Classify: every class of each encoded image (sent as a tf.Example's
         ``image/encoded`` feature) with its score, best first."""
-        request = serving_pb2.ClassificationRequest()
-        request.model_spec.name = model
-        if version:
-            request.model_spec.version.value = version
-        for image in images:
-            example = request.input.example_list.examples.add()
-            example.features.feature[repo.IMAGE_FEATURE].bytes_list.value.append(image)
+        request = messages.tfs_classify_request(model, images, version)
         response = self._prediction.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
         predictions = [[Label(c.label, None, c.score) for c in each.classes]
                        for each in response.result.classifications]  # fmt: skip
@@ -262,28 +256,11 @@ class Client:
 
     def predict_images(self, model: str, images: Sequence[bytes], version: int = 0) -> tuple[int, np.ndarray]:
         """TF Serving API, ``predict_images`` signature: (version that answered, probabilities)."""
-        request = serving_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.signature_name = repo.SIGNATURE_IMAGES
-        if version:
-            request.model_spec.version.value = version
-        tensor = request.inputs[repo.IMAGES_INPUT_NAME]
-        tensor.dtype = tf_pb.DT_STRING
-        tensor.tensor_shape.dim.add(size=len(images))
-        tensor.string_val.extend(images)
-        return self._predict(request)
+        return self._predict(messages.predict_request(model, images=images, version=version))
 
     def predict(self, model: str, pixels: np.ndarray, version: int = 0) -> tuple[int, np.ndarray]:
         """TF Serving API, ``serving_default``: float32 pixels [N, H, W, 3] -> (version, probabilities)."""
-        request = serving_pb2.PredictRequest()
-        request.model_spec.name = model
-        if version:
-            request.model_spec.version.value = version
-        tensor = request.inputs[repo.INPUT_NAME]
-        tensor.dtype = tf_pb.DT_FLOAT
-        tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=d) for d in pixels.shape)
-        tensor.tensor_content = np.ascontiguousarray(pixels, dtype=np.float32).tobytes()
-        return self._predict(request)
+        return self._predict(messages.predict_request(model, pixels=pixels, version=version))
 
     def _predict(self, request: serving_pb2.PredictRequest) -> tuple[int, np.ndarray]:
         response = self._prediction.Predict(request, timeout=self.timeout_s, metadata=self._metadata)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from tlserve.errors import TlserveError, UsageError
-from tlserve.service.bench import messages
+from tlserve.service import messages
 from tlserve.service.bench.load import Call
 from tlserve.service.bench.stats import OK, Outcome
 from tlserve.service.client import MAX_MESSAGE_BYTES, Tls

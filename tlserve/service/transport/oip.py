@@ -10,6 +10,7 @@ from grpc import aio
 from tlserve import repository as repo
 from tlserve.service.core import InferenceCore
 from tlserve.service.domain import ModelMetadata, ModelRef, State, VersionStatus
+from tlserve.service.oip_bytes import join_bytes
 from tlserve.service.parsing import parse_version
 from tlserve.service.transport import oip_codec
 from tlserve.service.transport.deadline import deadline_of
@@ -100,7 +101,7 @@ async def infer(
         output.datatype = "BYTES"
         output.shape.extend([len(rows), len(rows[0])])
         if raw:
-            response.raw_output_contents.append(oip_codec.join_bytes(items))
+            response.raw_output_contents.append(join_bytes(items))
         else:
             output.contents.bytes_contents.extend(items)
         return response

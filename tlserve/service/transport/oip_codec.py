@@ -134,10 +134,6 @@ def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
     return items
 
 
-def join_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
 def requested_classification(request: pb.ModelInferRequest) -> int:
     """k when the ``probabilities`` output asks for the classification extension, else 0."""
     names = [o.name for o in request.outputs]

@@ -1,14 +1,16 @@
 """Each API's request message, its method path, and what its answer says: built here and nowhere else.
 
 native  tlserve.v1.Inference/Classify                ``images``, top_k
+tfs     tensorflow.serving.PredictionService/Classify one tf.Example per image (``image/encoded``)
 tfs     tensorflow.serving.PredictionService/Predict  pixels: serving_default ``image`` DT_FLOAT in
                                                       tensor_content; images: predict_images
                                                       ``images`` DT_STRING
 v2      inference.GRPCInferenceService/ModelInfer     pixels: ``image`` FP32; images: ``images``
                                                       BYTES; both in raw_input_contents
 
-The load generator (``tlserve bench``), the reliability suites and the benchmarks send these; a
-test that needs a malformed request starts from one and edits it. No gRPC here, only messages.
+The Python client, the load generator (``tlserve bench``), the reliability suites and the benchmarks
+send these; a test that needs a malformed request starts from one and edits it. No gRPC here, only
+messages (and nothing of the server: the client imports this).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from tlserve import repository as repo
-from tlserve.service.transport.oip_codec import join_bytes
+from tlserve.service.oip_bytes import join_bytes
 from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip_pb
 from tlserve.service.wire.tfs import serving_pb2
 from tlserve.service.wire.tfs import tensorflow_pb2 as tf_pb
@@ -58,6 +60,20 @@ def classify_request(
 ) -> native_pb.ClassifyRequest:
     """``top_k`` 0: the server's default."""
     return native_pb.ClassifyRequest(model=model, version=version, images=images, top_k=top_k)
+
+
+def tfs_classify_request(
+    model: str, images: Sequence[bytes], version: int = 0
+) -> serving_pb2.ClassificationRequest:
+    """TF Serving's Classify: one tf.Example per encoded image, in its ``image/encoded`` feature."""
+    request = serving_pb2.ClassificationRequest()
+    request.model_spec.name = model
+    if version:
+        request.model_spec.version.value = version
+    for image in images:
+        example = request.input.example_list.examples.add()
+        example.features.feature[repo.IMAGE_FEATURE].bytes_list.value.append(image)
+    return request
 
 
 def predict_request(
