@@ -7,8 +7,10 @@ import importlib
 import keras
 import numpy as np
 import pytest
+from keras.applications import imagenet_utils
 
 from tlserve.training.bases import BASES, BaseSpec, base_names, format_table, get_base
+from tlserve.training.freezing import flatten
 from tlserve.training.network import build_application, build_classifier
 from tlserve.training.preprocessing import apply, preprocessing_layers
 
@@ -17,24 +19,62 @@ SEED_TABLE_NAMES = (
     "inception_v3 inception_resnet_v2 mobilenet mobilenet_v2 densenet121 densenet169 densenet201 "
     "nasnet_mobile nasnet_large"
 ).split()
+NEWER_NAMES = (
+    [f"efficientnet_b{i}" for i in range(8)]
+    + [f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")]
+    + [f"convnext_{v}" for v in ("tiny", "small", "base", "large", "xlarge")]
+    + ["mobilenet_v3_small", "mobilenet_v3_large"]
+)
 ONE_PER_MODE = {"mobilenet_v2", "vgg16", "densenet121"}
+ONE_PER_NEW_FAMILY = {"efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny", "mobilenet_v3_small"}
 IDS = [spec.name for spec in BASES]
+NEWER = [spec for spec in BASES if spec.family == "newer"]
+
+# What each newer network's own first layers must compute from RGB 0..255, as Keras' reference
+# preprocessing functions (imagenet_utils) or its documented formula. EfficientNet (v1) built with
+# weights=None has an unadapted Normalization (mean 0, variance 1): its ImageNet weights file
+# carries the ImageNet mean/variance, which cannot be checked without the download.
+_TORCH = {"mode": "torch"}
+_TF = {"mode": "tf"}
+STEM = {
+    "efficientnet": lambda x: x / 255.0,
+    "efficientnet_v2_b": lambda x: imagenet_utils.preprocess_input(x.copy(), **_TORCH),
+    "efficientnet_v2_sml": lambda x: x / 128.0 - 1.0,
+    "convnext": lambda x: imagenet_utils.preprocess_input(x.copy(), **_TORCH),
+    "mobilenet_v3": lambda x: imagenet_utils.preprocess_input(x.copy(), **_TF),
+}
+STEM_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
+
+
+def _stem_kind(spec: BaseSpec) -> str:
+    if spec.module == "efficientnet_v2":
+        return "efficientnet_v2_b" if spec.name.split("_")[-1].startswith("b") else "efficientnet_v2_sml"
+    return spec.module
 
 
 def _imagenet_top_params(spec: BaseSpec, features: int) -> int:
     """Parameters of the ImageNet top that include_top=False leaves out."""
     if spec.name.startswith("vgg"):  # flatten(7x7x512) -> fc 4096 -> fc 4096 -> 1000
         return (25088 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)
+    if spec.module == "mobilenet_v3":  # pool -> 1x1 conv to 1024/1280 (bias) -> 1x1 conv to 1000
+        last_point = 1024 if spec.name.endswith("small") else 1280
+        return (features * last_point + last_point) + (last_point * 1000 + 1000)
     return features * 1000 + 1000
 
 
-def test_table_covers_the_seed_table() -> None:
-    assert base_names() == SEED_TABLE_NAMES
+def test_table_covers_the_seed_table_and_the_newer_families() -> None:
+    assert base_names() == SEED_TABLE_NAMES + NEWER_NAMES
+    assert [s.family for s in BASES] == ["seed"] * len(SEED_TABLE_NAMES) + ["newer"] * len(NEWER_NAMES)
     for spec in BASES:
         assert spec.min_size <= spec.default_size
         assert hasattr(keras.applications, spec.builder)
-    table = format_table()
-    assert all(name in table for name in SEED_TABLE_NAMES)
+        assert (spec.preprocessing == "included") == (spec.family == "newer")
+    lines = format_table().splitlines()
+    for name in SEED_TABLE_NAMES + NEWER_NAMES:
+        (row,) = [line for line in lines if line.split()[:1] == [name]]
+        assert row.split()[-1] == get_base(name).family
+    (b0,) = [line.split() for line in lines if line.startswith("efficientnet_v2_b0 ")]
+    assert b0[1:6] == ["EfficientNetV2B0", "7.2", "-", "78.7", "94.3"]  # keras.io's published figures
 
 
 def test_unknown_base_lists_the_valid_ones() -> None:
@@ -42,18 +82,21 @@ def test_unknown_base_lists_the_valid_ones() -> None:
         get_base("resnet9000")
 
 
-@pytest.mark.parametrize("spec", BASES, ids=IDS)
-def test_builds_at_min_size_with_published_parameter_count(spec: BaseSpec) -> None:
-    base = build_application(spec, spec.min_size, None)
+def _check_build(spec: BaseSpec, base: keras.Model) -> None:
     assert base.inputs[0].shape[1:] == (spec.min_size, spec.min_size, 3)
     features = int(base.outputs[0].shape[-1])
     total = base.count_params() + _imagenet_top_params(spec, features)
     # Keras publishes millions with one decimal: the full classifier must round to that figure.
     assert abs(total / 1e6 - spec.params_m) <= 0.05, (spec.name, total)
+
+
+@pytest.mark.parametrize("spec", [s for s in BASES if s.family == "seed"], ids=SEED_TABLE_NAMES)
+def test_builds_at_min_size_with_published_parameter_count(spec: BaseSpec) -> None:
+    _check_build(spec, build_application(spec, spec.min_size, None))
     keras.backend.clear_session()
 
 
-@pytest.mark.parametrize("spec", BASES, ids=IDS)
+@pytest.mark.parametrize("spec", [s for s in BASES if s.family == "seed"], ids=SEED_TABLE_NAMES)
 def test_baked_in_preprocessing_equals_keras(spec: BaseSpec) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (3, 17, 19, 3)).astype(np.float32)
@@ -66,9 +109,38 @@ def test_baked_in_preprocessing_equals_keras(spec: BaseSpec) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("spec", NEWER, ids=NEWER_NAMES)
+def test_newer_bases_parameters_and_preprocessing_inside_the_network_once(spec: BaseSpec) -> None:
+    """The table's parameter count; Keras' preprocess_input is a pass-through for them, the trainer
+    adds nothing, and the network's own first layers map RGB 0..255 as Keras' reference does."""
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (3, spec.min_size, spec.min_size, 3)).astype(np.float32)
+    pixels[0, 0, 0] = (0, 128, 255)
+    keras_preprocess = importlib.import_module(f"keras.applications.{spec.module}").preprocess_input
+    np.testing.assert_array_equal(keras_preprocess(pixels.copy()), pixels)
+    assert preprocessing_layers(spec.preprocessing) == []
+    base = build_application(spec, spec.min_size, None)
+    _check_build(spec, base)  # NOTE: one build per base for both checks: the large ones take seconds
+    layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+    stem = layers[: next(i for i, layer in enumerate(layers) if not isinstance(layer, STEM_LAYERS))]
+    assert stem, f"{spec.name} does not start with its own preprocessing layers"
+    got = keras.Model(base.inputs, stem[-1].output).predict(pixels, verbose=0)
+    np.testing.assert_allclose(got, STEM[_stem_kind(spec)](pixels), rtol=1e-5, atol=1e-5)
+    # the classifier the trainer builds holds those layers once: nothing is applied twice
+    size = spec.min_size
+    clf = build_classifier(base, image_size=size, num_classes=3, preprocess=[], dropout=0.0, hidden=0,
+                           base_in_inference_mode=True)  # fmt: skip
+    in_model = [leaf for leaf in flatten(clf.model).leaves if isinstance(leaf, STEM_LAYERS)]
+    assert [leaf.name for leaf in in_model] == [layer.name for layer in stem]
+    keras.backend.clear_session()
+
+
 @pytest.mark.parametrize(
     "spec",
-    [pytest.param(s, marks=[] if s.name in ONE_PER_MODE else [pytest.mark.slow]) for s in BASES],
+    [
+        pytest.param(s, marks=[] if s.name in ONE_PER_MODE | ONE_PER_NEW_FAMILY else [pytest.mark.slow])
+        for s in BASES
+    ],
     ids=IDS,
 )
 def test_classifier_runs_at_min_size(spec: BaseSpec) -> None:

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-import keras
+import re
 
+import keras
+import pytest
+
+from tlserve.training.bases import BASES, BaseSpec
 from tlserve.training.freezing import flatten, unfreeze_top
+from tlserve.training.network import build_application
 
 
 def residual_net() -> keras.Model:
@@ -51,3 +56,80 @@ def test_nested_models_are_inlined_and_preprocessing_stays_frozen() -> None:
     assert names == ["preprocess_tf", "a", "b", "bn", "add", "c"]
     assert unfreeze_top(outer, None) == 6
     assert "preprocess_tf" not in trainable_names(outer)
+
+
+# A layer's block in each newer family, from Keras' layer names; None for layers between blocks
+# (stem, downsampling, top). Auto-named ops (MobileNetV3's hard-sigmoid, ConvNeXt's residual add)
+# belong to the block of the named layer before them.
+BLOCK_NAME = {
+    "efficientnet": r"^(block\d+[a-z])_",
+    "efficientnet_v2": r"^(block\d+[a-z])_",
+    "convnext": r"_(stage_\d+_block_\d+)_",
+    "mobilenet_v3": r"^(expanded_conv(?:_\d+)?)_",
+}
+AUTO_NAMED = re.compile(r"^(add|multiply|re_lu|activation)(_\d+)?$")
+FAMILY_BLOCKS = {
+    "efficientnet_b0": 16,
+    "efficientnet_v2_b0": 21,
+    "convnext_tiny": 18,
+    "mobilenet_v3_small": 11,
+}
+NEWER = [s for s in BASES if s.family == "newer"]
+
+
+def _blocks(leaves: list[keras.layers.Layer], pattern: str) -> list[str | None]:
+    blocks: list[str | None] = []
+    current = None
+    for leaf in leaves:
+        if match := re.search(pattern, leaf.name):
+            current = match.group(1)
+        elif not AUTO_NAMED.match(leaf.name):
+            current = None
+        blocks.append(current)
+    return blocks
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [pytest.param(s, marks=[] if s.name in FAMILY_BLOCKS else [pytest.mark.slow]) for s in NEWER],
+    ids=[s.name for s in NEWER],
+)
+def test_newer_families_unfreeze_whole_blocks(spec: BaseSpec) -> None:
+    base = build_application(spec, spec.min_size, None)
+    leaves = flatten(base).leaves
+    blocks = _blocks(leaves, BLOCK_NAME[spec.module])
+    starts = {i for i in range(1, len(leaves)) if blocks[i] and blocks[i] != blocks[i - 1]}
+    if spec.name in FAMILY_BLOCKS:
+        assert len(starts) == FAMILY_BLOCKS[spec.name]
+    # residual blocks: a merge in the block takes a tensor from outside it (the skip connection)
+    block_of = {id(leaf): b for leaf, b in zip(leaves, blocks, strict=True)}
+    residual = {
+        b
+        for leaf, b in zip(leaves, blocks, strict=True)
+        for node in leaf._inbound_nodes
+        if b
+        and len(node.parent_nodes) > 1
+        and any(block_of.get(id(p.operation)) != b for p in node.parent_nodes)
+    }
+    assert residual, "no residual block found: the names no longer match"
+    cuts = set()
+    for count in range(1, len(leaves) + 1):
+        start = len(leaves) - unfreeze_top(base, count)
+        assert start <= len(leaves) - count
+        # never half a residual block: its branch would train beside a frozen skip connection. A
+        # block without one (EfficientNet's first of a stage) may be cut where one tensor crosses.
+        inside = start > 0 and blocks[start] is not None and blocks[start] == blocks[start - 1]
+        assert not (inside and blocks[start] in residual), (
+            f"cut at {leaves[start].name} splits {blocks[start]}"
+        )
+        cuts.add(start)
+    assert starts <= cuts  # every block boundary is found in the graph: asking for it gives that block
+    start = len(leaves) - unfreeze_top(base, len(leaves) - sorted(starts)[-3])
+    for leaf in leaves[start:]:
+        if isinstance(leaf, keras.layers.BatchNormalization):
+            assert not leaf.trainable, leaf.name  # moving statistics stay as trained
+        elif isinstance(leaf, keras.layers.LayerNormalization) or type(leaf).__name__ == "LayerScale":
+            assert leaf.trainable, leaf.name  # ConvNeXt: no moving statistics, trains with its block
+    frozen = [leaf for leaf in leaves[:start] if isinstance(leaf, keras.layers.Layer) and leaf.weights]
+    assert frozen and not any(leaf.trainable for leaf in frozen)
+    keras.backend.clear_session()

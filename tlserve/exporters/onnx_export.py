@@ -1,7 +1,7 @@
 """SavedModel -> ONNX (fp32 via tf2onnx, fp16 via onnxconverter-common), and running ONNX on CPU.
 
 tf2onnx runs as its own process on the SavedModel's ``serving_default`` signature: the path that
-converts all 18 bases (NOTES.md: ``from_keras``/``from_function`` add inputs on some bases).
+converts every base (NOTES.md: ``from_keras``/``from_function`` add inputs on some bases).
 """
 
 from __future__ import annotations

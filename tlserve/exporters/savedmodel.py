@@ -3,7 +3,7 @@
 ``serving_default``: float32 pixels [N, H, W, 3], RGB 0..255 -> ``probabilities``.
 ``predict_images``: a tf.string batch of encoded JPEG/PNG/BMP/GIF -> decoded as the trainer decodes
 (TensorFlow's decoder, RGB, first frame), resized as the trainer resizes -> ``probabilities``.
-Both go through ``keras.export.ExportArchive``, the path that exports all 18 bases (NOTES.md).
+Both go through ``keras.export.ExportArchive``, the path that exports every base (NOTES.md).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlserve import repository as repo
+from tlserve.exporters.portable import portable_ops
 from tlserve.training.data import RESIZE_METHOD, decode
 
 WARMUP_RECORDS = 4
@@ -23,6 +24,13 @@ WARMUP_RECORDS = 4
 
 def export_savedmodel(model: keras.Model, out: Path, model_name: str) -> None:
     """Write the SavedModel into ``out`` (which must not exist yet) plus its warmup requests."""
+    with portable_ops():  # NOTE: see portable.py: ConvNeXt's ops, as tf2onnx can convert them
+        _write_savedmodel(model, out)
+    height, width = int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])
+    write_warmup(out, model_name, height, width)
+
+
+def _write_savedmodel(model: keras.Model, out: Path) -> None:
     height, width = int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -52,7 +60,6 @@ def export_savedmodel(model: keras.Model, out: Path, model_name: str) -> None:
         input_signature=[tf.TensorSpec([None], tf.string, name=repo.IMAGES_INPUT_NAME)],
     )
     archive.write_out(str(out), verbose=False)
-    write_warmup(out, model_name, height, width)
 
 
 def write_warmup(out: Path, model_name: str, height: int, width: int) -> None:

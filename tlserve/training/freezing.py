@@ -3,9 +3,12 @@
 Fine-tuning unfreezes the *top* of the base. Cutting a residual or inception block in half leaves a
 branch that trains beside a frozen twin, so the cut is moved down to the nearest *clean* position: a
 point in the layer order that only one tensor crosses. That is found from the graph itself, so it works
-for all 18 Keras Applications and for any functional network a user trained before, nested models
-included. BatchNormalization layers stay frozen (and the base is called with ``training=False``), and
-the baked-in preprocessing layers (``preprocess_*``) are never trained.
+for every Keras Application of the table and for any functional network a user trained before, nested
+functional and Sequential models included. BatchNormalization layers stay frozen (and the base is
+called with ``training=False``), and the baked-in preprocessing layers (``preprocess_*``) are never
+trained. LayerNormalization (ConvNeXt) has no moving statistics: it trains with its block, as do
+ConvNeXt's layer-scale weights; its stochastic depth is off in inference mode. The newer bases' own
+Rescaling/Normalization layers have no trainable weights.
 """
 
 from __future__ import annotations
@@ -56,14 +59,37 @@ def clean_cuts(ops: list[keras.layers.Layer], edges: list[tuple[object, object]]
     return [c <= 1 for c in crossing]
 
 
+def _flatten_sequential(model: keras.Sequential) -> FlatGraph:
+    """A chain: every cut between its layers is clean unless a nested graph says otherwise."""
+    leaves: list[keras.layers.Layer] = []
+    clean: list[bool] = []
+    for layer in model.layers:
+        inner = _flatten_nested(layer)
+        if inner is None or not inner.leaves:
+            clean.append(True)
+            leaves.append(layer)
+        else:
+            clean.extend(inner.clean[:-1])
+            leaves.extend(inner.leaves)
+    clean.append(True)
+    return FlatGraph(leaves, clean)
+
+
+def _flatten_nested(layer: keras.layers.Layer) -> FlatGraph | None:
+    # NOTE: ConvNeXt's stem and downsampling blocks are Sequential models inside the functional one.
+    if isinstance(layer, keras.Sequential):
+        return _flatten_sequential(layer)
+    return flatten(layer) if is_functional(layer) else None
+
+
 def flatten(model: keras.Model) -> FlatGraph:
     ops = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
     outer_clean = clean_cuts(ops, edges(model))
     leaves: list[keras.layers.Layer] = []
     clean: list[bool] = []
     for j, op in enumerate(ops):
-        if is_functional(op):
-            inner = flatten(op)
+        inner = _flatten_nested(op)
+        if inner is not None and inner.leaves:
             whole = outer_clean[j] and outer_clean[j + 1]
             clean.append(outer_clean[j])
             clean.extend(c and whole for c in inner.clean[1:-1])

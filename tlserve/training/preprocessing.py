@@ -1,5 +1,9 @@
 """Each base's ``preprocess_input``, rebuilt from built-in Keras layers so it lives inside the model.
 
+The newer families (mode ``included``) need none: their networks start with their own Rescaling /
+Normalization layers and Keras' ``preprocess_input`` for them is a pass-through, so adding ours would
+apply it twice.
+
 Built-in layers only (no Lambda, no custom classes): ``model.keras`` then loads in safe mode anywhere,
 and every exported artifact takes raw RGB pixels 0..255. Results equal
 ``keras.applications.<module>.preprocess_input`` up to float32 rounding (a multiply by 1/x where Keras
@@ -21,6 +25,8 @@ TORCH_STD = (0.229, 0.224, 0.225)
 
 def preprocessing_layers(mode: PreprocessMode) -> list[keras.layers.Layer]:
     """Fresh, non-trainable layers that map RGB 0..255 to what a base of ``mode`` expects."""
+    if mode == "included":
+        return []
     if mode == "tf":
         return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_tf", dtype="float32")]
     if mode == "torch":
@@ -41,7 +47,7 @@ def preprocessing_layers(mode: PreprocessMode) -> list[keras.layers.Layer]:
         permutation = np.eye(3, dtype=np.float32)[::-1].copy()
         layer.set_weights([permutation, -np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)])
         return [layer]
-    raise ValueError(f"unknown preprocessing mode {mode!r}; expected 'tf', 'caffe' or 'torch'")
+    raise ValueError(f"unknown preprocessing mode {mode!r}; expected 'tf', 'caffe', 'torch' or 'included'")
 
 
 def apply(layers: list[keras.layers.Layer], x: keras.KerasTensor) -> keras.KerasTensor:
