@@ -25,19 +25,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
-import onnxruntime
-import tensorflow as tf
+from importlib.metadata import version
 
-from tlserve.exporters.export import ExportOptions, export
 from tlserve.training.bases import BASES, BaseSpec, get_base
-from tlserve.training.synthetic import GATE, make_run_dir
 
 STRICT = 1e-4
 UNIFORM_BELOW = 0.25
@@ -47,6 +42,12 @@ TIMEOUT_S = 3600
 
 
 def measure(spec: BaseSpec, size: int, root: Path) -> dict[str, object]:
+    # NOTE: TensorFlow is imported in the child only: the parent would hold a gigabyte for nothing.
+    import keras
+
+    from tlserve.exporters.export import ExportOptions, export
+    from tlserve.training.synthetic import GATE, make_run_dir
+
     started = time.perf_counter()
     run_dir, top = make_run_dir(spec, size, root / "runs")
     # NOTE: the 1e-4 gate of `tlserve export` is meant for trained models; deep random networks are
@@ -105,7 +106,8 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
         "newer = the families Keras added since (see `tlserve bases`).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"tensorflow {tf.__version__}, onnxruntime {onnxruntime.__version__}, keras {keras.__version__}.",
+        f"tensorflow {version('tensorflow')}, onnxruntime {version('onnxruntime')}, "
+        f"keras {version('keras')}.",
         "",
         "| Base | Table | Input | ONNX size (MB) | ONNX vs Keras max abs diff | SavedModel vs Keras | "
         "Top-1 agreement | Mean top p | ORT ms | TF ms | TF / ORT | Peak memory (GB) | Seconds |",
@@ -151,33 +153,39 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
 
 
 def run_one(spec: BaseSpec, size: int) -> dict[str, object]:
-    """Export ``spec`` in a child process; its row, with the child's own peak memory (wait4)."""
+    """Export ``spec`` in a child process; its row, with the child's own peak memory."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         command = [sys.executable, __file__, "--one", spec.name, "--size", str(size), "--row", str(out)]
         started = time.perf_counter()
         with (Path(tmp) / "stderr").open("w+") as err:
-            child = subprocess.Popen(command, stderr=err)
-            timer = threading.Timer(TIMEOUT_S, child.kill)
-            timer.start()
             try:
-                _, status, usage = os.wait4(child.pid, 0)
-            finally:
-                timer.cancel()
-            child.returncode = os.waitstatus_to_exitcode(status)
+                code = subprocess.run(command, stderr=err, timeout=TIMEOUT_S, check=False).returncode
+            except subprocess.TimeoutExpired:
+                code = None
             err.seek(0)
             stderr = err.read()
         if out.is_file():
             row: dict[str, object] = json.loads(out.read_text())
         else:
             lines = [line for line in stderr.strip().splitlines() if line.strip()]
-            reason = lines[-1][:120] if lines else f"exit code {child.returncode}"
-            if child.returncode == -signal.SIGKILL:
-                reason = "killed (out of memory, or past the time limit)"
+            reason = lines[-1][:120] if lines else f"exit code {code}"
+            if code is None:
+                reason = f"timed out after {TIMEOUT_S} s"
+            elif code == -signal.SIGKILL:
+                reason = "killed (out of memory?)"
             row = {"base": spec.name, "size": size, "error": reason}
         row["seconds"] = time.perf_counter() - started
-        row["peak_gb"] = usage.ru_maxrss / 2**20  # NOTE: ru_maxrss is in KiB on Linux
         return row
+
+
+def peak_gb() -> float:
+    """This process' peak resident set size (VmHWM). NOTE: not the rusage of the child in the
+    parent: with vfork + exec the child inherits the parent's high-water mark."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def main() -> None:
@@ -194,6 +202,7 @@ def main() -> None:
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             row = measure(get_base(args.one), args.size, Path(tmp))
+        row["peak_gb"] = peak_gb()
         args.row.write_text(json.dumps(row))
         return
     wanted = set(args.bases.split(",")) if args.bases else None
