@@ -1,4 +1,4 @@
-"""Every base of the seed table exports and keeps parity (slow: `make test-all`)."""
+"""Every base of `tlserve bases` exports and keeps parity (slow: `make test-all`)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -158,4 +159,29 @@ def test_classifier_runs_at_min_size(spec: BaseSpec) -> None:
     probabilities = clf.model.predict(pixels.astype(np.float32), verbose=0)
     assert probabilities.shape == (2, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    keras.backend.clear_session()
+
+
+def test_efficientnet_from_an_imagenet_weights_file_is_scaled_as_keras_does(tmp_path: Path) -> None:
+    """Keras adds Rescaling(1/sqrt(std)) after EfficientNet's Normalization only for
+    weights="imagenet"; the same statistics loaded from a file must get it too, a random file not."""
+    spec = get_base("efficientnet_b0")
+    imagenet_like = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
+    norm = next(layer for layer in imagenet_like.layers if isinstance(layer, keras.layers.Normalization))
+    norm.adapt_mean.assign([0.485, 0.456, 0.406])
+    norm.adapt_variance.assign([0.229, 0.224, 0.225])  # what Keras' ImageNet file stores
+    imagenet_like.save_weights(tmp_path / "imagenet.weights.h5")
+    random = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    random.save_weights(tmp_path / "random.weights.h5")
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    base = build_application(spec, 32, str(tmp_path / "imagenet.weights.h5"))
+    stem = keras.Model(base.inputs, base.get_layer("imagenet_std_rescaling").output).predict(
+        pixels, verbose=0
+    )
+    expected = imagenet_utils.preprocess_input(pixels.copy(), mode="torch")  # (x/255 - mean) / std
+    np.testing.assert_allclose(stem, expected, rtol=1e-5, atol=1e-5)
+    plain = build_application(spec, 32, str(tmp_path / "random.weights.h5"))
+    assert "imagenet_std_rescaling" not in [layer.name for layer in plain.layers]
     keras.backend.clear_session()

@@ -80,3 +80,13 @@ def test_graphs_it_cannot_follow_keep_the_plain_features(tmp_path: Path) -> None
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "hidden.keras")
     base, _ = build_from_earlier(tmp_path / "hidden.keras")
     assert base.outputs[0].shape[-1] == 12
+
+
+def test_convnext_stage_ends_are_its_ops_level_residual_adds() -> None:
+    # NOTE: ConvNeXt merges with `inputs + x` (an ops-level Add, no weights): once a crash
+    # (AttributeError: no .weights) that made an earlier ConvNeXt run fall back to its last layer
+    convnext = keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=(32, 32, 3))
+    ends = stage_ends(convnext, final_size=1)
+    assert len(ends) == 3
+    assert all(type(t._keras_history.operation).__name__ == "Add" for t in ends)  # type: ignore[attr-defined]
+    assert [int(t.shape[1]) for t in ends] == [8, 4, 2]

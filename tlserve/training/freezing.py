@@ -7,7 +7,7 @@ for every Keras Application of the table and for any functional network a user t
 functional and Sequential models included. BatchNormalization layers stay frozen (and the base is
 called with ``training=False``), and the baked-in preprocessing layers (``preprocess_*``) are never
 trained. LayerNormalization (ConvNeXt) has no moving statistics: it trains with its block, as do
-ConvNeXt's layer-scale weights; its stochastic depth is off in inference mode. The newer bases' own
+ConvNeXt's layer-scale weights (Keras builds it with no stochastic depth). The newer bases' own
 Rescaling/Normalization layers have no trainable weights.
 """
 

@@ -61,7 +61,34 @@ def build_application(spec: BaseSpec, image_size: int, weights: str | None) -> k
         if isinstance(exc, ValueError):
             raise UsageError(f"cannot build {spec.name} at {image_size}px: {first_line(exc)}") from exc
         raise
+    if spec.module == "efficientnet" and weights not in (None, "imagenet"):
+        base = _imagenet_std_rescaling(base)
     return keras.Model(base.inputs, base.outputs[0], name="base")
+
+
+# NOTE: keras/src/applications/efficientnet.py keeps the ImageNet std (not its square) as the
+# Normalization variance and adds a Rescaling(1/sqrt(std)) after it, but only when it downloads the
+# weights itself (weights == "imagenet"). The same file passed as a path would leave that layer out
+# and feed the pretrained convolutions inputs about 2x off, silently.
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _imagenet_std_rescaling(base: keras.Model) -> keras.Model:
+    """EfficientNet (B0-B7) loaded from a weights file holding ImageNet's statistics: add the
+    rescaling Keras adds for ``weights="imagenet"``. A file of a network built without them (its
+    Normalization variance is 1) is left as it is."""
+    import numpy as np
+
+    norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
+    if not np.allclose(np.asarray(norm.adapt_variance).ravel(), _IMAGENET_STD, atol=1e-4):
+        return base
+    rest = keras.Model(norm.output, base.outputs[0], name="efficientnet_rest")
+    inputs = keras.Input(base.inputs[0].shape[1:], name="pixels")
+    x = inputs
+    for layer in base.layers[1 : base.layers.index(norm) + 1]:
+        x = layer(x)
+    x = keras.layers.Rescaling([1.0 / s**0.5 for s in _IMAGENET_STD], name="imagenet_std_rescaling")(x)
+    return keras.Model(inputs, rest(x), name=base.name)
 
 
 def _is_download_failure(exc: BaseException) -> bool:

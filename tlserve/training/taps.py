@@ -40,7 +40,8 @@ def _single_input(op: Any) -> Any | None:
     return nodes[0].input_tensors[0]
 
 
-_MERGES = (keras.layers.Add, keras.layers.Concatenate)
+# NOTE: ConvNeXt's residual merge is `inputs + x`: an ops-level Add, not a layer.
+_MERGES = (keras.layers.Add, keras.layers.Concatenate, keras.src.ops.numpy.Add)
 _POOLS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
 
@@ -65,7 +66,8 @@ def stage_ends(model: keras.Model, final_size: int | None) -> list[Any]:
             maps = [op for op in maps if isinstance(op, kinds)]
             break
     else:
-        maps = [op for op in maps if op.weights]  # NOTE: not the rescaled pixels of a preprocess layer
+        # NOTE: not the rescaled pixels of a preprocess layer; ops (not layers) have no weights
+        maps = [op for op in maps if getattr(op, "weights", ())]
     last: dict[int, Any] = {}
     for op in maps:
         size = op.output.shape[1]
