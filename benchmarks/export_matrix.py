@@ -17,6 +17,7 @@ largest resident set size of the child and of the tf2onnx process it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -128,7 +129,7 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
             f"| {r['base']}{flag} | {family} | {r['size']} | {r['onnx_mb']:.1f} | {_diff(r['max_abs_diff'])} "
             f"| {_diff(r['savedmodel_max_abs_diff'])} "
             f"| {r['top1']:.3f} | {r['mean_top_p']:.2f} | {r['ort_ms']:.1f} | {r['tf_ms']:.1f} "
-            f"| {float(r['tf_ms']) / float(r['ort_ms']):.1f}x | {peak} | {float(str(r['seconds'])):.0f} |"
+            f"| {float(str(r['tf_ms'])) / float(str(r['ort_ms'])):.1f}x | {peak} | {float(str(r['seconds'])):.0f} |"
         )
     if any(
         float(str(r.get("max_abs_diff", 0))) > STRICT
@@ -163,13 +164,34 @@ def run_one(spec: BaseSpec, size: int) -> dict[str, object]:
         with (Path(tmp) / "stderr").open("w+") as err:
             # NOTE: its own session, so a timeout kills tf2onnx (a grandchild) too
             child = subprocess.Popen(command, stderr=err, start_new_session=True)
-            timer = threading.Timer(TIMEOUT_S, os.killpg, (child.pid, signal.SIGKILL))
+            expired = threading.Event()
+
+            def kill() -> None:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except ProcessLookupError:  # NOTE: it ended just now
+                    return
+                expired.set()
+
+            timer = threading.Timer(TIMEOUT_S, kill)
             timer.start()
             try:
                 # NOTE: wait4's maxrss covers the waited-for grandchildren (tf2onnx runs in one);
                 # the parent imports no TensorFlow, so the high-water mark a vforked child
                 # inherits from it is small
-                _, status, usage = os.wait4(child.pid, 0)
+                # NOTE: polled: a SIGINT the kernel hands to the timer's thread would not wake
+                # a blocking wait in the main thread, and Ctrl-C would wait for the export
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+                while pid == 0:
+                    time.sleep(0.2)
+                    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            except BaseException:
+                # NOTE: Ctrl-C (or any failure here) must not leave the export and its tf2onnx running
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
+                raise
             finally:
                 timer.cancel()
             child.returncode = code = os.waitstatus_to_exitcode(status)
@@ -180,8 +202,10 @@ def run_one(spec: BaseSpec, size: int) -> dict[str, object]:
         else:
             lines = [line for line in stderr.strip().splitlines() if line.strip()]
             reason = lines[-1][:120] if lines else f"exit code {code}"
-            if code == -signal.SIGKILL:
-                reason = "killed (out of memory, or past the time limit)"
+            if expired.is_set():
+                reason = f"past the time limit ({TIMEOUT_S:.0f} s)"
+            elif code == -signal.SIGKILL:
+                reason = "killed (out of memory)"
             row = {"base": spec.name, "size": size, "error": reason.replace("|", "/")}
         row["seconds"] = time.perf_counter() - started
         row["peak_gb"] = max(float(str(row.get("peak_gb", 0))), usage.ru_maxrss / 2**20)  # KiB on Linux

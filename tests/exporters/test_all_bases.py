@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -9,30 +10,54 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tensorflow as tf
 
 from tlserve import repository as repo
+from tlserve.exporters import savedmodel
 from tlserve.exporters.export import ExportOptions, export
 from tlserve.training.bases import BASES, BaseSpec
 from tlserve.training.synthetic import GATE, make_run_dir
+
+STRICT = 1e-4
+"""The gate `tlserve export` holds trained models to."""
+SIZE = 64
+"""The newer families' input size here: at 32 px the deepest feature maps of EfficientNet are 1x1
+and a random network's BatchNorm statistics come from a handful of numbers (synthetic.py). The
+classics keep their minimum size and the 1e-3 they have always been held to."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", BASES, ids=[s.name for s in BASES])
 def test_base_exports_with_parity(spec: BaseSpec, tmp_path: Path) -> None:
-    run_dir, mean_top_p = make_run_dir(spec, spec.min_size, tmp_path / "runs")
+    newer = spec.family == "newer"
+    size = max(spec.min_size, SIZE) if newer else spec.min_size
+    run_dir, mean_top_p = make_run_dir(spec, size, tmp_path / "runs")
     assert mean_top_p > 0.25  # informative outputs (uniform would be 0.2), so parity means something
     # NOTE: random deep networks amplify float32 rounding beyond the 1e-4 gate meant for trained
-    # models (see docs/bases.md), so the export runs with the matrix's loose gate and this test
-    # holds it to 1e-3 and to identical top-1 on its own images.
+    # models (see docs/bases.md), so the export runs with the matrix's loose gate. This test holds
+    # the classics to 1e-3 (ResNet152 at 64 px: ONNX 1.3e-3 with TF's own SavedModel 6.9e-4 off), and
+    # the newer families to 1e-4 unless TensorFlow's own SavedModel misses Keras too (the deep
+    # classics' dagger in docs/bases.md): then the network, not the converter, is at fault: 1e-3.
     options = ExportOptions(run_dir=run_dir, repository=tmp_path / "repo", name=spec.name, tolerance=GATE)
     result = export(options)
-    # parity checked again here, independently of the exporter's own check
+    # parity checked again here, independently of the exporter's own check, and TF's own SavedModel
+    # on the same pixels says how well-conditioned this random network is
     model = keras.models.load_model(run_dir / "model.keras")
-    size = spec.min_size
     pixels = np.random.default_rng(7).uniform(0, 255, (16, size, size, 3)).astype(np.float32)
     session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
     got, expected = session.run(None, {"image": pixels})[0], model.predict(pixels, verbose=0)
-    assert np.abs(got - expected).max() <= 1e-3
+    serving = savedmodel.load_signatures(result.path)[repo.SIGNATURE_PIXELS]
+    tf_got = serving(**{repo.INPUT_NAME: tf.constant(pixels)})[repo.OUTPUT_NAME].numpy()
+    tf_diff = float(np.abs(tf_got - expected).max())
+    ill_conditioned = not newer or tf_diff > 1e-5
+    diff = float(np.abs(got - expected).max())
+    if ill_conditioned and diff > STRICT:
+        warnings.warn(
+            f"{spec.name}: ONNX vs Keras {diff:.1e} with SavedModel vs Keras {tf_diff:.1e}: held to 1e-3 "
+            f"({'a classic' if not newer else 'TF itself misses Keras: an ill-conditioned random network'})",
+            stacklevel=1,
+        )
+    assert diff <= (1e-3 if ill_conditioned else STRICT), (spec.name, diff, tf_diff)
     assert (got.argmax(1) == expected.argmax(1)).all()
     graph = onnx.load(str(result.path / "model.onnx")).graph
     assert [i.name for i in graph.input] == [repo.INPUT_NAME]

@@ -14,6 +14,7 @@ from tlserve.training.bases import BASES, BaseSpec, base_names, format_table, ge
 from tlserve.training.freezing import flatten
 from tlserve.training.network import build_application, build_classifier
 from tlserve.training.preprocessing import apply, preprocessing_layers
+from tlserve.training.taps import stage_ends
 
 SEED_TABLE_NAMES = (
     "xception vgg16 vgg19 resnet50 resnet50_v2 resnet101 resnet101_v2 resnet152 resnet152_v2 "
@@ -184,4 +185,13 @@ def test_efficientnet_from_an_imagenet_weights_file_is_scaled_as_keras_does(tmp_
     np.testing.assert_allclose(stem, expected, rtol=1e-5, atol=1e-5)
     plain = build_application(spec, 32, str(tmp_path / "random.weights.h5"))
     assert "imagenet_std_rescaling" not in [layer.name for layer in plain.layers]
+    for layer in imagenet_like.layers:  # every pretrained weight carried over
+        if layer.weights and not layer.name.startswith("normalization"):
+            for a, b in zip(layer.get_weights(), base.get_layer(layer.name).get_weights(), strict=True):
+                np.testing.assert_array_equal(a, b)
+    # one flat graph, as Keras builds it: a later --base RUN_DIR finds the same block ends (taps.py)
+    assert not any(isinstance(layer, keras.Model) for layer in base.layers)
+    ends = [t._keras_history.operation.name for t in stage_ends(base, final_size=1)]
+    assert len(ends) == 3
+    assert ends == [t._keras_history.operation.name for t in stage_ends(plain, final_size=1)]
     keras.backend.clear_session()

@@ -12,6 +12,7 @@ import urllib.error
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -82,13 +83,28 @@ def _imagenet_std_rescaling(base: keras.Model) -> keras.Model:
     norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
     if not np.allclose(np.asarray(norm.adapt_variance).ravel(), _IMAGENET_STD, atol=1e-4):
         return base
-    rest = keras.Model(norm.output, base.outputs[0], name="efficientnet_rest")
-    inputs = keras.Input(base.inputs[0].shape[1:], name="pixels")
-    x = inputs
-    for layer in base.layers[1 : base.layers.index(norm) + 1]:
-        x = layer(x)
-    x = keras.layers.Rescaling([1.0 / s**0.5 for s in _IMAGENET_STD], name="imagenet_std_rescaling")(x)
-    return keras.Model(inputs, rest(x), name=base.name)
+    rescaling = keras.layers.Rescaling([1.0 / s**0.5 for s in _IMAGENET_STD], name="imagenet_std_rescaling")
+
+    clones: dict[int, keras.layers.Layer] = {}
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        clones[id(layer)] = type(layer).from_config(layer.get_config())
+        return clones[id(layer)]
+
+    def call(layer: keras.layers.Layer, *args: Any, **kwargs: Any) -> Any:
+        out = layer(*args, **kwargs)
+        return rescaling(out) if layer is clones.get(id(norm)) else out
+
+    # NOTE: a flat graph with the rescaling spliced in after the Normalization, not a nested
+    # sub-model, and fresh layers (the weights copied): taps.py and freezing.py walk the layers of
+    # a later --base RUN_DIR, and taps only follow layers called once.
+    flat = keras.models.clone_model(base, clone_function=clone, call_function=call)
+    for layer in base.layers:
+        if id(layer) in clones:
+            clones[id(layer)].set_weights(layer.get_weights())
+            if isinstance(layer, keras.layers.Normalization):
+                clones[id(layer)].finalize_state()  # NOTE: its mean/variance are read from these
+    return flat
 
 
 def _is_download_failure(exc: BaseException) -> bool:
