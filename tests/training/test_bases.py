@@ -173,6 +173,11 @@ def test_efficientnet_from_an_imagenet_weights_file_is_scaled_as_keras_does(tmp_
     norm = next(layer for layer in imagenet_like.layers if isinstance(layer, keras.layers.Normalization))
     norm.adapt_mean.assign([0.485, 0.456, 0.406])
     norm.adapt_variance.assign([0.229, 0.224, 0.225])  # what Keras' ImageNet file stores
+    rng = np.random.default_rng(3)
+    for layer in imagenet_like.layers:  # non-trainable state unlike a fresh layer's, to be carried over
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
     imagenet_like.save_weights(tmp_path / "imagenet.weights.h5")
     random = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     random.save_weights(tmp_path / "random.weights.h5")

@@ -13,7 +13,7 @@ import numpy as np
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError
-from tlserve.exporters.options import ExportOptions
+from tlserve.exporters.options import ExportOptions, check_batch
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -43,6 +43,18 @@ def require(parity: dict[str, Any], what: str) -> None:
         )
 
 
+def _batched(signature: Any, input_name: str, items: Any, batch: int) -> np.ndarray:
+    """A SavedModel signature over ``items`` in batches of ``batch`` (see ``check_batch``)."""
+    import tensorflow as tf
+
+    return np.concatenate(
+        [
+            signature(**{input_name: tf.constant(items[i : i + batch])})[repo.OUTPUT_NAME].numpy()
+            for i in range(0, len(items), batch)
+        ]
+    )
+
+
 def check_savedmodel(
     path: Path, check: LabelledImages, reference: np.ndarray, options: ExportOptions
 ) -> repo.Artifact:
@@ -53,21 +65,15 @@ def check_savedmodel(
 
     signatures = savedmodel.load_signatures(path)
     pixels_fn = signatures[repo.SIGNATURE_PIXELS]
-    got = np.concatenate(
-        [
-            pixels_fn(**{repo.INPUT_NAME: tf.constant(check.pixels[i : i + 32])})[repo.OUTPUT_NAME].numpy()
-            for i in range(0, len(check.pixels), 32)
-        ]
-    )
+    batch = check_batch(check.pixels.shape[1])
+    got = _batched(pixels_fn, repo.INPUT_NAME, check.pixels, batch)
     parity = measure_parity(reference, got, options.tolerance, signature=repo.SIGNATURE_PIXELS)
     require(parity, f"SavedModel {repo.SIGNATURE_PIXELS}")
     files = check.files[:32]
     if files:
-        encoded = tf.constant([p.read_bytes() for p in files])
-        from_files = signatures[repo.SIGNATURE_IMAGES](**{repo.IMAGES_INPUT_NAME: encoded})
-        images_parity = measure_parity(
-            reference[: len(files)], from_files[repo.OUTPUT_NAME].numpy(), options.tolerance
-        )
+        images_fn = signatures[repo.SIGNATURE_IMAGES]
+        from_files = _batched(images_fn, repo.IMAGES_INPUT_NAME, [p.read_bytes() for p in files], batch)
+        images_parity = measure_parity(reference[: len(files)], from_files, options.tolerance)
         require(images_parity, f"SavedModel {repo.SIGNATURE_IMAGES}")
         parity[repo.SIGNATURE_IMAGES] = images_parity
     else:

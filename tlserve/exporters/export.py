@@ -26,7 +26,7 @@ from tlserve import __version__
 from tlserve import repository as repo
 from tlserve.errors import UsageError
 from tlserve.exporters import checks
-from tlserve.exporters.options import FORMATS, ExportOptions
+from tlserve.exporters.options import FORMATS, ExportOptions, check_batch
 from tlserve.exporters.publish import publish
 from tlserve.training import quality, rundir
 
@@ -215,7 +215,7 @@ def export(options: ExportOptions) -> ExportResult:
         steps.start("loading validation images")
         validation = imgs.validation_images(run, labels, size, options.validation_limit)
         check = imgs.parity_images(validation, size, options.parity_images)
-        reference = model.predict(check.pixels, verbose=0, batch_size=32)
+        reference = model.predict(check.pixels, verbose=0, batch_size=check_batch(size))
         steps.end(f"{len(check.pixels)} images for parity ({check.source})")
         artifacts: list[repo.Artifact] = []
 

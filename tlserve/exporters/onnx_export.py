@@ -6,6 +6,7 @@ converts every base (NOTES.md: ``from_keras``/``from_function`` add inputs on so
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
+from tlserve.exporters.options import check_batch
 from tlserve.tfnoise import drop_tf_lines
 
 OPSETS = range(13, 19)
@@ -36,6 +38,13 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
         "--output", str(out),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode == -signal.SIGKILL:
+        # NOTE: the kernel's OOM killer; ConvNeXtXLarge (1.4 GB of weights) peaked at 16.5 GB here
+        size = sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file()) / 2**20
+        raise ExportError(
+            f"tf2onnx was killed (SIGKILL), most likely out of memory: converting this {size:.0f} MB "
+            "SavedModel takes about ten times that in RAM; free memory, or export --formats savedmodel"
+        )
     if result.returncode != 0:
         tail = "\n".join(drop_tf_lines(result.stderr).strip().splitlines()[-15:])
         raise ExportError(f"tf2onnx failed (exit {result.returncode}); its last lines:\n{tail}")
@@ -80,7 +89,8 @@ def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=[repo.CPU])
 
 
-def run(session: ort.InferenceSession, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def run(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
+    batch_size = check_batch(pixels.shape[1])
     outputs = [
         session.run([repo.OUTPUT_NAME], {repo.INPUT_NAME: pixels[i : i + batch_size]})[0]
         for i in range(0, len(pixels), batch_size)

@@ -6,9 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FORMATS", "ExportOptions"]
+__all__ = ["FORMATS", "TOLERANCE", "ExportOptions", "check_batch"]
 
 FORMATS = ("savedmodel", "onnx")
+TOLERANCE = 1e-4
+"""fp32 ONNX and the SavedModel: the max abs difference of probabilities allowed against Keras."""
+CHECK_PIXELS = 32 * 224 * 224
+"""Pixels per batch of a parity or accuracy check: 32 images at 224 px, fewer at larger sizes."""
+
+
+def check_batch(size: int) -> int:
+    """Images per batch when the exporter runs a model over its check images at ``size`` px.
+
+    NOTE: Keras' predict of EfficientNetB5 at 456 px peaked at 3.7 GB in batches of 32, 2.0 GB in
+    batches of 7 (the exporter's own peak there, 16 GB, comes from elsewhere: see docs/bases.md)."""
+    return max(1, min(32, CHECK_PIXELS // (size * size)))
 
 
 @dataclass
@@ -26,8 +38,7 @@ class ExportOptions:
     """At least this many images for every parity check (validation images, topped up at random)."""
     validation_limit: int = 1000
     calibration_limit: int = 200
-    tolerance: float = 1e-4
-    """fp32 ONNX: max abs difference of probabilities allowed against Keras."""
+    tolerance: float = TOLERANCE
     fp16_tolerance: float = 5e-2
     int8_max_drop_points: float = 1.0
     allow_weak: bool = False

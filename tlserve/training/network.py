@@ -102,8 +102,10 @@ def _imagenet_std_rescaling(base: keras.Model) -> keras.Model:
     for layer in base.layers:
         if id(layer) in clones:
             clones[id(layer)].set_weights(layer.get_weights())
-            if isinstance(layer, keras.layers.Normalization):
-                clones[id(layer)].finalize_state()  # NOTE: its mean/variance are read from these
+            # NOTE: what loading a file does after the weights (Keras' saving_lib); Normalization
+            # reads its mean and variance from them only then
+            if hasattr(clones[id(layer)], "finalize_state"):
+                clones[id(layer)].finalize_state()
     return flat
 
 
