@@ -19,7 +19,7 @@ def check_batch(size: int) -> int:
     """Images per batch when the exporter runs a model over its check images at ``size`` px.
 
     NOTE: Keras' predict of EfficientNetB5 at 456 px peaked at 3.7 GB in batches of 32, 2.0 GB in
-    batches of 7 (the exporter's own peak there, 16 GB, comes from elsewhere: see docs/bases.md)."""
+    batches of 7."""
     return max(1, min(32, CHECK_PIXELS // (size * size)))
 
 
