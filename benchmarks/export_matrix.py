@@ -37,9 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from importlib.metadata import version
 
+from tlserve.exporters.options import TOLERANCE as STRICT
 from tlserve.training.bases import BASES, BaseSpec, Family, get_base
 
-STRICT = 1e-4
 UNIFORM_BELOW = 0.25
 SATURATED_ABOVE = 0.98
 """Mean top probability under which a 5-class output is near uniform (0.2)."""
@@ -93,14 +93,21 @@ def _diff(value: object) -> str:
     return f"**{number:.1e}** †" if number > STRICT else f"{number:.1e}"
 
 
+def _machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"tensorflow {version('tensorflow')}, onnxruntime {version('onnxruntime')}, keras {version('keras')}"
+    )
+
+
 def _title(rows: list[dict[str, object]]) -> str:
-    names = {str(r["base"]) for r in rows}
+    names = {str(r["base"]) for r in rows if "error" not in r}
     if names == {s.name for s in BASES}:
         return f"All {len(BASES)} bases"
     for family, called in (("seed", "classic"), ("newer", "newer")):
         if names == {s.name for s in BASES if s.family == family}:
             return f"The {len(names)} {called} bases"
-    return f"{len(names)} of the {len(BASES)} bases"
+    return f"{len(names)} of the {len(BASES)} bases"  # NOTE: exported; failed rows are listed too
 
 
 def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) -> None:
@@ -120,9 +127,7 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
         "set size, or that of the tf2onnx process it runs if larger. Table: seed = the 18 classic bases, "
         "newer = the families Keras added since (see `tlserve bases`).",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"tensorflow {version('tensorflow')}, onnxruntime {version('onnxruntime')}, "
-        f"keras {version('keras')}.",
+        f"Machine: {rows[0].get('machine', _machine()) if rows else _machine()}.",
         "",
         "| Base | Table | Input | ONNX size (MB) | ONNX vs Keras max abs diff | SavedModel vs Keras | "
         "Top-1 agreement | Mean top p | ORT ms | TF ms | TF / ORT | Peak memory (GB) | Seconds |",
@@ -175,8 +180,8 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
     if later:
         lines += [
             "",
-            f"² Measured in a later run ({', '.join(f'`{name}`' for name in later)}), its rows replacing "
-            "those of the first for the same bases (`--render FIRST LATER...`).",
+            f"² Measured in a later run ({', '.join(f'`{name}`' for name in later)}), rendered with "
+            "the first (`--render FIRST LATER...`; a later row replaces the first's for its base).",
         ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -237,6 +242,7 @@ def run_one(spec: BaseSpec, size: int) -> dict[str, object]:
                 reason = "killed (SIGKILL: most likely out of memory)"
             row = {"base": spec.name, "size": size, "error": reason.replace("|", "/")}
         row["seconds"] = time.perf_counter() - started
+        row["machine"] = _machine()  # NOTE: so that --render states where the row was measured
         row["peak_gb"] = max(float(str(row.get("peak_gb", 0))), usage.ru_maxrss / 2**20)  # KiB on Linux
         return row
 
@@ -297,7 +303,7 @@ def main() -> None:
         write_markdown(rows, out, args.size_policy)
         print(f"wrote {out}: {len(rows)} rows from {', '.join(str(p) for p in args.render)}")
         return
-    wanted = set(args.bases.split(",")) if args.bases else set()
+    wanted = {name for name in (args.bases or "").split(",") if name}
     if unknown := wanted - {s.name for s in BASES}:
         parser.error(f"--bases: unknown {', '.join(sorted(unknown))}; `tlserve bases` lists them")
     chosen = [

@@ -41,8 +41,8 @@ def calibrate_batchnorm(base: keras.Model, size: int, preprocess: list[keras.lay
     for layer in preprocess:
         x = layer(x)
     # NOTE: traced, not eager: called eagerly, a functional model keeps every intermediate output
-    # until it returns (EfficientNetB5 at 456 px, 8 images: 12.0 GB eager, 1.6 GB traced); the
-    # export matrix's EfficientNetB6/B7/V2L children were OOM-killed here, not in the exporter
+    # until it returns (EfficientNetB5 at 456 px, 8 images: 12.0 GB eager, 1.6 GB traced), and the
+    # export matrix's child kept that memory beside its tf2onnx (docs/training.md, "Memory")
     tf.function(lambda t: base(t, training=True))(tf.convert_to_tensor(x))
     for layer, momentum in zip(layers, saved, strict=True):
         layer.momentum = momentum
