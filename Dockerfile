@@ -22,7 +22,7 @@ FROM ${PYTHON_IMAGE} AS serve
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models
 COPY constraints.txt /tmp/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve]" \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,s3,gcs]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -36,7 +36,7 @@ CMD ["--repository", "/models"]
 FROM serve AS serve-tf
 USER 0
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,tf]"
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,tf,s3,gcs]"
 USER 10001
 
 # ---- serve-gpu: CUDA runtime, onnxruntime-gpu ----
@@ -50,7 +50,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/tlserve
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve-gpu]" \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve-gpu,s3,gcs]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -65,7 +65,7 @@ FROM ${PYTHON_IMAGE} AS train
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY constraints.txt /tmp/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[train-gpu]" \
+    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[train-gpu,s3,gcs]" \
     && useradd --system --uid 10001 --create-home tlserve
 USER 10001
 WORKDIR /home/tlserve

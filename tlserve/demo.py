@@ -191,6 +191,7 @@ def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> Path:
     result = export(ExportOptions(run_dir=run_dir, repository=workdir / "models", name="digits", int8=True))
     print(f"\npublished {result.path}")
     print(summary_table(result))
+    assert isinstance(result.path, Path)
     return result.path
 
 

@@ -67,11 +67,16 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def is_version_name(name: str) -> bool:
+    """A version directory's name: a positive integer without leading zeros."""
+    return _VERSION.fullmatch(name) is not None
+
+
 def versions(model_dir: Path) -> list[int]:
     """The published versions of a model, ascending; staging and other entries are ignored."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION.match(p.name))
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name))
 
 
 RUN_FILE = "run.json"

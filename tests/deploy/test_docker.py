@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
-STAGE_EXTRAS = {
-    "serve": ["serve"],
-    "serve-tf": ["serve", "tf"],
-    "serve-gpu": ["serve-gpu"],
-    "train": ["train-gpu"],
+STAGE_EXTRAS = {  # NOTE: every image reads and writes buckets (s3, gcs): ~50 MB of botocore and google-*
+    "serve": ["serve", "s3", "gcs"],
+    "serve-tf": ["serve", "tf", "s3", "gcs"],
+    "serve-gpu": ["serve-gpu", "s3", "gcs"],
+    "train": ["train-gpu", "s3", "gcs"],
 }
 
 
@@ -95,7 +95,7 @@ def test_the_serve_extra_alone_serves_an_onnx_model(tmp_path: Path) -> None:
         "-q",
         "-c",
         str(ROOT / "constraints.txt"),
-        f"{ROOT}[serve]",
+        f"{ROOT}[serve,s3,gcs]",  # as the image
     ]
     result = subprocess.run(install, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tlserve import storage
 from tlserve.service.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-BUILDS = ["base", "overlays/cpu", "overlays/gpu", "overlays/kserve", "training"]
+BUILDS = ["base", "overlays/cpu", "overlays/gpu", "overlays/bucket", "overlays/kserve", "training"]
 KUBERNETES = "1.34.0"
 # Custom resources kubernetes-validate has no schema for: checked here by kind and fields instead.
 SKIPPED_CRDS = {"ServiceMonitor", "PrometheusRule", "ServingRuntime", "InferenceService"}
@@ -70,7 +71,7 @@ def test_ports_and_probes_match_the_server_defaults(built: dict[str, list[dict[s
     defaults = ServerSettings.model_fields
     expected = {"grpc": defaults["grpc_port"].default, "http": defaults["http_port"].default,
                 "metrics": defaults["metrics_port"].default}  # fmt: skip
-    for path in ("base", "overlays/cpu", "overlays/gpu"):
+    for path in ("base", "overlays/cpu", "overlays/gpu", "overlays/bucket"):
         docs = built[path]
         container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected
@@ -95,7 +96,7 @@ def test_drain_fits_in_the_termination_grace(built: dict[str, list[dict[str, Any
 
 
 def test_pods_are_locked_down(built: dict[str, list[dict[str, Any]]]) -> None:
-    for path in ("base", "overlays/gpu", "training"):
+    for path in ("base", "overlays/gpu", "overlays/bucket", "training"):
         kind = "Job" if path == "training" else "Deployment"
         pod = one(built[path], kind)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -121,9 +122,38 @@ def test_image_tags_are_dockerfile_targets(built: dict[str, list[dict[str, Any]]
             pod = doc.get("spec", {}).get("template", {}).get("spec") or doc.get("spec", {})
             for container in pod.get("containers", []):
                 tags[path] = container["image"].rsplit(":", 1)[1]
-    expected = {"base": "serve", "overlays/cpu": "serve", "overlays/gpu": "serve-gpu"}
+    expected = {
+        "base": "serve",
+        "overlays/cpu": "serve",
+        "overlays/gpu": "serve-gpu",
+        "overlays/bucket": "serve",
+    }
     assert tags == {**expected, "overlays/kserve": "serve", "training": "train"}
     assert set(tags.values()) <= STAGES
+
+
+def test_bucket_overlay_serves_a_url_with_a_cache_and_an_identity(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = built["overlays/bucket"]
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = one(docs, "ConfigMap")["data"]
+    assert container["args"] == ["--repository", "$(TLSERVE_REPOSITORY)"]  # the image's CMD says /models
+    assert isinstance(storage.location(settings["TLSERVE_REPOSITORY"]), storage.Remote)
+    cache = settings["TLSERVE_REPOSITORY_CACHE_DIR"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert set(volume) == {"name", "emptyDir"} and not mount.get("readOnly")
+    account = one(docs, "ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert {"eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account"} <= set(
+        account["metadata"]["annotations"]
+    )
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    assert {"port": 443, "protocol": "TCP"} in [p for rule in egress for p in rule["ports"]]
+    assert one(built["base"], "NetworkPolicy")["spec"]["egress"] == []  # the volume-backed base needs none
 
 
 def test_kserve_runtime_speaks_oip_grpc(built: dict[str, list[dict[str, Any]]]) -> None:

@@ -17,7 +17,7 @@ class ServerProcess(launch.ServerProcess):
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | str,
         *args: str,
         env: dict[str, str] | None = None,
         tls: Tls | None = None,

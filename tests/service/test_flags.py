@@ -37,7 +37,7 @@ def test_flags_set_their_settings(parser: argparse.ArgumentParser, tmp_path: Pat
              "--max-connection-age-s", "2.5"]  # fmt: skip
     args = parser.parse_args(flags)
     settings = load_settings(None, **vars(args))
-    assert (settings.repository, settings.max_decode_queue, settings.batching, settings.access_log) == (
+    assert (settings.location, settings.max_decode_queue, settings.batching, settings.access_log) == (
         tmp_path,
         7,
         False,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tlserve.cli.common import Formatter
+from tlserve.cli.common import Formatter, local
 from tlserve.cli.predict import add_connection_flags, connection
 
 
@@ -44,7 +43,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="native: tlserve.v1 Classify; tfs: TF Serving Predict; v2: ModelInfer")  # fmt: skip
     p.add_argument("--input", choices=["tensor", "jpeg"],
                    help="request content (default: jpeg for native or --image, else tensor)")  # fmt: skip
-    p.add_argument("--image", type=Path, metavar="FILE", help="send this image file (with --input jpeg)")
+    p.add_argument("--image", type=local, metavar="FILE", help="send this image file (with --input jpeg)")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per request")
     p.add_argument("--concurrency", type=int, metavar="N", help="closed loop: clients (default: 1)")
     p.add_argument("--rate", type=float, metavar="R", help="open loop: requests per second")
@@ -56,10 +55,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="stop after this many measured requests, if --duration has not passed")  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of each call")
     p.add_argument("--version", type=int, default=0, help="model version; 0 = the newest serving")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the figures, settings and machine facts")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="latency histogram, CDF and over time")
+    p.add_argument("--json", type=local, metavar="FILE", help="write the figures, settings and machine facts")
+    p.add_argument("--plot", type=local, metavar="FILE.png", help="latency histogram, CDF and over time")
     p.add_argument("--inprocess", action="store_true", help="also run onnxruntime in-process; print ratios")
-    p.add_argument("--repository", type=Path, metavar="REPO", help="the server's repository (--inprocess)")
+    p.add_argument("--repository", type=local, metavar="REPO", help="the server's repository (--inprocess)")
     add_connection_flags(p)
     p.set_defaults(handler=run)
 

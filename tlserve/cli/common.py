@@ -4,9 +4,10 @@ the --verbose flag."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
-from tlserve import tfnoise
+from tlserve import storage, tfnoise
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -20,6 +21,18 @@ EXIT_CODES = f"""exit codes:
        with the Keras model, a converter failed, or no version number was free;
        nothing was published
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM)"""
+
+
+def local(text: str) -> Path:
+    """A path on this machine (argparse type): a URL is refused, never taken for a path."""
+    if storage.is_url(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; this option takes a path on this machine")
+    return Path(text)
+
+
+def repository(text: str) -> Path | storage.Remote:
+    """A model repository (argparse type): a directory, or a bucket URL (s3://, gs://, ...)."""
+    return storage.location(text)
 
 
 class Parser(argparse.ArgumentParser):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tlserve.cli.common import Formatter, add_verbose
+from tlserve.cli.common import Formatter, add_verbose, local
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "Every training run is a plain `tlserve train` with default settings, printed as it runs."
         ),
     )
-    p.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where data and run dirs go")
+    p.add_argument("--workdir", type=local, default=Path("demo-output"), help="where data and run dirs go")
     p.add_argument(
         "--per-class",
         type=int,

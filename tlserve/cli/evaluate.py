@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tlserve.cli.common import Formatter, add_verbose
+from tlserve.cli.common import Formatter, add_verbose, local
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -18,11 +17,11 @@ def add(sub: argparse._SubParsersAction) -> None:
             "Prints per-class precision/recall/F1 and writes evaluation.json and confusion.png."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("run_dir", type=local, metavar="RUN_DIR")
+    p.add_argument("data_dir", type=local, metavar="DATA_DIR")
     p.add_argument(
         "--out",
-        type=Path,
+        type=local,
         metavar="DIR",
         help="where to write the report (default: RUN_DIR/evaluations/<DATA_DIR name>, replaced on a re-run)",
     )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tlserve.cli.common import Formatter, add_verbose
+from tlserve.cli.common import Formatter, add_verbose, local, repository
 
 
 def _formats(value: str) -> tuple[str, ...]:
@@ -33,8 +32,14 @@ def add(sub: argparse._SubParsersAction) -> None:
             "(an artifact disagrees with the Keras model, or a converter failed): nothing was published."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--repository", type=Path, required=True, metavar="REPO", help="model repository root")
+    p.add_argument("run_dir", type=local, metavar="RUN_DIR")
+    p.add_argument(
+        "--repository",
+        type=repository,
+        required=True,
+        metavar="REPO",
+        help="model repository: a directory, or a bucket URL (s3://BUCKET/PREFIX, gs://...)",
+    )
     p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
     p.add_argument("--version", type=int, help="version number (default: the next free integer)")
     p.add_argument(
@@ -44,7 +49,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for CUDA/TensorRT)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ, for CPU)")
     p.add_argument(
-        "--calibration-data", type=Path, metavar="DIR",
+        "--calibration-data", type=local, metavar="DIR",
         help="images for int8 calibration (default: the run's training images)",
     )  # fmt: skip
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..18")

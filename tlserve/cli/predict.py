@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from tlserve.cli.common import Formatter
+from tlserve.cli.common import Formatter, local
 from tlserve.errors import UsageError
 
 
@@ -22,7 +21,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "  tlserve predict *.jpg --model flowers --api tfs --server 10.0.0.5:8500 --top-k 3"
         ),
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG, PNG, BMP or GIF files")
+    p.add_argument("images", nargs="+", type=local, metavar="IMAGE", help="JPEG, PNG, BMP or GIF files")
     p.add_argument("--model", required=True, help="model name in the server's repository")
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address")
     p.add_argument("--api", choices=["native", "tfs"], default="native",
@@ -42,12 +41,12 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     """--tls-ca/--tls-cert/--tls-key/--token-file: how a client command reaches a secured server."""
     g = p.add_argument_group("security (servers with TLS or bearer tokens; docs/security.md)")
     g.add_argument("--tls", action="store_true", help="connect over TLS, verifying with the system's CAs")
-    g.add_argument("--tls-ca", type=Path, metavar="FILE", help="PEM CA that signed the server's certificate "
+    g.add_argument("--tls-ca", type=local, metavar="FILE", help="PEM CA that signed the server's certificate "
                    "(implies --tls)")  # fmt: skip
-    g.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM client certificate, for mutual TLS")
-    g.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+    g.add_argument("--tls-cert", type=local, metavar="FILE", help="PEM client certificate, for mutual TLS")
+    g.add_argument("--tls-key", type=local, metavar="FILE", help="PEM key of --tls-cert")
     g.add_argument("--tls-server-name", metavar="NAME", help="name to verify the server's certificate for")
-    g.add_argument("--token-file", type=Path, metavar="FILE",
+    g.add_argument("--token-file", type=local, metavar="FILE",
                    help="file holding a bearer token (else the TLSERVE_TOKEN variable)")  # fmt: skip
 
 

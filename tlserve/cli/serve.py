@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tlserve.cli.common import Formatter
+from tlserve.cli.common import Formatter, local
 from tlserve.errors import UsageError
+from tlserve.storage import Remote, StorageError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +24,15 @@ def add(sub: argparse._SubParsersAction) -> None:
             "inference.GRPCInferenceService), the native tlserve.v1.Inference API (Classify, ListModels),\n"
             "grpc.health.v1 (one service per model) and server reflection. On the HTTP port: TF Serving's\n"
             "REST API (/v1/models/...) and the OIP's (/v2/...). Prometheus metrics on a third port.\n"
-            "New versions published into REPO are loaded, warmed up and swapped in while serving; a\n"
+            "New versions published into REPO (a directory, or a bucket: s3://, gs://) are loaded, warmed\n"
+            "up and swapped in while serving; a\n"
             "version that fails to load leaves the previous one serving.\n\n"
             "Every setting has a flag (but the per-model ones and tokens) and a TLSERVE_* variable;\n"
             "flags > TLSERVE_* environment > --config file > defaults, e.g.\n"
             "  TLSERVE_MAX_BATCH_SIZE=16  TLSERVE_MODELS__FLOWERS__BACKEND=tensorflow\n\n"
             "examples:\n"
             "  tlserve serve --repository models\n"
+            "  tlserve serve --repository s3://my-bucket/models   # AWS_* credentials, tlserve[s3]\n"
             "  tlserve serve --repository models --grpc-port 0 --metrics-port 0 --version-policy latest:2\n"
             "  grpcurl -plaintext localhost:8500 list\n"
             "  TLSERVE_AUTH_TOKENS=$(cat token) tlserve serve --repository models \\\n"
@@ -37,7 +40,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "Security (limits, TLS, mTLS, tokens, threat model): docs/security.md"
         ),
     )
-    p.add_argument("--config", type=Path, metavar="FILE", help="settings file, JSON or TOML (TLSERVE_CONFIG)")
+    p.add_argument("--config", type=local, metavar="FILE", help="settings file, JSON/TOML (TLSERVE_CONFIG)")
     add_setting_flags(p)
     p.set_defaults(handler=run)
 
@@ -55,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid settings: {problems}") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not settings.repository.is_dir():
-        raise UsageError(f"model repository {settings.repository} is not a directory (export a model into it "
-                         "with: tlserve export RUN_DIR --repository DIR --name NAME)")  # fmt: skip
+    check_repository(settings.location)
     from tlserve.service.auth import auth_tokens
     from tlserve.service.server import serve
     from tlserve.service.tls import tls_credentials
@@ -72,3 +73,16 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(str(exc)) from None
     return 0
+
+
+def check_repository(location: Path | Remote) -> None:
+    """A directory, or a bucket that can be listed: said before anything starts."""
+    if isinstance(location, Path):
+        if not location.is_dir():
+            raise UsageError(f"model repository {location} is not a directory (export a model into it "
+                             "with: tlserve export RUN_DIR --repository DIR --name NAME)")  # fmt: skip
+        return
+    try:
+        location.scan()
+    except StorageError as exc:
+        raise UsageError(str(exc)) from None

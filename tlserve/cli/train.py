@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from tlserve.cli.common import Formatter, Parser, add_verbose
+from tlserve.cli.common import Formatter, Parser, add_verbose, local
 from tlserve.errors import UsageError
 from tlserve.training.augment import AUGMENTATIONS, DEFAULT_AUGMENT
 
@@ -70,9 +69,9 @@ def add(sub: argparse._SubParsersAction) -> None:
             "  tlserve train bears/ --out runs/bears --base runs/cats-vs-dogs   # reuse your own net"
         ),
     )
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="folder with one subfolder per class")
+    p.add_argument("data_dir", type=local, metavar="DATA_DIR", help="folder with one subfolder per class")
     p.add_argument(
-        "--out", type=Path, required=True, metavar="RUN_DIR", help="run dir to write (new or empty)"
+        "--out", type=local, required=True, metavar="RUN_DIR", help="run dir to write (new or empty)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out when the run succeeds")
     g = p.add_argument_group("base network")
@@ -172,7 +171,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--val-split", type=float, default=0.2, help="stratified fraction of DATA_DIR held out")
     g.add_argument(
-        "--val-data", type=Path, metavar="DIR", help="a separate validation folder (overrides --val-split)"
+        "--val-data", type=local, metavar="DIR", help="a separate validation folder (overrides --val-split)"
     )
     add_verbose(p)
     p.set_defaults(handler=run)

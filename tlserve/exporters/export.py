@@ -13,21 +13,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlserve import __version__
 from tlserve import repository as repo
-from tlserve.errors import UsageError
+from tlserve.errors import ExportError, UsageError
 from tlserve.exporters import checks
 from tlserve.exporters.options import FORMATS, ExportOptions, check_batch
-from tlserve.exporters.publish import publish
+from tlserve.exporters.publish import publish, publish_remote
+from tlserve.storage import Remote, StorageError
 from tlserve.training import quality, rundir
 
 __all__ = ["ExportOptions", "ExportResult", "check_options", "export", "run_quality", "summary_table"]
@@ -35,7 +38,8 @@ __all__ = ["ExportOptions", "ExportResult", "check_options", "export", "run_qual
 
 @dataclass
 class ExportResult:
-    path: Path
+    path: Path | str
+    """The version's directory, or its URL in a bucket."""
     manifest: repo.Manifest
     warnings: list[str]
 
@@ -63,14 +67,7 @@ def check_options(options: ExportOptions) -> None:
         raise UsageError(f"--version must be a positive integer; got {options.version}")
     rundir.check_run_dir(options.run_dir)
     target = options.repository
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"repository {target} is not writable ({existing} does not let us create files)")
-    model_dir = target / options.name
-    if model_dir.exists() and not model_dir.is_dir():
-        raise UsageError(f"{model_dir} exists and is not a directory; cannot hold versions of {options.name}")
+    published = _published(options)
     if options.calibration_data is not None:
         from tlserve.training.data import IMAGE_EXTENSIONS
 
@@ -89,12 +86,12 @@ def check_options(options: ExportOptions) -> None:
             f"{options.run_dir}: weak model, not exported: {_reasons(verdict)}; retrain it, or pass "
             "--allow-weak to publish it anyway"
         )
-    if options.version is not None and (model_dir / str(options.version)).exists():
+    if options.version is not None and options.version in published.taken:
         raise UsageError(
             f"version {options.version} of {options.name} already exists in {target}; versions are never "
-            f"overwritten (next free: {repo.next_version(model_dir)})"
+            f"overwritten (next free: {published.taken[-1] + 1})"
         )
-    duplicate = None if options.allow_duplicate else _duplicate_of(options, model_dir)
+    duplicate = None if options.allow_duplicate else _duplicate_of(options, published)
     if duplicate is not None:
         raise UsageError(
             f"{options.run_dir} is already published as version {duplicate} of {options.name} (same "
@@ -114,16 +111,55 @@ def _artifact_kinds(options: ExportOptions) -> set[tuple[str, str, int | None]]:
     return kinds
 
 
-def _duplicate_of(options: ExportOptions, model_dir: Path) -> int | None:
-    """The newest version of ``model_dir`` exported from the same weights (``model.keras``'s sha256)
+@dataclass
+class _Published:
+    """The versions of the model already in the repository."""
+
+    visible: list[int]
+    taken: list[int]
+    """Numbers no export may take: every version dir (in a bucket, uploads in progress too)."""
+    read: Callable[[int], repo.Manifest]
+
+
+def _published(options: ExportOptions) -> _Published:
+    """What the repository holds of the model, checking that the export can write there."""
+    target, name = options.repository, options.name
+    if isinstance(target, Remote):
+        try:
+            listing = target.scan()
+        except StorageError as exc:
+            raise UsageError(str(exc)) from None
+
+        def read_remote(version: int) -> repo.Manifest:
+            try:
+                data = json.loads(target.read(f"{name}/{version}/{repo.MANIFEST_FILE}"))
+            except (StorageError, ValueError) as exc:
+                raise repo.ManifestError(str(exc)) from None
+            return repo.Manifest.from_dict(data)
+
+        return _Published(listing.visible(name), listing.taken(name), read_remote)
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"repository {target} is not writable ({existing} does not let us create files)")
+    model_dir = target / name
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UsageError(f"{model_dir} exists and is not a directory; cannot hold versions of {name}")
+    taken = sorted(int(p.name) for p in model_dir.glob("*") if repo.is_version_name(p.name))
+    return _Published(repo.versions(model_dir), taken, lambda v: repo.Manifest.read(model_dir / str(v)))
+
+
+def _duplicate_of(options: ExportOptions, published: _Published) -> int | None:
+    """The newest version of the model exported from the same weights (``model.keras``'s sha256)
     and labels with the same artifacts as ``options`` asks for; None when there is none.
     Versions whose manifest cannot be read, or predates the weights checksum, are not compared."""
     digest = repo.sha256_file(options.run_dir / rundir.MODEL_FILE)
     labels = rundir.read_labels(options.run_dir)
     wanted = _artifact_kinds(options)
-    for version in reversed(repo.versions(model_dir)):
+    for version in reversed(published.visible):
         try:
-            manifest = repo.Manifest.read(model_dir / str(version))
+            manifest = published.read(version)
         except repo.ManifestError:
             continue
         kinds = {(a.kind, a.precision, a.opset) for a in manifest.artifacts}
@@ -196,10 +232,14 @@ def export(options: ExportOptions) -> ExportResult:
             f"{options.run_dir}: labels.txt has {len(labels)} labels but the model outputs {width} "
             "scores; the run dir is inconsistent"
         )
-    model_dir = options.repository / options.name
-    created = [d for d in (model_dir, *model_dir.parents) if not d.exists()]
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=repo.STAGING_PREFIX, dir=model_dir))
+    created: list[Path] = []
+    if isinstance(options.repository, Path):
+        model_dir = options.repository / options.name
+        created = [d for d in (model_dir, *model_dir.parents) if not d.exists()]
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=repo.STAGING_PREFIX, dir=model_dir))
+    else:  # NOTE: assembled here, uploaded once complete
+        staging = Path(tempfile.mkdtemp(prefix="tlserve-upload-"))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a server may run as another user
@@ -278,8 +318,17 @@ def export(options: ExportOptions) -> ExportResult:
         (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
         manifest.write(staging)  # last: a version with a manifest is a complete version
-        final = publish(staging, model_dir, options.version)
-        manifest.version = int(final.name)
+        final: Path | str
+        if isinstance(options.repository, Path):
+            final = publish(staging, options.repository / options.name, options.version)
+            manifest.version = int(final.name)
+        else:
+            try:
+                manifest.version = publish_remote(staging, options.repository, options.name, options.version)
+            except StorageError as exc:
+                raise ExportError(f"{exc}; nothing was published") from None
+            final = f"{options.repository}/{options.name}/{manifest.version}"
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         steps.abandon()
         shutil.rmtree(staging, ignore_errors=True)
@@ -318,7 +367,7 @@ def _manifest(
     versions.update(tlserve_export=__version__, onnxruntime=onnxruntime.__version__)
     return repo.Manifest(
         name=options.name,
-        version=options.version or repo.next_version(options.repository / options.name),
+        version=options.version or 1,  # NOTE: set when it is published (publish.set_version)
         labels_sha256=repo.sha256_file(labels_file),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         labels=labels,

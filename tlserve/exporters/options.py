@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlserve.storage import Remote
+
 __all__ = ["FORMATS", "TOLERANCE", "ExportOptions", "check_batch"]
 
 FORMATS = ("savedmodel", "onnx")
@@ -26,7 +28,8 @@ def check_batch(size: int) -> int:
 @dataclass
 class ExportOptions:
     run_dir: Path
-    repository: Path
+    repository: Path | Remote
+    """A directory, or a bucket (``tlserve.storage.location`` of a URL)."""
     name: str
     version: int | None = None
     formats: tuple[str, ...] = FORMATS

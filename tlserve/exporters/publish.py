@@ -1,14 +1,24 @@
-"""Publishing a version into a model repository atomically: a staging dir made durable, then renamed
-to its version number, so that a server polling the repository never sees half a version."""
+"""Publishing a version into a model repository atomically, so that a server polling it never sees
+half a version. In a directory: a staging dir made durable, then renamed to its version number. In
+a bucket, which has no rename: the number is claimed by creating ``NAME/N/.tlserve-claim`` only if
+no object has that name (a conditional write: S3's If-None-Match, GCS's ifGenerationMatch=0), so
+two exports never take the same number; then every file is uploaded, the manifest last (servers see
+a version once its manifest exists). The claim stays: deleting it would let an exporter that listed
+before it take the number again. A failed upload removes what it wrote.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import socket
+from contextlib import suppress
 from pathlib import Path
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
+from tlserve.storage import CLAIM_FILE, Remote, StorageError
 
 
 def publish(staging: Path, model_dir: Path, version: int | None) -> Path:
@@ -50,3 +60,36 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish_remote(staging: Path, remote: Remote, name: str, version: int | None) -> int:
+    """Upload the staging dir as a version of ``name`` (the given number, or the next free one,
+    taking the one after when another export claims it first); the number it got."""
+    number = version if version is not None else (remote.scan().taken(name) or [0])[-1] + 1
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    claim = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "created": created}) + "\n"
+    for _ in range(1000):
+        try:
+            remote.create(f"{name}/{number}/{CLAIM_FILE}", claim.encode())
+            break
+        except FileExistsError:
+            if version is not None:
+                raise UsageError(
+                    f"version {version} of {name} already exists in {remote}; versions are never overwritten"
+                ) from None
+            number += 1
+    else:
+        raise ExportError(f"no free version number found for {name} in {remote}")
+    set_version(staging, number)
+    manifest = staging / repo.MANIFEST_FILE
+    files = {
+        f"{name}/{number}/{p.relative_to(staging)}": p for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    try:
+        remote.upload({key: path for key, path in files.items() if path != manifest})
+        remote.upload({f"{name}/{number}/{repo.MANIFEST_FILE}": manifest})  # NOTE: last: now it is visible
+    except BaseException:
+        with suppress(StorageError):
+            remote.remove(f"{name}/{number}")
+        raise
+    return number

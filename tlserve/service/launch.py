@@ -42,7 +42,7 @@ class ServerProcess:
 
     def __init__(
         self,
-        repository: Path,
+        repository: Path | str,
         *args: str,
         env: dict[str, str] | None = None,
         start_timeout_s: float = 120,

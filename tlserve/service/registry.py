@@ -1,14 +1,17 @@
 """The model registry: which versions are served, following the repository, atomic swap and drain.
 
-Every ``poll_interval_s`` the repository is scanned. For each model the version policy picks versions
-among those on disk that have not failed; new ones are loaded and warmed up in a worker thread while the
-current ones keep serving, then the set of serving versions is replaced in one assignment. A version
-that leaves the set is drained — it finishes every request already holding it — then unloaded.
-A version that fails to load is logged, reported (ListModels, GetModelStatus) and left out of the
-policy, so the previous version keeps serving; it is retried once any of its files changes (say, a
-copy that was still in progress when it was first seen). The directories name a version (as in TF
-Serving): a version copied under another number or model name is served, and where its manifest says
-it was exported is logged with the load.
+Every ``poll_interval_s`` the repository (a directory, or a bucket: ``sources.py``) is scanned. For
+each model the version policy picks versions among those visible that have not failed; new ones are
+fetched (a bucket's into a local cache), loaded and warmed up in a worker thread while the current
+ones keep serving, then the set of serving versions is replaced in one assignment. A version that
+leaves the set is drained — it finishes every request already holding it — then unloaded. A version
+that fails to load (a file not matching the manifest's sha256 included) is logged, reported
+(ListModels, GetModelStatus) and left out of the policy, so the previous version keeps serving; it
+is retried once any of its files changes (say, a copy that was still in progress when it was first
+seen). A bucket that cannot be listed, or a version that cannot be downloaded, changes nothing:
+what is loaded keeps serving and the next scan tries again. The directories name a version (as in
+TF Serving): a version copied under another number or model name is served, and where its manifest
+says it was exported is logged with the load.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tlserve import repository as repo
 from tlserve.service.backends import Backend
@@ -30,6 +32,8 @@ from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
 from tlserve.service.loader import load_version
 from tlserve.service.metrics import Metrics, VersionMetrics
 from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
+from tlserve.service.sources import open_source
+from tlserve.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +103,6 @@ def labelled(model: Model, label: str) -> int:
     return number
 
 
-def _stamp(version_dir: Path) -> tuple[int, int, int]:
-    """Changes whenever a file in the version dir is added, removed, grown or rewritten."""
-    count = size = newest = 0
-    try:
-        for path in version_dir.rglob("*"):
-            info = path.stat()
-            count, size, newest = count + 1, size + info.st_size, max(newest, info.st_mtime_ns)
-    except OSError:
-        return (-1, -1, -1)
-    return count, size, newest
-
-
 class ModelRegistry:
     """The served models, following the model repository; ``lease()`` is how the core gets a
     version to run."""
@@ -123,7 +115,7 @@ class ModelRegistry:
         on_change: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.root = settings.repository
+        self.source = open_source(settings.location, settings.repository_cache_dir)
         self._compute = compute
         self._on_change = on_change
         self.metrics = metrics or Metrics()
@@ -133,6 +125,8 @@ class ModelRegistry:
         self.scanned = False
         """True once the first scan is done (the server's readiness needs it)."""
         self._misplaced_said = False
+        self._outage = ""
+        """The store's error while a bucket cannot be listed (what is loaded keeps serving)."""
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -190,19 +184,21 @@ class ModelRegistry:
         """Scan once: load, swap and retire versions to follow the repository and the policies."""
         if self._closed:
             return
-        names = set()
-        if self.root.is_dir():
-            for entry in sorted(self.root.iterdir()):
-                try:
-                    if entry.is_dir() and not entry.name.startswith("."):
-                        names.add(repo.check_model_name(entry.name))
-                except ValueError:
-                    log.warning("ignoring %s: not a valid model name", entry)
-        else:
-            log.warning("model repository %s does not exist (yet)", self.root)
-        if not self._misplaced_said and (hint := repo.misplaced_root(self.root)):
-            log.warning("%s", hint)
+        try:
+            scan = await asyncio.get_running_loop().run_in_executor(None, self.source.scan)
+        except StorageError as exc:  # NOTE: keep serving what is loaded; say so once per outage
+            if str(exc) != self._outage:
+                log.warning("%s; serving what is loaded, retrying every %.1f s", exc,
+                            self.settings.poll_interval_s)  # fmt: skip
+            self._outage = str(exc)
+            return
+        if self._outage:
+            log.info("model repository %s can be listed again", self.source)
+            self._outage = ""
+        if not self._misplaced_said and scan.hint:
+            log.warning("%s", scan.hint)
             self._misplaced_said = True
+        names = set(scan.models)
         for name in sorted(names):
             if self._closed:  # NOTE: close() may run while a load is awaited
                 return
@@ -210,7 +206,7 @@ class ModelRegistry:
             if model is None:
                 model = self.models[name] = Model(name, self.settings.for_model(name))
                 self.metrics.model_seen(name)
-            await self._follow(model)
+            await self._follow(model, scan.models[name])
         for name in sorted(set(self.models) - names):
             log.info("model %s left the repository; unloading it", name)
             model = self.models.pop(name)
@@ -223,23 +219,23 @@ class ModelRegistry:
         """The server is ready once the first scan is done and a model serves."""
         return self.scanned and any(m.serving for m in self.models.values())
 
-    async def _follow(self, model: Model) -> None:
-        model_dir = self.root / model.name
+    async def _follow(self, model: Model, on_disk: list[int]) -> None:
         policy = VersionPolicy(model.settings.version_policy or "latest")
-        on_disk = repo.versions(model_dir)
         for number, known in list(model.versions.items()):
             gone = number not in on_disk and known.state in (State.UNLOADED, State.FAILED)
-            changed = known.state is State.FAILED and known.stamp != _stamp(model_dir / str(number))
+            changed = known.state is State.FAILED and known.stamp != self.source.stamp(model.name, number)
             if gone or changed:  # forget history of deleted versions; retry failed ones that changed
                 del model.versions[number]
+        unreachable: set[int] = set()  # files not fetched in this scan: tried again at the next
         while True:
-            candidates = [v for v in on_disk if not self._failed(model, v)]
+            candidates = [v for v in on_disk if not self._failed(model, v) and v not in unreachable]
             wanted = policy.select(candidates)
             missing = [v for v in wanted if not (v in model.versions and model.versions[v].ready)]
             if not missing:
                 break
             for number in missing:
-                await self._load(model, number)
+                if not await self._load(model, number):
+                    unreachable.add(number)
                 if self._closed:
                     return
         failed = sum(1 for v in model.versions.values() if v.state is State.FAILED)
@@ -266,23 +262,35 @@ class ModelRegistry:
         if self._on_change is not None:
             self._on_change(model.name, bool(selected))
 
-    async def _load(self, model: Model, number: int) -> None:
-        path = self.root / model.name / str(number)
-        record = model.versions[number] = VersionRecord(number, _stamp(path))
+    async def _load(self, model: Model, number: int) -> bool:
+        """Load a version (True), or find that its files cannot be fetched now (False: forgotten,
+        tried again at the next scan). A version that fails to load is recorded as FAILED."""
+        record = model.versions[number] = VersionRecord(number, self.source.stamp(model.name, number))
         log.info("loading %s version %d (%s backend)", model.name, number, model.settings.backend)
         start = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            manifest, backend = await asyncio.get_running_loop().run_in_executor(
+            path = await loop.run_in_executor(None, self.source.fetch, model.name, number)
+        except StorageError as exc:
+            log.warning("model %s version %d not fetched (tried again at the next scan): %s",
+                        model.name, number, exc)  # fmt: skip
+            del model.versions[number]
+            return False
+        try:
+            manifest, backend = await loop.run_in_executor(
                 None, load_version, path, self.settings, model.settings
             )
         except Exception as exc:  # any failure of a version must leave the server serving the others
+            await loop.run_in_executor(None, self.source.release, model.name, number)
             # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
-            error = f"{type(exc).__name__}: {exc}".replace(f"{self.root}/", "").replace(str(self.root), "")
+            error = f"{type(exc).__name__}: {exc}"
+            for local in self.source.local_paths():
+                error = error.replace(f"{local}/", "").replace(local, "")
             record.state, record.error = State.FAILED, error.splitlines()[0][:500]
             log.error("model %s version %d failed to load: %s", model.name, number, record.error)
             self.metrics.load_failures.labels(model.name).inc()
             log.debug("load failure", exc_info=True)
-            return
+            return True
         seconds = time.perf_counter() - start
         self.metrics.load_duration.labels(model.name).observe(seconds)
         metrics = self.metrics.version(model.name, number, backend.name, backend.providers, backend.artifact)
@@ -302,12 +310,15 @@ class ModelRegistry:
             backend.artifact, ", ".join(backend.providers),
             f" (a copy: exported as {manifest.exported_as})" if copied else "",
         )  # fmt: skip
+        return True
 
     async def _retire(self, record: VersionRecord, served: LoadedVersion) -> None:
         record.state = State.UNLOADING
         await served.idle.wait()
         await served.batcher.close()
-        await asyncio.get_running_loop().run_in_executor(None, served.backend.unload)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, served.backend.unload)
+        await loop.run_in_executor(None, self.source.release, served.name, served.version)
         served.metrics.remove()
         record.loaded, record.state = None, State.UNLOADED
         log.info("unloaded %s version %d", served.name, served.version)
@@ -332,3 +343,4 @@ class ModelRegistry:
             self._swap(model, {})
         if self._retiring:
             await asyncio.gather(*self._retiring)
+        self.source.close()

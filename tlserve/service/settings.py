@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tlserve import repository as repo
+from tlserve import storage
 from tlserve.service import gif
 
 Backend = Literal["onnxruntime", "tensorflow"]
@@ -73,8 +74,13 @@ class ServerSettings(BaseSettings):
         env_prefix="TLSERVE_", env_nested_delimiter="__", extra="forbid", use_attribute_docstrings=True
     )
 
-    repository: Path = Path("models")
-    """Model repository root: REPO/NAME/VERSION/ as `tlserve export` writes it."""
+    repository: str = "models"
+    """Model repository root: REPO/NAME/VERSION/ as `tlserve export` writes it; a directory, or a
+    bucket URL (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, any fsspec URL) followed the same way, each
+    new version downloaded into ``repository_cache_dir`` and checked before it is loaded."""
+    repository_cache_dir: Path | None = None
+    """Where versions from a bucket are downloaded to be loaded (only those served, deleted once
+    unloaded); unset, a temporary directory removed at exit. Unused for a local repository."""
     host: str = "0.0.0.0"
     """Address to bind every port to (gRPC, REST, metrics, health)."""
     grpc_port: int = Field(8500, ge=0, le=65535)
@@ -238,6 +244,16 @@ class ServerSettings(BaseSettings):
     access_log: bool = False
     """One INFO line per call (method, model, version, status, duration)."""
 
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _repository(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @property
+    def location(self) -> Path | storage.Remote:
+        """The repository: a local directory, or a bucket (``storage.Remote``) for a URL."""
+        return storage.location(self.repository)
+
     @field_validator("http_port", "metrics_port", "health_port", mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:
@@ -313,8 +329,10 @@ class ServerSettings(BaseSettings):
         )
 
     def public(self) -> dict[str, Any]:
-        """What to log at start (JSON-friendly)."""
-        return json.loads(self.model_dump_json())
+        """What to log at start (JSON-friendly; no credentials in a repository URL)."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        data["repository"] = str(self.location)
+        return data
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

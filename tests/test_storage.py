@@ -1,0 +1,161 @@
+"""Repository locations: URLs are never paths, a bucket's listing, and a gs:// repository followed by
+the registry through a fake filesystem (an in-memory one registered for gs://; a real GCS is not
+exercised here, docs/deploy.md says so)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from tests.s3 import upload_tiny
+from tlserve import repository as repo
+from tlserve.errors import UsageError
+from tlserve.exporters.publish import publish_remote
+from tlserve.service.registry import ModelRegistry
+from tlserve.service.settings import ServerSettings
+from tlserve.storage import CLAIM_FILE, Listing, Remote, location
+
+fsspec = pytest.importorskip("fsspec")
+from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
+
+
+class FakeGCS(MemoryFileSystem):
+    """gs:// and gcs:// URLs kept in memory, with conditional creates as GCS does them."""
+
+    protocol = ("gs", "gcs")
+    store: ClassVar[dict[str, Any]] = {}
+    pseudo_dirs: ClassVar[list[str]] = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        for prefix in ("gs://", "gcs://"):
+            path = path.removeprefix(prefix)
+        return str(super()._strip_protocol(path))
+
+
+@pytest.fixture
+def gcs() -> Iterator[type[FakeGCS]]:
+    from fsspec.registry import _registry, register_implementation
+
+    before = {p: _registry.get(p) for p in FakeGCS.protocol}
+    for protocol in FakeGCS.protocol:
+        register_implementation(protocol, FakeGCS, clobber=True)
+    FakeGCS.store.clear()
+    FakeGCS.pseudo_dirs[:] = [""]
+    FakeGCS().mkdir("/bucket")
+    yield FakeGCS
+    for protocol, implementation in before.items():
+        if implementation is None:
+            _registry.pop(protocol, None)
+        else:
+            register_implementation(protocol, implementation, clobber=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models", Path("models")),
+        ("./s3:/models", Path("s3:/models")),
+        ("file:///srv/models", Path("/srv/models")),
+        ("s3://bucket/prefix/", Remote("s3://bucket/prefix")),
+        ("S3://Bucket/Prefix", Remote("s3://Bucket/Prefix")),
+        ("gs://bucket", Remote("gs://bucket")),
+    ],
+)
+def test_a_url_is_never_a_path(text: str, expected: object) -> None:
+    assert location(text) == expected
+
+
+def test_credentials_in_a_url_are_never_printed() -> None:
+    assert str(Remote("s3://key:secret@bucket/repo")) == "s3://bucket/repo"
+    settings = ServerSettings(repository="s3://key:secret@bucket/repo")
+    assert "secret" not in str(settings.public())  # the server logs this at start
+
+
+def test_unknown_protocols_and_missing_filesystems_are_one_line_usage_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(UsageError, match=r"unknown protocol 'nosuch' \(object storage: gcs://, gs://, s3://"):
+        Remote("nosuch://bucket/x").scan()
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if the gcs extra were not installed
+    missing = r"gs:// filesystem is not installed \(pip install 'tlserve\[gcs\]'\)"
+    with pytest.raises(UsageError, match=missing):
+        Remote("gs://bucket/x").scan()
+    with pytest.raises(UsageError, match="names no bucket"):
+        Remote("s3://").scan()
+
+
+def test_a_listing_shows_versions_once_their_manifest_exists() -> None:
+    listing = Listing({
+        "colors/1/manifest.json": (10, "a"), "colors/1/model.onnx": (100, "b"),
+        "colors/2/model.onnx": (100, "c"), "colors/2/.tlserve-claim": (5, "d"),
+        "colors/03/manifest.json": (10, "e"), "colors/.staging/manifest.json": (1, "f"),
+        ".hidden/1/manifest.json": (1, "g"), "README": (1, "h"),
+    })  # fmt: skip
+    assert listing.visible("colors") == [1] and listing.taken("colors") == [1, 2]
+    assert sorted(listing.models) == ["colors"]  # a file at the top is no model, as in a directory
+    before = listing.stamp("colors", 1)
+    changed = Listing({**listing.objects, "colors/1/model.onnx": (100, "b2")})
+    assert before[:2] == (2, 110) and changed.stamp("colors", 1) != before
+    assert listing.misplaced("s3://b/repo") == ""
+    model_folder = Listing({"1/manifest.json": (1, "a"), "1/model.onnx": (1, "b")})
+    assert "looks like a model folder" in model_folder.misplaced("s3://b/repo/colors")
+    assert "pass --repository s3://b/repo" in model_folder.misplaced("s3://b/repo/colors")
+    assert "looks like a version folder" in Listing({"manifest.json": (1, "a")}).misplaced("s3://b/x")
+
+
+def test_a_gs_repository_is_followed_like_a_directory(gcs: type[FakeGCS], tmp_path: Path) -> None:
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    upload_tiny(remote, "colors", 2, manifest=False)  # being uploaded: invisible
+    cache = tmp_path / "cache"
+
+    async def main() -> None:
+        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=cache, max_batch_size=4)
+        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        await registry.poll()
+        assert sorted(registry.models["colors"].serving) == [1]
+        assert sorted(p.name for p in (cache / "colors").iterdir()) == ["1"]
+        upload_tiny(remote, "colors", 2)
+        await registry.poll()
+        assert sorted(registry.models["colors"].serving) == [2]
+        for _ in range(50):  # the retired version drains, then its download is deleted
+            if not (cache / "colors" / "1").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(p.name for p in (cache / "colors").iterdir()) == ["2"]
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_exports_to_a_bucket_take_distinct_versions_and_appear_complete(
+    gcs: type[FakeGCS], tmp_path: Path
+) -> None:
+    from tests.service.tiny import publish
+
+    remote = Remote("gs://bucket/repo")
+    source = publish(tmp_path / "local", "colors", 1)
+    numbers = []
+    for i in range(3):
+        staging = tmp_path / f"staging{i}"
+        staging.mkdir()
+        for f in source.iterdir():
+            (staging / f.name).write_bytes(f.read_bytes())
+        numbers.append(publish_remote(staging, remote, "colors", None))
+    listing = remote.scan()
+    assert numbers == [1, 2, 3] and listing.visible("colors") == [1, 2, 3]
+    for number in numbers:
+        files = listing.models["colors"][number]
+        assert CLAIM_FILE in files and repo.MANIFEST_FILE in files
+        manifest = repo.Manifest.from_dict(json.loads(remote.read(f"colors/{number}/manifest.json")))
+        assert manifest.version == number
+    with pytest.raises(UsageError, match="version 2 of colors already exists in gs://bucket/repo"):
+        publish_remote(staging, remote, "colors", 2)
