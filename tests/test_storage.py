@@ -111,6 +111,11 @@ def test_a_listing_shows_versions_once_their_manifest_exists() -> None:
     assert "looks like a version folder" in Listing({"manifest.json": (1, "a")}).misplaced("s3://b/x")
 
 
+def downloads(cache: Path) -> list[str]:
+    """The versions with a download in the cache (``colors/VERSION-xxxxxxxx``)."""
+    return sorted(p.name.split("-")[0] for p in (cache / "colors").iterdir())
+
+
 def test_a_gs_repository_is_followed_like_a_directory(gcs: type[FakeGCS], tmp_path: Path) -> None:
     remote = Remote("gs://bucket/repo")
     upload_tiny(remote, "colors", 1)
@@ -122,16 +127,17 @@ def test_a_gs_repository_is_followed_like_a_directory(gcs: type[FakeGCS], tmp_pa
         registry = ModelRegistry(settings, ThreadPoolExecutor(1))
         await registry.poll()
         assert sorted(registry.models["colors"].serving) == [1]
-        assert sorted(p.name for p in (cache / "colors").iterdir()) == ["1"]
+        assert downloads(cache) == ["1"]
         upload_tiny(remote, "colors", 2)
         await registry.poll()
         assert sorted(registry.models["colors"].serving) == [2]
         for _ in range(50):  # the retired version drains, then its download is deleted
-            if not (cache / "colors" / "1").exists():
+            if downloads(cache) == ["2"]:
                 break
             await asyncio.sleep(0.02)
-        assert sorted(p.name for p in (cache / "colors").iterdir()) == ["2"]
+        assert downloads(cache) == ["2"]
         await registry.close()
+        assert downloads(cache) == []
 
     asyncio.run(main())
 
@@ -159,3 +165,32 @@ def test_exports_to_a_bucket_take_distinct_versions_and_appear_complete(
         assert manifest.version == number
     with pytest.raises(UsageError, match="version 2 of colors already exists in gs://bucket/repo"):
         publish_remote(staging, remote, "colors", 2)
+
+
+def test_a_version_picked_again_while_it_drains_keeps_its_new_download(
+    gcs: type[FakeGCS], tmp_path: Path
+) -> None:
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    cache = tmp_path / "cache"
+
+    async def main() -> None:
+        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=cache, max_batch_size=4)
+        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        await registry.poll()
+        with registry.lease("colors") as first:  # a request holds version 1: it cannot drain
+            upload_tiny(remote, "colors", 2)
+            await registry.poll()
+            remote.remove("colors/2")  # version 2 withdrawn: version 1 is picked again
+            await registry.poll()
+            again = registry.resolve("colors")
+            assert again.version == 1 and again is not first and again.path != first.path
+        for _ in range(50):
+            if not first.path.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert not first.path.exists() and (again.path / repo.MANIFEST_FILE).is_file()
+        assert downloads(cache) == ["1"]
+        await registry.close()
+
+    asyncio.run(main())

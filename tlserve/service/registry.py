@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tlserve import repository as repo
 from tlserve.service.backends import Backend
@@ -48,6 +49,8 @@ class LoadedVersion:
     backend: Backend
     batcher: Batcher
     metrics: VersionMetrics
+    path: Path
+    """Where its files are (in a bucket's cache: released once it is unloaded)."""
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no request holds it (a retired version is unloaded once it is)."""
@@ -281,7 +284,7 @@ class ModelRegistry:
                 None, load_version, path, self.settings, model.settings
             )
         except Exception as exc:  # any failure of a version must leave the server serving the others
-            await loop.run_in_executor(None, self.source.release, model.name, number)
+            await loop.run_in_executor(None, self.source.release, path)
             # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
             error = f"{type(exc).__name__}: {exc}"
             for local in self.source.local_paths():
@@ -302,7 +305,7 @@ class ModelRegistry:
         )  # fmt: skip
         metrics.serving(self.settings.max_queue_size)
         record.manifest = manifest
-        record.loaded = LoadedVersion(model.name, number, manifest, backend, batcher, metrics)
+        record.loaded = LoadedVersion(model.name, number, manifest, backend, batcher, metrics, path)
         record.state = State.AVAILABLE
         copied = manifest.exported_as != f"{model.name}/{number}"
         log.info(
@@ -318,7 +321,7 @@ class ModelRegistry:
         await served.batcher.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, served.backend.unload)
-        await loop.run_in_executor(None, self.source.release, served.name, served.version)
+        await loop.run_in_executor(None, self.source.release, served.path)
         served.metrics.remove()
         record.loaded, record.state = None, State.UNLOADED
         log.info("unloaded %s version %d", served.name, served.version)

@@ -5,14 +5,15 @@ worker thread): which models and versions exist (``scan``), whether a version ch
 last seen (``stamp``), and where its files are on this machine (``fetch``, then ``release`` once it
 is unloaded). A local repository is read in place. A bucket is listed once per poll (one recursive
 list, no manifest read); a version is downloaded only when the registry loads it, into a fresh
-folder of the cache directory, and deleted from there when it is unloaded, so the cache holds
-only what is served (plus one version while it loads). The files are checked against the
-manifest's sha256 by the loader, as for a local repository.
+folder of the cache directory (``NAME/VERSION-xxxxxxxx``), deleted from there once it is unloaded
+or fails to load, so the cache holds only what is served (plus one version while it loads). The
+files are checked against the manifest's sha256 by the loader, as for a local repository.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from tlserve import repository as repo
 from tlserve.storage import Listing, Remote, Stamp, StorageError
 
 log = logging.getLogger(__name__)
+_COPY = re.compile(r"^[1-9][0-9]*-[A-Za-z0-9_]{8}$")
+"""The name of a version's download in the cache: VERSION-<mkdtemp's 8 random characters>."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ class Source(Protocol):
     def fetch(self, name: str, number: int) -> Path:
         """A local directory holding the version's files; StorageError when they cannot be had."""
 
-    def release(self, name: str, number: int) -> None:
-        """The version was unloaded: its local copy, if one was made, may go."""
+    def release(self, path: Path) -> None:
+        """What ``fetch`` returned is no longer needed (unloaded, or failed to load): a copy made
+        for it goes."""
 
     def close(self) -> None:
         """No version is needed any more."""
@@ -90,7 +94,7 @@ class LocalSource:
     def fetch(self, name: str, number: int) -> Path:
         return self.root / name / str(number)
 
-    def release(self, name: str, number: int) -> None:
+    def release(self, path: Path) -> None:
         pass
 
     def close(self) -> None:
@@ -108,6 +112,9 @@ class RemoteSource:
         self._own_cache = cache_dir is None
         self.cache = Path(tempfile.mkdtemp(prefix="tlserve-cache-")) if cache_dir is None else cache_dir
         self._listing = Listing({})
+        for stale in self.cache.glob("*/*"):  # NOTE: left by a process that was killed; only ours
+            if _COPY.match(stale.name) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
 
     def __str__(self) -> str:
         return str(self.remote)
@@ -130,20 +137,20 @@ class RemoteSource:
         files = self._listing.models.get(name, {}).get(number, {})
         if repo.MANIFEST_FILE not in files:
             raise StorageError(f"{self.remote}/{name}/{number}: its manifest is gone")
-        final = self.cache / name / str(number)
-        self.release(name, number)  # NOTE: a copy left by an earlier process is not trusted
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{number}-", dir=final.parent))
+        # NOTE: a folder of its own each time: the same version may still be draining from an
+        # earlier copy (unloaded and picked again), whose release must not delete this one
+        (self.cache / name).mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix=f"{number}-", dir=self.cache / name))
         try:
-            self.remote.download(name, number, files, partial)
-            partial.rename(final)
+            self.remote.download(name, number, files, target)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)
             raise
-        return final
+        return target
 
-    def release(self, name: str, number: int) -> None:
-        shutil.rmtree(self.cache / name / str(number), ignore_errors=True)
+    def release(self, path: Path) -> None:
+        if path.parent.parent == self.cache:
+            shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         if self._own_cache:
