@@ -194,3 +194,22 @@ def test_a_version_picked_again_while_it_drains_keeps_its_new_download(
         await registry.close()
 
     asyncio.run(main())
+
+
+def test_downloads_a_killed_server_left_are_cleared_and_nothing_else(
+    gcs: type[FakeGCS], tmp_path: Path
+) -> None:
+    from tlserve.service.sources import RemoteSource
+
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    cache = tmp_path / "cache"
+    (cache / "colors" / "1-abcd_123").mkdir(parents=True)  # as fetch names a download
+    (cache / "colors" / "notes").mkdir()  # not ours
+    source = RemoteSource(remote, cache)
+    source.scan()
+    path = source.fetch("colors", 1)
+    assert sorted(p.name for p in (cache / "colors").iterdir()) == sorted([path.name, "notes"])
+    source.release(path)
+    source.release(cache / "colors" / "notes")  # not a download: kept
+    assert sorted(p.name for p in (cache / "colors").iterdir()) == ["notes"]

@@ -109,12 +109,22 @@ class RemoteSource:
 
     def __init__(self, remote: Remote, cache_dir: Path | None) -> None:
         self.remote = remote
-        self._own_cache = cache_dir is None
-        self.cache = Path(tempfile.mkdtemp(prefix="tlserve-cache-")) if cache_dir is None else cache_dir
+        self._given_cache = cache_dir
+        self._cache: Path | None = None
         self._listing = Listing({})
-        for stale in self.cache.glob("*/*"):  # NOTE: left by a process that was killed; only ours
-            if _COPY.match(stale.name) and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+
+    @property
+    def cache(self) -> Path:
+        """The cache directory, made (or cleared of what a killed process left) on first use."""
+        if self._cache is None:
+            if self._given_cache is None:
+                self._cache = Path(tempfile.mkdtemp(prefix="tlserve-cache-"))
+            else:
+                self._cache = self._given_cache
+                for stale in self._cache.glob("*/*"):  # NOTE: only folders named as fetch names them
+                    if _COPY.match(stale.name) and stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
+        return self._cache
 
     def __str__(self) -> str:
         return str(self.remote)
@@ -149,15 +159,15 @@ class RemoteSource:
         return target
 
     def release(self, path: Path) -> None:
-        if path.parent.parent == self.cache:
+        if self._cache is not None and path.parent.parent == self._cache and _COPY.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
-        if self._own_cache:
-            shutil.rmtree(self.cache, ignore_errors=True)
+        if self._given_cache is None and self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
 
     def local_paths(self) -> list[str]:
-        return [str(self.cache)]
+        return [str(self._cache)] if self._cache is not None else []
 
 
 def open_source(repository: Path | Remote, cache_dir: Path | None) -> Source:
