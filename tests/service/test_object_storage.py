@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,13 @@ def serve(s3: S3, *args: str) -> ServerProcess:
 def states(server: ServerProcess) -> dict[int, tuple[str, str]]:
     with server.client() as client:
         return {v.version: (v.state, v.error) for v in client.list_models()["colors"]}
+
+
+def metric(server: ServerProcess, series: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    [value] = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(series + " ")]
+    return float(value)
 
 
 def wait_until(condition: object, timeout_s: float = 30) -> None:
@@ -131,8 +139,11 @@ def test_the_store_going_away_leaves_the_server_serving_and_it_recovers(s3: S3) 
         assert client.health("colors") == "SERVING"
         time.sleep(1.0)
         assert server.log.count("cannot list") == 1, "said once per outage"
+        assert metric(server, "tlserve_repository_up") == 0
+        assert metric(server, 'tlserve_repository_errors_total{operation="list"}') >= 1
         s3.start()
         server.wait_for("can be listed again", timeout_s=60)
+        assert metric(server, "tlserve_repository_up") == 1
         publish_version_2_and_see_it_served(remote, server, client)
 
 

@@ -214,7 +214,7 @@ def test_shipped_rules_load_and_evaluate(scraped: tuple[Prometheus, ServerProces
         return rules if rules and all(r["health"] != "unknown" for r in rules) else None
 
     rules = prometheus.wait(evaluated, "every rule evaluated")
-    assert len(rules) == 10
+    assert len(rules) == 11
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     recorded = 'tlserve:request_duration_seconds:p50{model="colors"}'
     p50 = prometheus.wait(lambda: _finite(prometheus.value(recorded)), "p50 recorded")

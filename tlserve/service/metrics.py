@@ -96,6 +96,15 @@ class Metrics:
         self.model_ready = Gauge(
             "tlserve_model_ready", "1 while a model has a version serving.", ["model"], registry=r
         )
+        self.repository_errors = Counter(
+            "tlserve_repository_errors", "Failed listings of a bucket, downloads of a version from it.",
+            ["operation"], registry=r,
+        )  # fmt: skip
+        for operation in ("list", "download"):  # NOTE: at 0 from the start: a first failure is an increase
+            self.repository_errors.labels(operation)
+        self.repository_up = Gauge(
+            "tlserve_repository_up", "1 while the last scan of the repository succeeded.", registry=r
+        )
         self.failed_versions = Gauge(
             "tlserve_model_failed_versions", "Versions on disk that failed to load (not serving).",
             ["model"], registry=r,

@@ -194,7 +194,10 @@ class ModelRegistry:
                 log.warning("%s; serving what is loaded, retrying every %.1f s", exc,
                             self.settings.poll_interval_s)  # fmt: skip
             self._outage = str(exc)
+            self.metrics.repository_errors.labels("list").inc()
+            self.metrics.repository_up.set(0)
             return
+        self.metrics.repository_up.set(1)
         if self._outage:
             log.info("model repository %s can be listed again", self.source)
             self._outage = ""
@@ -277,6 +280,7 @@ class ModelRegistry:
         except StorageError as exc:
             log.warning("model %s version %d not fetched (tried again at the next scan): %s",
                         model.name, number, exc)  # fmt: skip
+            self.metrics.repository_errors.labels("download").inc()
             del model.versions[number]
             return False
         try:
