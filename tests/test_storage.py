@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,7 @@ def gcs() -> Iterator[type[FakeGCS]]:
     [
         ("models", Path("models")),
         ("./s3:/models", Path("s3:/models")),
+        ("file://localhost/srv/models", Path("/srv/models")),
         ("file:///srv/models", Path("/srv/models")),
         ("s3://bucket/prefix/", Remote("s3://bucket/prefix")),
         ("S3://Bucket/Prefix", Remote("s3://Bucket/Prefix")),
@@ -73,10 +75,38 @@ def test_a_url_is_never_a_path(text: str, expected: object) -> None:
     assert location(text) == expected
 
 
-def test_credentials_in_a_url_are_never_printed() -> None:
-    assert str(Remote("s3://key:secret@bucket/repo")) == "s3://bucket/repo"
-    settings = ServerSettings(repository="s3://key:secret@bucket/repo")
-    assert "secret" not in str(settings.public())  # the server logs this at start
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://KEY:SECRET@bucket/repo",
+        "s3://KEY:wJal/rXUtn@bucket/repo",
+        "gs://token@bucket/x",
+        "s3://k:p@ss@b/r",
+    ],
+)
+def test_credentials_in_a_url_are_refused_before_anything_could_log_them(url: str) -> None:
+    with pytest.raises(UsageError, match="no credentials in the URL") as refused:
+        location(url)
+    assert "SECRET" not in str(refused.value) and "rXUtn" not in str(refused.value)
+    with pytest.raises(ValueError, match="no credentials in the URL"):
+        ServerSettings(repository=url)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("s3:/bucket/repo", "needs two slashes (s3://bucket/repo)"), ("file://host/srv", "absolute local path")],
+)
+def test_near_urls_are_refused_rather_than_made_paths(text: str, said: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(said)):
+        location(text)
+    assert location("file://localhost/srv/models") == Path("/srv/models")
+    assert location("./s3:/bucket") == Path("s3:/bucket")
+
+
+def test_settings_that_take_paths_refuse_urls() -> None:
+    for setting in ("repository_cache_dir", "tensorrt_cache_dir", "tls_cert_file"):
+        with pytest.raises(ValueError, match="is a URL; this setting takes a path on this machine"):
+            ServerSettings(**{setting: "s3://bucket/x"})
 
 
 def test_unknown_protocols_and_missing_filesystems_are_one_line_usage_errors(
@@ -213,3 +243,90 @@ def test_downloads_a_killed_server_left_are_cleared_and_nothing_else(
     source.release(path)
     source.release(cache / "colors" / "notes")  # not a download: kept
     assert sorted(p.name for p in (cache / "colors").iterdir()) == ["notes"]
+
+
+def test_a_version_with_an_object_outside_its_folder_fails_and_writes_nothing_outside(
+    gcs: type[FakeGCS], tmp_path: Path
+) -> None:
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    upload_tiny(remote, "colors", 2)
+    remote.fs.pipe_file(remote.path("colors/2/../../escaped"), b"x")  # a key, not a path, in a bucket
+    listing = remote.scan()
+    assert listing.unsafe == {("colors", 2): "../../escaped"}
+
+    async def main() -> None:
+        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=tmp_path / "cache")
+        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        await registry.poll()
+        record = registry.models["colors"].versions[2]
+        assert record.state.name == "FAILED" and "outside its folder" in record.error
+        assert sorted(registry.models["colors"].serving) == [1]
+        await registry.close()
+
+    asyncio.run(main())
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing escaped, nothing left
+
+
+def test_a_download_that_fails_backs_off_and_is_tried_at_once_when_the_version_changes(
+    gcs: type[FakeGCS], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlserve.storage import StorageError
+
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    attempts = []
+
+    def failing(self: Remote, name: str, number: int, *args: object) -> None:
+        attempts.append(number)
+        raise StorageError("gs://bucket/repo: cannot download colors/1: access denied")
+
+    async def main() -> None:
+        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=tmp_path / "cache")
+        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        with monkeypatch.context() as patched:
+            patched.setattr(Remote, "download", failing)
+            await registry.poll()
+            await registry.poll()  # within the backoff: not tried again
+            assert attempts == [1] and not registry.models["colors"].serving
+            assert 1 not in registry.models["colors"].versions  # not FAILED: the store's fault
+            upload_tiny(remote, "colors", 1, scale=0.03)  # fixed: its objects change
+            await registry.poll()
+            assert attempts == [1, 1]
+        upload_tiny(remote, "colors", 1)
+        await registry.poll()
+        assert sorted(registry.models["colors"].serving) == [1]
+        await registry.close()
+
+    asyncio.run(main())
+
+
+class _Refusing:
+    """A filesystem whose conditional create fails as a store would, ``codes`` in turn."""
+
+    def __init__(self, codes: list[str]) -> None:
+        self.codes = codes
+        self.calls = 0
+
+    def pipe_file(self, path: str, data: bytes, mode: str) -> None:
+        self.calls += 1
+        if self.codes:
+            error = OSError("refused")
+            error.__cause__ = type(
+                "ClientError", (Exception,), {"response": {"Error": {"Code": self.codes.pop(0)}}}
+            )()
+            raise error
+
+
+def test_conditional_creates_retry_a_409_and_read_any_412_as_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = Remote("s3://bucket/repo")
+    fs = _Refusing(["ConditionalRequestConflict", "ConditionalRequestConflict"])
+    monkeypatch.setattr(Remote, "_opened", (fs, "bucket/repo"))
+    remote.create("colors/1/.tlserve-claim", b"{}")
+    assert fs.calls == 3
+    fs.codes, fs.calls = ["PreconditionFailed"], 0
+    with pytest.raises(FileExistsError):
+        remote.create("colors/1/.tlserve-claim", b"{}")
+    fs.codes = ["AccessDenied"]
+    with pytest.raises(OSError, match=r"cannot create colors/1/\.tlserve-claim"):
+        remote.create("colors/1/.tlserve-claim", b"{}")

@@ -6,7 +6,7 @@ and ``file://PATH`` is one too. A URL is never taken for a path: ``s3://models``
 local folder named ``s3:``. Credentials come the standard way of each store (AWS_* variables,
 ~/.aws, instance or workload identity; GOOGLE_APPLICATION_CREDENTIALS, workload identity), fsspec's
 ``FSSPEC_S3_*`` / ``FSSPEC_GCS_*`` variables set filesystem options (an endpoint, anonymous access),
-and nothing here logs or reports them: ``Remote`` prints without any user:password part.
+and a URL that holds any (``s3://KEY:SECRET@bucket``) is refused, so that nothing logs them.
 
 A listing of the repository is one recursive list of its prefix (``Remote.scan``). A version in a
 bucket is visible once its ``manifest.json`` exists: exporters upload every other file first
@@ -16,6 +16,8 @@ bucket is visible once its ``manifest.json`` exists: exporters upload every othe
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,12 +28,14 @@ from tlserve import repository as repo
 from tlserve.errors import UsageError, first_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+_ONE_SLASH = re.compile(r"^(s3|s3a|gs|gcs):/(?!/)", re.I)
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 """The tlserve extra that installs a protocol's filesystem."""
 CLAIM_FILE = ".tlserve-claim"
 """Created (if absent, atomically) by an exporter to take a version number in a bucket; stays."""
 
+_BATCH = 32
+"""Files per request batch of a download (the server's stop is checked between batches)."""
 Stamp = tuple[int, int, int]
 """(files, bytes, fingerprint) of a version: changes whenever one of its files does."""
 
@@ -46,13 +50,33 @@ def is_url(text: str | Path) -> bool:
 
 
 def location(text: str | Path) -> Path | Remote:
-    """The repository ``text`` names: a local path, or a ``Remote`` for a URL (``file://`` is local)."""
-    if isinstance(text, Path) or not is_url(text):
+    """The repository ``text`` names: a local path, or a ``Remote`` for a URL (``file://`` is local).
+    UsageError for what would be a mistake either way: credentials in a URL, ``s3:/x`` (one slash)."""
+    if isinstance(text, Path):
+        return text
+    if _ONE_SLASH.match(text):
+        fixed = _ONE_SLASH.sub(lambda m: f"{m.group(1)}://", text)
+        raise UsageError(f"{text!r}: a URL needs two slashes ({fixed}); write ./{text} for a local path")
+    if not is_url(text):
         return Path(text)
-    if text.lower().startswith("file://"):
-        return Path(text[len("file://") :])
     scheme = text.index("://") + 3
-    return Remote(text[:scheme].lower() + text[scheme:].rstrip("/"))
+    if text.lower().startswith("file://"):
+        path = text[scheme:].removeprefix("localhost")
+        if not path.startswith("/"):
+            raise UsageError(f"{text!r}: a file:// URL names an absolute local path (file:///srv/models)")
+        return Path(path)
+    rest = text[scheme:]
+    if "@" in rest.split("/", 1)[0] or (":" in rest and "@" in rest.split(":", 1)[1]):
+        raise UsageError(f"{text[:scheme]}...: no credentials in the URL (they would be logged); use the "
+                         "store's own: AWS_* variables or profiles, GOOGLE_APPLICATION_CREDENTIALS, "
+                         "workload identity")  # fmt: skip
+    return Remote(text[:scheme].lower() + rest.rstrip("/"))
+
+
+def _safe(path: str) -> bool:
+    """A path inside a version that stays inside it when written below a local folder."""
+    parts = path.split("/")
+    return "\\" not in path and all(p not in ("", ".", "..") for p in parts)
 
 
 @dataclass(frozen=True)
@@ -63,9 +87,12 @@ class Listing:
     """``{"NAME/VERSION/file": (bytes, etag or mtime)}``, relative to the repository root."""
     models: dict[str, dict[int, dict[str, tuple[int, str]]]] = field(init=False)
     """``{name: {version: {path in the version: (bytes, tag)}}}`` of every numbered version dir."""
+    unsafe: dict[tuple[str, int], str] = field(init=False)
+    """An object of a version whose key would escape its folder ("..", "//"), by version."""
 
     def __post_init__(self) -> None:
         models: dict[str, dict[int, dict[str, tuple[int, str]]]] = {}
+        unsafe: dict[tuple[str, int], str] = {}
         for path, info in self.objects.items():
             parts = path.split("/", 2)
             if len(parts) < 2 or parts[0].startswith("."):
@@ -73,7 +100,10 @@ class Listing:
             versions = models.setdefault(parts[0], {})
             if len(parts) == 3 and repo.is_version_name(parts[1]):
                 versions.setdefault(int(parts[1]), {})[parts[2]] = info
+                if not _safe(parts[2]):
+                    unsafe.setdefault((parts[0], int(parts[1])), parts[2])
         object.__setattr__(self, "models", models)
+        object.__setattr__(self, "unsafe", unsafe)
 
     def visible(self, name: str) -> list[int]:
         """The versions of ``name`` whose manifest exists (the others are being uploaded), ascending."""
@@ -104,9 +134,10 @@ class Remote:
     """A repository in object storage, named by its URL (``s3://bucket/prefix``)."""
 
     url: str
+    """Without credentials: ``location`` refuses a URL that holds any."""
 
     def __str__(self) -> str:
-        return _USERINFO.sub(r"\1", self.url)
+        return self.url
 
     @property
     def protocol(self) -> str:
@@ -153,15 +184,10 @@ class Remote:
         missing prefix is an empty repository, a missing bucket an error)."""
         fs, root = self._opened
         try:
-            try:
-                found = fs.find(root, detail=True)
-            except FileNotFoundError:
-                found = {}
-            if not found and not fs.exists(_bucket(root)):  # NOTE: a typo must not look like an empty repo
-                raise StorageError(f"{self}: bucket {_bucket(root).strip('/')!r} does not exist (or is not "
-                                   "visible with these credentials)")  # fmt: skip
-        except StorageError:
-            raise
+            found = fs.find(root, detail=True)
+        except FileNotFoundError:  # NOTE: s3fs and gcsfs say so of a missing bucket, not of a prefix
+            raise StorageError(f"{self}: bucket {_bucket(root).strip('/')!r} does not exist (or is not "
+                               "visible with these credentials)") from None  # fmt: skip
         except Exception as exc:  # NOTE: each store has its own errors (botocore, aiohttp, google-auth)
             raise self._error("cannot list", exc) from None
         prefix = root.rstrip("/") + "/"
@@ -171,19 +197,35 @@ class Remote:
             if info.get("type", "file") != "file" or not name.startswith(prefix):
                 continue
             tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("generation")
-            tag = tag or str(info.get("LastModified") or info.get("mtime") or info.get("updated") or "")
+            tag = tag or str(
+                info.get("LastModified")
+                or info.get("mtime")
+                or info.get("updated")
+                or info.get("created")
+                or ""
+            )
             objects[name[len(prefix) :]] = (int(info.get("size") or 0), str(tag))
         return Listing(objects)
 
-    def download(self, name: str, number: int, files: Iterable[str], target: Path) -> None:
-        """Copy the version's ``files`` (paths in the version) into ``target``."""
+    def download(
+        self, name: str, number: int, files: Iterable[str], target: Path, stop: threading.Event | None = None
+    ) -> None:
+        """Copy the version's ``files`` (paths in the version, each ``_safe``) into ``target``, a
+        batch at a time; StorageError when ``stop`` is set (the server is closing) or the store fails."""
         pairs = [(self.path(name, number, f), target / f) for f in sorted(files)]
-        for _, local in pairs:
-            local.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.fs.get([r for r, _ in pairs], [str(loc) for _, loc in pairs])
-        except Exception as exc:
-            raise self._error(f"cannot download {name}/{number}", exc) from None
+            for _, local in pairs:
+                local.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write {name}/{number} to the cache: {exc.strerror or exc}") from None
+        for start in range(0, len(pairs), _BATCH):
+            if stop is not None and stop.is_set():
+                raise StorageError(f"download of {name}/{number} abandoned: the server is closing")
+            batch = pairs[start : start + _BATCH]
+            try:
+                self.fs.get([r for r, _ in batch], [str(loc) for _, loc in batch])
+            except Exception as exc:
+                raise self._error(f"cannot download {name}/{number}", exc) from None
 
     def upload(self, files: dict[str, Path]) -> None:
         """Copy local files to ``{path under the root: file}`` (concurrently, where the store can)."""
@@ -198,12 +240,20 @@ class Remote:
     def create(self, relative: str, data: bytes) -> None:
         """Write an object only if none has that path (atomically, by a conditional write);
         FileExistsError if one has."""
-        try:
-            self.fs.pipe_file(self.path(relative), data, mode="create")
-        except FileExistsError:
-            raise
-        except Exception as exc:
-            raise self._error(f"cannot create {relative}", exc) from None
+        for attempt in range(6):
+            try:
+                self.fs.pipe_file(self.path(relative), data, mode="create")
+                return
+            except FileExistsError:
+                raise
+            except Exception as exc:
+                code = _error_code(exc)
+                if code == "PreconditionFailed":  # NOTE: s3fs maps it only when it names If-None-Match
+                    raise FileExistsError(relative) from None
+                if code != "ConditionalRequestConflict" or attempt == 5:
+                    raise self._error(f"cannot create {relative}", exc) from None
+                # NOTE: S3 answers 409 to a conditional write racing another on the same key: retry
+                time.sleep(0.1 * 2**attempt)
 
     def read(self, relative: str) -> bytes:
         try:
@@ -223,6 +273,15 @@ class Remote:
         if isinstance(exc, PermissionError):
             reason = f"access denied ({reason}); check the credentials"
         return StorageError(f"{self}: {doing}: {type(exc).__name__}: {reason}")
+
+
+def _error_code(exc: BaseException) -> str:
+    """The store's error code behind a filesystem's exception (botocore's ClientError), if any."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+    return ""
 
 
 def _bucket(root: str) -> str:

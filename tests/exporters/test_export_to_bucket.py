@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from tests.s3 import BUCKET, S3, s3_server
 from tests.test_cli import assert_usage_error, run_cli
 from tlserve import repository as repo
+from tlserve.cli import main
 from tlserve.exporters.publish import publish_remote
 from tlserve.service.sources import RemoteSource
 from tlserve.storage import CLAIM_FILE, Listing, Remote, StorageError
@@ -74,17 +75,26 @@ def test_a_failed_upload_leaves_nothing_visible(
     remote = Remote(URL)
     upload = Remote.upload
 
-    def failing(self: Remote, files: dict[str, Path]) -> None:
-        if any(key.endswith(repo.MANIFEST_FILE) for key in files):
-            raise StorageError("s3://models/repo: cannot upload: connection reset")
-        upload(self, files)
+    def failing(manifest: bool) -> Callable[[Remote, dict[str, Path]], None]:
+        def upload_but(self: Remote, files: dict[str, Path]) -> None:
+            if any(key.endswith(repo.MANIFEST_FILE) for key in files) == manifest:
+                raise StorageError("s3://models/repo: cannot upload: connection reset")
+            upload(self, files)
 
-    monkeypatch.setattr(Remote, "upload", failing)
+        return upload_but
+
+    monkeypatch.setattr(Remote, "upload", failing(manifest=False))
     with pytest.raises(StorageError):
         publish_remote(staged(tmp_path, "a"), remote, "colors", None)
-    monkeypatch.setattr(Remote, "upload", upload)
     assert remote.scan().objects == {}  # its files and its claim removed
-    assert publish_remote(staged(tmp_path, "b"), remote, "colors", None) == 1
+    # failing while the manifest is written: it may have arrived, so nothing is removed
+    monkeypatch.setattr(Remote, "upload", failing(manifest=True))
+    with pytest.raises(StorageError, match="version 1 may be published all the same"):
+        publish_remote(staged(tmp_path, "b"), remote, "colors", None)
+    listing = remote.scan()
+    assert listing.visible("colors") == [] and CLAIM_FILE in listing.models["colors"][1]
+    monkeypatch.setattr(Remote, "upload", upload)
+    assert publish_remote(staged(tmp_path, "c"), remote, "colors", None) == 2  # 1 stays claimed
 
 
 def test_export_to_a_bucket_end_to_end(
@@ -121,4 +131,21 @@ def test_a_bucket_that_cannot_be_written_is_refused_before_any_work(
         ("nosuch://bucket/repo", "unknown protocol 'nosuch'"),
     ]:
         assert_usage_error(capsys, ["export", str(run_dir), "--repository", url, "--name", "pets"], said)
-    assert list(tmp_path.iterdir()) == []
+    for url, said in [  # refused by the parser
+        ("s3:/models/repo", "a URL needs two slashes (s3://models/repo)"),
+        ("s3://KEY:SECRET@models/repo", "no credentials in the URL"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(["export", str(run_dir), "--repository", url, "--name", "pets"])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and said in err and "SECRET" not in err, err
+
+    def denied(self: Remote, relative: str, data: bytes) -> None:
+        raise StorageError(f"{self}: cannot create {relative}: access denied")
+
+    monkeypatch.setattr(Remote, "create", denied)  # credentials that may list but not write
+    assert_usage_error(
+        capsys, ["export", str(run_dir), "--repository", URL, "--name", "pets"],
+        "access denied", "exporting needs list, put and delete",
+    )  # fmt: skip
+    assert list(tmp_path.iterdir()) == [] and Remote(URL).scan().objects == {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tlserve import storage, tfnoise
+from tlserve.errors import UsageError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -32,7 +33,10 @@ def local(text: str) -> Path:
 
 def repository(text: str) -> Path | storage.Remote:
     """A model repository (argparse type): a directory, or a bucket URL (s3://, gs://, ...)."""
-    return storage.location(text)
+    try:
+        return storage.location(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Parser(argparse.ArgumentParser):

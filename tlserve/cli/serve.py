@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from tlserve.cli.common import Formatter, local
@@ -54,11 +55,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, **overrides)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())  # fmt: skip
         raise UsageError(f"invalid settings: {problems}") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    check_repository(settings.location)
+    check_repository(settings.location, settings.repository_cache_dir)
     from tlserve.service.auth import auth_tokens
     from tlserve.service.server import serve
     from tlserve.service.tls import tls_credentials
@@ -75,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_repository(location: Path | Remote) -> None:
-    """A directory, or a bucket that can be listed: said before anything starts."""
+def check_repository(location: Path | Remote, cache_dir: Path | None) -> None:
+    """A directory, or a bucket that can be listed with a cache that can be written: said before
+    anything starts."""
     if isinstance(location, Path):
         if not location.is_dir():
             raise UsageError(f"model repository {location} is not a directory (export a model into it "
@@ -86,3 +89,10 @@ def check_repository(location: Path | Remote) -> None:
         location.scan()
     except StorageError as exc:
         raise UsageError(str(exc)) from None
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=cache_dir).close()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"--repository-cache-dir {cache_dir} cannot be written: {reason}") from None

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,11 @@ def _published(options: ExportOptions) -> _Published:
     if isinstance(target, Remote):
         try:
             listing = target.scan()
-        except StorageError as exc:
-            raise UsageError(str(exc)) from None
+            probe = f".tlserve-probe-{uuid.uuid4().hex}"  # NOTE: hidden at the top: no server sees it
+            target.create(probe, b"")
+            target.remove(probe)
+        except (StorageError, FileExistsError) as exc:
+            raise UsageError(f"{exc} (exporting needs list, put and delete on the prefix)") from None
 
         def read_remote(version: int) -> repo.Manifest:
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlserve.storage import Remote
+from tlserve.storage import Remote, location
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportOptions", "check_batch"]
 
@@ -29,7 +29,7 @@ def check_batch(size: int) -> int:
 class ExportOptions:
     run_dir: Path
     repository: Path | Remote
-    """A directory, or a bucket (``tlserve.storage.location`` of a URL)."""
+    """A directory, or a bucket (``tlserve.storage.location`` of a URL; a string is read so)."""
     name: str
     version: int | None = None
     formats: tuple[str, ...] = FORMATS
@@ -50,3 +50,7 @@ class ExportOptions:
     allow_duplicate: bool = False
     """Publish a run even when a version of the model already holds the same weights, labels and
     artifacts (every server would swap to an identical version)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.repository, str):  # NOTE: from Python callers; the CLI passes location()'s
+            self.repository = location(self.repository)

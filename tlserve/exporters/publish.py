@@ -3,8 +3,10 @@ half a version. In a directory: a staging dir made durable, then renamed to its 
 a bucket, which has no rename: the number is claimed by creating ``NAME/N/.tlserve-claim`` only if
 no object has that name (a conditional write: S3's If-None-Match, GCS's ifGenerationMatch=0), so
 two exports never take the same number; then every file is uploaded, the manifest last (servers see
-a version once its manifest exists). The claim stays: deleting it would let an exporter that listed
-before it take the number again. A failed upload removes what it wrote.
+a version once its manifest exists). The claim of a published version stays: deleting it would let
+an exporter that listed before it take the number again. An upload that fails before the manifest
+removes what it wrote, claim included (nothing was visible); one that fails while the manifest is
+written leaves everything, since the manifest may have arrived and servers may be loading it.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ def publish_remote(staging: Path, remote: Remote, name: str, version: int | None
     }
     try:
         remote.upload({key: path for key, path in files.items() if path != manifest})
-        remote.upload({f"{name}/{number}/{repo.MANIFEST_FILE}": manifest})  # NOTE: last: now it is visible
     except BaseException:
         with suppress(StorageError):
             remote.remove(f"{name}/{number}")
         raise
+    try:
+        remote.upload({f"{name}/{number}/{repo.MANIFEST_FILE}": manifest})  # NOTE: last: now it is visible
+    except StorageError as exc:
+        raise StorageError(f"{exc} (version {number} may be published all the same: check for "
+                           f"{remote}/{name}/{number}/{repo.MANIFEST_FILE})") from None  # fmt: skip
     return number

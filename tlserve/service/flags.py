@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
+from tlserve import storage
 from tlserve.service.settings import ServerSettings
 
 NOT_FLAGS = {
@@ -57,6 +58,12 @@ def _or_off(kind: type) -> Any:
     return parse
 
 
+def _local_path(text: str) -> Path:
+    if storage.is_url(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; this option takes a path on this machine")
+    return Path(text)
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -87,7 +94,9 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             options.update(type=_comma_list, metavar="A,B,...")
         elif base in (int, float) and field.annotation is not base:
             options["type"] = _or_off(base)  # NOTE: an optional number: "off" is None
-        elif base in (int, float, str, Path):
+        elif base is Path:
+            options["type"] = _local_path
+        elif base in (int, float, str):
             options["type"] = base
         else:  # NOTE: a new kind of setting must be given a flag type here, or be listed in NOT_FLAGS
             raise TypeError(f"setting {setting}: no flag type for {field.annotation}")

@@ -34,9 +34,11 @@ from tlserve.service.loader import load_version
 from tlserve.service.metrics import Metrics, VersionMetrics
 from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
 from tlserve.service.sources import open_source
-from tlserve.storage import StorageError
+from tlserve.storage import Stamp, StorageError
 
 log = logging.getLogger(__name__)
+MAX_FETCH_BACKOFF_S = 300.0
+"""Longest wait before a version whose download keeps failing is tried again (unchanged)."""
 
 
 @dataclass(eq=False)
@@ -130,6 +132,8 @@ class ModelRegistry:
         self._misplaced_said = False
         self._outage = ""
         """The store's error while a bucket cannot be listed (what is loaded keeps serving)."""
+        self._unfetched: dict[tuple[str, int], tuple[Stamp, int, float]] = {}
+        """Versions whose download failed: (their stamp then, failures, monotonic time of the next try)."""
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -190,9 +194,11 @@ class ModelRegistry:
         try:
             scan = await asyncio.get_running_loop().run_in_executor(None, self.source.scan)
         except StorageError as exc:  # NOTE: keep serving what is loaded; say so once per outage
-            if str(exc) != self._outage:
+            if not self._outage:
                 log.warning("%s; serving what is loaded, retrying every %.1f s", exc,
                             self.settings.poll_interval_s)  # fmt: skip
+            else:
+                log.debug("still cannot list the repository: %s", exc)
             self._outage = str(exc)
             self.metrics.repository_errors.labels("list").inc()
             self.metrics.repository_up.set(0)
@@ -232,7 +238,8 @@ class ModelRegistry:
             changed = known.state is State.FAILED and known.stamp != self.source.stamp(model.name, number)
             if gone or changed:  # forget history of deleted versions; retry failed ones that changed
                 del model.versions[number]
-        unreachable: set[int] = set()  # files not fetched in this scan: tried again at the next
+        # files not fetched in this scan, or waiting out a backoff after failed downloads
+        unreachable = {v for v in on_disk if self._backing_off(model.name, v)}
         while True:
             candidates = [v for v in on_disk if not self._failed(model, v) and v not in unreachable]
             wanted = policy.select(candidates)
@@ -268,27 +275,43 @@ class ModelRegistry:
         if self._on_change is not None:
             self._on_change(model.name, bool(selected))
 
+    def _backing_off(self, name: str, number: int) -> bool:
+        failed = self._unfetched.get((name, number))
+        if failed is None:
+            return False
+        stamp, _, retry_at = failed
+        if stamp != self.source.stamp(name, number):  # NOTE: its objects changed: try at once
+            del self._unfetched[(name, number)]
+            return False
+        return time.monotonic() < retry_at
+
     async def _load(self, model: Model, number: int) -> bool:
         """Load a version (True), or find that its files cannot be fetched now (False: forgotten,
-        tried again at the next scan). A version that fails to load is recorded as FAILED."""
-        record = model.versions[number] = VersionRecord(number, self.source.stamp(model.name, number))
+        tried again after a backoff that doubles with each failure, up to ``MAX_FETCH_BACKOFF_S``,
+        or at once when its objects change). A version that fails to load is recorded as FAILED."""
+        stamp = self.source.stamp(model.name, number)
+        record = model.versions[number] = VersionRecord(number, stamp)
         log.info("loading %s version %d (%s backend)", model.name, number, model.settings.backend)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
+        path = None
         try:
             path = await loop.run_in_executor(None, self.source.fetch, model.name, number)
-        except StorageError as exc:
-            log.warning("model %s version %d not fetched (tried again at the next scan): %s",
-                        model.name, number, exc)  # fmt: skip
-            self.metrics.repository_errors.labels("download").inc()
-            del model.versions[number]
-            return False
-        try:
             manifest, backend = await loop.run_in_executor(
                 None, load_version, path, self.settings, model.settings
             )
+        except StorageError as exc:  # NOTE: the store, not the version: no FAILED state to stick
+            _, failures, _ = self._unfetched.get((model.name, number), (stamp, 0, 0.0))
+            wait = min(self.settings.poll_interval_s * 2**failures, MAX_FETCH_BACKOFF_S)
+            self._unfetched[(model.name, number)] = (stamp, failures + 1, time.monotonic() + wait)
+            log.warning("model %s version %d not fetched (tried again in %.0f s, or as soon as its files "
+                        "change): %s", model.name, number, wait, exc)  # fmt: skip
+            self.metrics.repository_errors.labels("download").inc()
+            del model.versions[number]
+            return False
         except Exception as exc:  # any failure of a version must leave the server serving the others
-            await loop.run_in_executor(None, self.source.release, path)
+            if path is not None:
+                await loop.run_in_executor(None, self.source.release, path)
             # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
             error = f"{type(exc).__name__}: {exc}"
             for local in self.source.local_paths():
@@ -298,6 +321,7 @@ class ModelRegistry:
             self.metrics.load_failures.labels(model.name).inc()
             log.debug("load failure", exc_info=True)
             return True
+        self._unfetched.pop((model.name, number), None)
         seconds = time.perf_counter() - start
         self.metrics.load_duration.labels(model.name).observe(seconds)
         metrics = self.metrics.version(model.name, number, backend.name, backend.providers, backend.artifact)
@@ -348,6 +372,7 @@ class ModelRegistry:
         self._closed = True
         for model in list(self.models.values()):
             self._swap(model, {})
+        self.source.interrupt()  # NOTE: a download in a worker thread stops at its next batch
         if self._retiring:
             await asyncio.gather(*self._retiring)
-        self.source.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.source.close)

@@ -14,11 +14,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tlserve import repository as repo
 from tlserve import storage
+from tlserve.errors import UsageError
 from tlserve.service import gif
 
 Backend = Literal["onnxruntime", "tensorflow"]
@@ -80,7 +81,8 @@ class ServerSettings(BaseSettings):
     new version downloaded into ``repository_cache_dir`` and checked before it is loaded."""
     repository_cache_dir: Path | None = None
     """Where versions from a bucket are downloaded to be loaded (only those served, deleted once
-    unloaded); unset, a temporary directory removed at exit. Unused for a local repository."""
+    unloaded); unset, a temporary directory removed at exit. One server per directory: a server
+    clears the downloads it finds there at start. Unused for a local repository."""
     host: str = "0.0.0.0"
     """Address to bind every port to (gRPC, REST, metrics, health)."""
     grpc_port: int = Field(8500, ge=0, le=65535)
@@ -247,7 +249,21 @@ class ServerSettings(BaseSettings):
     @field_validator("repository", mode="before")
     @classmethod
     def _repository(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                storage.location(value)  # NOTE: credentials in a URL, "s3:/x": refused here, once
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
         return str(value) if isinstance(value, Path) else value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _paths_are_local(cls, value: Any, info: ValidationInfo) -> Any:
+        """A URL given for a setting that takes a path is refused, never made a local path."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(value, str) and storage.is_url(value) and "Path" in str(annotation):
+            raise ValueError(f"{value!r} is a URL; this setting takes a path on this machine")
+        return value
 
     @property
     def location(self) -> Path | storage.Remote:

@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,9 @@ class Source(Protocol):
     def release(self, path: Path) -> None:
         """What ``fetch`` returned is no longer needed (unloaded, or failed to load): a copy made
         for it goes."""
+
+    def interrupt(self) -> None:
+        """The server is closing: a download in progress may stop (with StorageError)."""
 
     def close(self) -> None:
         """No version is needed any more."""
@@ -97,6 +101,9 @@ class LocalSource:
     def release(self, path: Path) -> None:
         pass
 
+    def interrupt(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -109,7 +116,9 @@ class RemoteSource:
 
     def __init__(self, remote: Remote, cache_dir: Path | None) -> None:
         self.remote = remote
-        self._given_cache = cache_dir
+        # NOTE: absolute: release() compares the parents of mkdtemp's paths, absolute since 3.12
+        self._given_cache = None if cache_dir is None else cache_dir.absolute()
+        self._interrupted = threading.Event()
         self._cache: Path | None = None
         self._listing = Listing({})
 
@@ -147,12 +156,18 @@ class RemoteSource:
         files = self._listing.models.get(name, {}).get(number, {})
         if repo.MANIFEST_FILE not in files:
             raise StorageError(f"{self.remote}/{name}/{number}: its manifest is gone")
+        unsafe = self._listing.unsafe.get((name, number))
+        if unsafe is not None:  # NOTE: a key like "../x" or "//etc/x" must not become a local path
+            raise ValueError(f"object {unsafe!r} of {name}/{number} would be written outside its folder")
         # NOTE: a folder of its own each time: the same version may still be draining from an
         # earlier copy (unloaded and picked again), whose release must not delete this one
-        (self.cache / name).mkdir(parents=True, exist_ok=True)
-        target = Path(tempfile.mkdtemp(prefix=f"{number}-", dir=self.cache / name))
         try:
-            self.remote.download(name, number, files, target)
+            (self.cache / name).mkdir(parents=True, exist_ok=True)
+            target = Path(tempfile.mkdtemp(prefix=f"{number}-", dir=self.cache / name))
+        except OSError as exc:
+            raise StorageError(f"cannot write to the cache {self.cache}: {exc.strerror or exc}") from None
+        try:
+            self.remote.download(name, number, files, target, self._interrupted)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
@@ -162,7 +177,11 @@ class RemoteSource:
         if self._cache is not None and path.parent.parent == self._cache and _COPY.match(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
     def close(self) -> None:
+        self._interrupted.set()
         if self._given_cache is None and self._cache is not None:
             shutil.rmtree(self._cache, ignore_errors=True)
 
