@@ -97,6 +97,8 @@ def test_credentials_in_a_url_are_refused_before_anything_could_log_them(url: st
     [("s3:/bucket/repo", "needs two slashes (s3://bucket/repo)"), ("file://host/srv", "absolute local path")],
 )
 def test_near_urls_are_refused_rather_than_made_paths(text: str, said: str) -> None:
+    for fine in ("s3://b/pre:fix/x@y", "gs://b/2024-01-01T00:00:00@v1"):  # ':' and '@' in a prefix
+        assert isinstance(location(fine), Remote)
     with pytest.raises(UsageError, match=re.escape(said)):
         location(text)
     assert location("file://localhost/srv/models") == Path("/srv/models")
@@ -105,8 +107,10 @@ def test_near_urls_are_refused_rather_than_made_paths(text: str, said: str) -> N
 
 def test_settings_that_take_paths_refuse_urls() -> None:
     for setting in ("repository_cache_dir", "tensorrt_cache_dir", "tls_cert_file"):
-        with pytest.raises(ValueError, match="is a URL; this setting takes a path on this machine"):
+        with pytest.raises(ValueError, match="where a path on this machine is wanted"):
             ServerSettings(**{setting: "s3://bucket/x"})
+        with pytest.raises(ValueError, match="where a path on this machine is wanted"):
+            ServerSettings(**{setting: "s3:/bucket/x"})
 
 
 def test_unknown_protocols_and_missing_filesystems_are_one_line_usage_errors(
@@ -287,18 +291,69 @@ def test_a_download_that_fails_backs_off_and_is_tried_at_once_when_the_version_c
         with monkeypatch.context() as patched:
             patched.setattr(Remote, "download", failing)
             await registry.poll()
+            record = registry.models["colors"].versions[1]
+            assert record.state.name == "FAILED" and "not downloaded (tried again in 2 s)" in record.error
             await registry.poll()  # within the backoff: not tried again
             assert attempts == [1] and not registry.models["colors"].serving
-            assert 1 not in registry.models["colors"].versions  # not FAILED: the store's fault
-            upload_tiny(remote, "colors", 1, scale=0.03)  # fixed: its objects change
+            registry._unfetched[("colors", 1)] = (*registry._unfetched[("colors", 1)][:2], 0.0)  # time passes
             await registry.poll()
-            assert attempts == [1, 1]
+            assert attempts == [1, 1] and "tried again in 4 s" in registry.models["colors"].versions[1].error
+            registry._unfetched[("colors", 1)] = (registry.source.stamp("colors", 1), 5000, 0.0)
+            await registry.poll()  # the 5001st failure: the wait stays at its cap
+            assert "tried again in 300 s" in registry.models["colors"].versions[1].error
+            upload_tiny(remote, "colors", 1, scale=0.03)  # changed: tried at once, the count reset
+            await registry.poll()
+            assert len(attempts) == 4 and "tried again in 2 s" in registry.models["colors"].versions[1].error
         upload_tiny(remote, "colors", 1)
         await registry.poll()
-        assert sorted(registry.models["colors"].serving) == [1]
+        assert sorted(registry.models["colors"].serving) == [1] and registry._unfetched == {}
         await registry.close()
 
     asyncio.run(main())
+
+
+def test_folder_markers_of_a_console_are_not_files(gcs: type[FakeGCS]) -> None:
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 2)
+    for marker in ("colors/", "colors/2/", "colors/2/assets/"):  # zero-byte "create folder" objects
+        FakeGCS.store[f"/bucket/repo/{marker}"] = FakeGCS.store[f"/bucket/repo/colors/2/{repo.LABELS_FILE}"]
+    listing = remote.scan()
+    assert listing.unsafe == {} and listing.visible("colors") == [2]
+    assert not [p for p in listing.objects if p.endswith("/")]
+
+
+def test_an_interrupted_download_stops_between_batches(gcs: type[FakeGCS], tmp_path: Path) -> None:
+    from tlserve.service.sources import RemoteSource
+    from tlserve.storage import StorageError
+
+    remote = Remote("gs://bucket/repo")
+    upload_tiny(remote, "colors", 1)
+    source = RemoteSource(remote, tmp_path / "cache")
+    source.scan()
+    source.interrupt()  # what SIGTERM does
+    with pytest.raises(StorageError, match="abandoned: the server is closing"):
+        source.fetch("colors", 1)
+    assert list((tmp_path / "cache" / "colors").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "s3://bucket/data", "--out", "run"],
+        ["train", "data", "--out", "gs://bucket/run"],
+        ["serve", "--repository", "s3://b/r", "--tls-cert-file", "s3:/b/cert.pem"],
+        ["bench", "--model", "m", "--repository", "s3://b/r"],
+    ],
+)
+def test_cli_paths_refuse_urls(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from tlserve.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "a URL (" in err and "where a path on this machine is wanted" in err, (
+        err
+    )
 
 
 class _Refusing:

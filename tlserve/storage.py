@@ -28,7 +28,7 @@ from tlserve import repository as repo
 from tlserve.errors import UsageError, first_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_ONE_SLASH = re.compile(r"^(s3|s3a|gs|gcs):/(?!/)", re.I)
+_ONE_SLASH = re.compile(r"^(s3|s3a|gs|gcs|file|https?|az|abfs):/(?!/)", re.I)
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 """The tlserve extra that installs a protocol's filesystem."""
 CLAIM_FILE = ".tlserve-claim"
@@ -49,6 +49,18 @@ def is_url(text: str | Path) -> bool:
     return isinstance(text, str) and _SCHEME.match(text) is not None
 
 
+def looks_like_url(text: str | Path) -> bool:
+    """A URL, or one missing a slash (``s3:/bucket``): never to be taken for a local path."""
+    return is_url(text) or (isinstance(text, str) and _ONE_SLASH.match(text) is not None)
+
+
+def not_a_path(text: str) -> str:
+    """Why ``text``, given where a local path is wanted, is refused (empty when it is not)."""
+    if not looks_like_url(text):
+        return ""
+    return f"a URL ({text.split(':', 1)[0]}:...) where a path on this machine is wanted"
+
+
 def location(text: str | Path) -> Path | Remote:
     """The repository ``text`` names: a local path, or a ``Remote`` for a URL (``file://`` is local).
     UsageError for what would be a mistake either way: credentials in a URL, ``s3:/x`` (one slash)."""
@@ -66,7 +78,8 @@ def location(text: str | Path) -> Path | Remote:
             raise UsageError(f"{text!r}: a file:// URL names an absolute local path (file:///srv/models)")
         return Path(path)
     rest = text[scheme:]
-    if "@" in rest.split("/", 1)[0] or (":" in rest and "@" in rest.split(":", 1)[1]):
+    authority = rest.split("/", 1)[0]  # NOTE: a secret may hold "/": KEY:wJal/rXUtn@bucket
+    if "@" in authority or (":" in authority and "@" in rest):
         raise UsageError(f"{text[:scheme]}...: no credentials in the URL (they would be logged); use the "
                          "store's own: AWS_* variables or profiles, GOOGLE_APPLICATION_CREDENTIALS, "
                          "workload identity")  # fmt: skip
@@ -183,8 +196,13 @@ class Remote:
         """Every object under the prefix, in one recursive listing; StorageError if it fails (a
         missing prefix is an empty repository, a missing bucket an error)."""
         fs, root = self._opened
+        bucket = _bucket(root)
+        key = root[len(bucket) :].strip("/")
         try:
-            found = fs.find(root, detail=True)
+            # NOTE: the bucket with the prefix as a filter: find(root) of an empty prefix would
+            # fall back to HeadObject on the prefix's own key, which a policy granting GetObject
+            # on PREFIX/* only denies
+            found = fs.find(bucket, prefix=f"{key}/", detail=True) if key else fs.find(bucket, detail=True)
         except FileNotFoundError:  # NOTE: s3fs and gcsfs say so of a missing bucket, not of a prefix
             raise StorageError(f"{self}: bucket {_bucket(root).strip('/')!r} does not exist (or is not "
                                "visible with these credentials)") from None  # fmt: skip
@@ -194,8 +212,8 @@ class Remote:
         objects = {}
         for name, info in found.items():
             name = str(name)
-            if info.get("type", "file") != "file" or not name.startswith(prefix):
-                continue
+            if info.get("type", "file") != "file" or not name.startswith(prefix) or name.endswith("/"):
+                continue  # NOTE: "colors/2/" is the marker a console's "create folder" leaves
             tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("generation")
             tag = tag or str(
                 info.get("LastModified")

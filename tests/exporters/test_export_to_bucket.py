@@ -107,6 +107,7 @@ def test_export_to_a_bucket_end_to_end(
     assert list(tmp_path.iterdir()) == [], "nothing local: no ./s3:/ folder, no staging left"
     listing = Remote(URL).scan()
     assert listing.visible("pets") == [1]
+    assert not [key for key in listing.objects if "tlserve-probe" in key], "the write probe is removed"
     assert {CLAIM_FILE, repo.MANIFEST_FILE, "model.onnx", "saved_model.pb"} <= set(listing.models["pets"][1])
     source = RemoteSource(Remote(URL), tmp_path / "cache")
     source.scan()
@@ -146,6 +147,24 @@ def test_a_bucket_that_cannot_be_written_is_refused_before_any_work(
     monkeypatch.setattr(Remote, "create", denied)  # credentials that may list but not write
     assert_usage_error(
         capsys, ["export", str(run_dir), "--repository", URL, "--name", "pets"],
-        "access denied", "exporting needs list, put and delete",
+        "access denied", "exporting needs list, get, put and delete",
     )  # fmt: skip
-    assert list(tmp_path.iterdir()) == [] and Remote(URL).scan().objects == {}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_whose_manifest_may_have_arrived_says_so(
+    s3: S3, tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = Remote.upload
+
+    def manifest_times_out(self: Remote, files: dict[str, Path]) -> None:
+        upload(self, files)  # it arrives; the answer does not
+        if any(key.endswith(repo.MANIFEST_FILE) for key in files):
+            raise StorageError(f"{self}: cannot upload pets/1/...: ReadTimeoutError")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Remote, "upload", manifest_times_out)
+    code, _, err = run_cli(capsys, "export", str(run_dir), "--repository", URL, "--name", "pets")
+    assert code == 3 and "version 1 may be published all the same" in err, err
+    assert "nothing was published" not in err
+    assert Remote(URL).scan().visible("pets") == [1]

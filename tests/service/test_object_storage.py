@@ -153,11 +153,13 @@ def test_the_store_going_away_leaves_the_server_serving_and_it_recovers(s3: S3) 
         (f"s3://{BUCKET}-missing/repo", f"bucket '{BUCKET}-missing' does not exist"),
         ("nosuchproto://bucket/repo", "unknown protocol 'nosuchproto'"),
         ("s3://", "names no bucket"),
+        (URL, "cannot be written"),  # --repository-cache-dir
     ],
 )
 def test_a_bucket_that_cannot_be_served_is_said_in_one_line(s3: S3, url: str, said: str) -> None:
+    args = ["--repository-cache-dir", "/proc/no-cache-here"] if said == "cannot be written" else []
     done = subprocess.run(
-        [sys.executable, "-m", "tlserve", "serve", "--repository", url, "--grpc-port", "0"],
+        [sys.executable, "-m", "tlserve", "serve", "--repository", url, "--grpc-port", "0", *args],
         capture_output=True, text=True, timeout=120, env={**s3.env, "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

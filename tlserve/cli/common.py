@@ -26,8 +26,8 @@ EXIT_CODES = f"""exit codes:
 
 def local(text: str) -> Path:
     """A path on this machine (argparse type): a URL is refused, never taken for a path."""
-    if storage.is_url(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is a URL; this option takes a path on this machine")
+    if refused := storage.not_a_path(text):
+        raise argparse.ArgumentTypeError(refused)
     return Path(text)
 
 

@@ -30,7 +30,7 @@ from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
 from tlserve.exporters import checks
 from tlserve.exporters.options import FORMATS, ExportOptions, check_batch
-from tlserve.exporters.publish import publish, publish_remote
+from tlserve.exporters.publish import ManifestUncertain, publish, publish_remote
 from tlserve.storage import Remote, StorageError
 from tlserve.training import quality, rundir
 
@@ -132,12 +132,14 @@ def _published(options: ExportOptions) -> _Published:
             target.create(probe, b"")
             target.remove(probe)
         except (StorageError, FileExistsError) as exc:
-            raise UsageError(f"{exc} (exporting needs list, put and delete on the prefix)") from None
+            raise UsageError(f"{exc} (exporting needs list, get, put and delete on the prefix)") from None
 
         def read_remote(version: int) -> repo.Manifest:
             try:
                 data = json.loads(target.read(f"{name}/{version}/{repo.MANIFEST_FILE}"))
-            except (StorageError, ValueError) as exc:
+            except StorageError as exc:  # NOTE: not a bad manifest: the duplicate check cannot be done
+                raise UsageError(f"{exc} (exporting needs list, get, put and delete on the prefix)") from None
+            except ValueError as exc:
                 raise repo.ManifestError(str(exc)) from None
             return repo.Manifest.from_dict(data)
 
@@ -329,6 +331,8 @@ def export(options: ExportOptions) -> ExportResult:
         else:
             try:
                 manifest.version = publish_remote(staging, options.repository, options.name, options.version)
+            except ManifestUncertain as exc:
+                raise ExportError(str(exc)) from None
             except StorageError as exc:
                 raise ExportError(f"{exc}; nothing was published") from None
             final = f"{options.repository}/{options.name}/{manifest.version}"

@@ -23,6 +23,10 @@ from tlserve.errors import ExportError, UsageError
 from tlserve.storage import CLAIM_FILE, Remote, StorageError
 
 
+class ManifestUncertain(StorageError):
+    """Writing the manifest failed in a way that may have written it: the version may be visible."""
+
+
 def publish(staging: Path, model_dir: Path, version: int | None) -> Path:
     """Make the staging dir durable, then rename it to the version: the given one, or the next free
     number (retrying upwards when another export or a stray file takes it first)."""
@@ -96,6 +100,6 @@ def publish_remote(staging: Path, remote: Remote, name: str, version: int | None
     try:
         remote.upload({f"{name}/{number}/{repo.MANIFEST_FILE}": manifest})  # NOTE: last: now it is visible
     except StorageError as exc:
-        raise StorageError(f"{exc} (version {number} may be published all the same: check for "
-                           f"{remote}/{name}/{number}/{repo.MANIFEST_FILE})") from None  # fmt: skip
+        raise ManifestUncertain(f"{exc} (version {number} may be published all the same: check for "
+                                f"{remote}/{name}/{number}/{repo.MANIFEST_FILE})") from None  # fmt: skip
     return number

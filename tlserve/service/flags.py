@@ -59,8 +59,8 @@ def _or_off(kind: type) -> Any:
 
 
 def _local_path(text: str) -> Path:
-    if storage.is_url(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is a URL; this option takes a path on this machine")
+    if refused := storage.not_a_path(text):
+        raise argparse.ArgumentTypeError(refused)
     return Path(text)
 
 

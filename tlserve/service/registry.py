@@ -126,7 +126,6 @@ class ModelRegistry:
         self.metrics = metrics or Metrics()
         self.models: dict[str, Model] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._closed = False
         self.scanned = False
         """True once the first scan is done (the server's readiness needs it)."""
         self._misplaced_said = False
@@ -134,6 +133,8 @@ class ModelRegistry:
         """The store's error while a bucket cannot be listed (what is loaded keeps serving)."""
         self._unfetched: dict[tuple[str, int], tuple[Stamp, int, float]] = {}
         """Versions whose download failed: (their stamp then, failures, monotonic time of the next try)."""
+        self._stopping = False
+        """Set by ``interrupt`` or ``close``: no more loads; a download in progress is abandoned."""
 
     # --- lookup -----------------------------------------------------------------------------------
     @contextmanager
@@ -189,7 +190,7 @@ class ModelRegistry:
     # --- polling ----------------------------------------------------------------------------------
     async def poll(self) -> None:
         """Scan once: load, swap and retire versions to follow the repository and the policies."""
-        if self._closed:
+        if self._stopping:
             return
         try:
             scan = await asyncio.get_running_loop().run_in_executor(None, self.source.scan)
@@ -212,7 +213,7 @@ class ModelRegistry:
             self._misplaced_said = True
         names = set(scan.models)
         for name in sorted(names):
-            if self._closed:  # NOTE: close() may run while a load is awaited
+            if self._stopping:  # NOTE: close() may run while a load is awaited
                 return
             model = self.models.get(name)
             if model is None:
@@ -222,6 +223,8 @@ class ModelRegistry:
         for name in sorted(set(self.models) - names):
             log.info("model %s left the repository; unloading it", name)
             model = self.models.pop(name)
+            for key in [k for k in self._unfetched if k[0] == name]:
+                del self._unfetched[key]
             self._swap(model, {})
             self.metrics.model_gone(name)
         self.scanned = True
@@ -233,23 +236,27 @@ class ModelRegistry:
 
     async def _follow(self, model: Model, on_disk: list[int]) -> None:
         policy = VersionPolicy(model.settings.version_policy or "latest")
+        now = time.monotonic()
+        for key in [k for k in self._unfetched if k[0] == model.name and k[1] not in on_disk]:
+            del self._unfetched[key]
         for number, known in list(model.versions.items()):
             gone = number not in on_disk and known.state in (State.UNLOADED, State.FAILED)
             changed = known.state is State.FAILED and known.stamp != self.source.stamp(model.name, number)
-            if gone or changed:  # forget history of deleted versions; retry failed ones that changed
-                del model.versions[number]
-        # files not fetched in this scan, or waiting out a backoff after failed downloads
-        unreachable = {v for v in on_disk if self._backing_off(model.name, v)}
+            unfetched = self._unfetched.get((model.name, number))
+            if changed:
+                self._unfetched.pop((model.name, number), None)
+            retry = known.state is State.FAILED and unfetched is not None and now >= unfetched[2]
+            if gone or changed or retry:  # forget deleted versions; retry failed ones that changed
+                del model.versions[number]  # (or whose download failed, once their backoff is over)
         while True:
-            candidates = [v for v in on_disk if not self._failed(model, v) and v not in unreachable]
+            candidates = [v for v in on_disk if not self._failed(model, v)]
             wanted = policy.select(candidates)
             missing = [v for v in wanted if not (v in model.versions and model.versions[v].ready)]
             if not missing:
                 break
             for number in missing:
-                if not await self._load(model, number):
-                    unreachable.add(number)
-                if self._closed:
+                await self._load(model, number)
+                if self._stopping:
                     return
         failed = sum(1 for v in model.versions.values() if v.state is State.FAILED)
         self.metrics.failed_versions.labels(model.name).set(failed)
@@ -275,20 +282,10 @@ class ModelRegistry:
         if self._on_change is not None:
             self._on_change(model.name, bool(selected))
 
-    def _backing_off(self, name: str, number: int) -> bool:
-        failed = self._unfetched.get((name, number))
-        if failed is None:
-            return False
-        stamp, _, retry_at = failed
-        if stamp != self.source.stamp(name, number):  # NOTE: its objects changed: try at once
-            del self._unfetched[(name, number)]
-            return False
-        return time.monotonic() < retry_at
-
-    async def _load(self, model: Model, number: int) -> bool:
-        """Load a version (True), or find that its files cannot be fetched now (False: forgotten,
-        tried again after a backoff that doubles with each failure, up to ``MAX_FETCH_BACKOFF_S``,
-        or at once when its objects change). A version that fails to load is recorded as FAILED."""
+    async def _load(self, model: Model, number: int) -> None:
+        """Load a version, or record it as FAILED: retried once its files change, and one whose
+        files could not be downloaded also after a backoff that doubles with each failure, from
+        ``poll_interval_s`` up to ``MAX_FETCH_BACKOFF_S`` (the store may be the cause, not it)."""
         stamp = self.source.stamp(model.name, number)
         record = model.versions[number] = VersionRecord(number, stamp)
         log.info("loading %s version %d (%s backend)", model.name, number, model.settings.backend)
@@ -300,15 +297,17 @@ class ModelRegistry:
             manifest, backend = await loop.run_in_executor(
                 None, load_version, path, self.settings, model.settings
             )
-        except StorageError as exc:  # NOTE: the store, not the version: no FAILED state to stick
-            _, failures, _ = self._unfetched.get((model.name, number), (stamp, 0, 0.0))
-            wait = min(self.settings.poll_interval_s * 2**failures, MAX_FETCH_BACKOFF_S)
-            self._unfetched[(model.name, number)] = (stamp, failures + 1, time.monotonic() + wait)
-            log.warning("model %s version %d not fetched (tried again in %.0f s, or as soon as its files "
-                        "change): %s", model.name, number, wait, exc)  # fmt: skip
+        except StorageError as exc:
+            if self._stopping:  # NOTE: the download was abandoned because the server is closing
+                del model.versions[number]
+                return
+            failures = self._unfetched.get((model.name, number), (stamp, 0, 0.0))[1] + 1
+            wait = min(self.settings.poll_interval_s * 2 ** min(failures - 1, 20), MAX_FETCH_BACKOFF_S)
+            self._unfetched[(model.name, number)] = (stamp, failures, time.monotonic() + wait)
+            record.state, record.error = State.FAILED, f"not downloaded (tried again in {wait:.0f} s): {exc}"
+            log.warning("model %s version %d %s", model.name, number, record.error)
             self.metrics.repository_errors.labels("download").inc()
-            del model.versions[number]
-            return False
+            return
         except Exception as exc:  # any failure of a version must leave the server serving the others
             if path is not None:
                 await loop.run_in_executor(None, self.source.release, path)
@@ -320,7 +319,7 @@ class ModelRegistry:
             log.error("model %s version %d failed to load: %s", model.name, number, record.error)
             self.metrics.load_failures.labels(model.name).inc()
             log.debug("load failure", exc_info=True)
-            return True
+            return
         self._unfetched.pop((model.name, number), None)
         seconds = time.perf_counter() - start
         self.metrics.load_duration.labels(model.name).observe(seconds)
@@ -341,7 +340,6 @@ class ModelRegistry:
             backend.artifact, ", ".join(backend.providers),
             f" (a copy: exported as {manifest.exported_as})" if copied else "",
         )  # fmt: skip
-        return True
 
     async def _retire(self, record: VersionRecord, served: LoadedVersion) -> None:
         record.state = State.UNLOADING
@@ -367,9 +365,14 @@ class ModelRegistry:
             except Exception:
                 log.exception("repository scan failed; retrying in %.1f s", self.settings.poll_interval_s)
 
+    def interrupt(self) -> None:
+        """The server is stopping (a signal): load nothing more, abandon a download in progress."""
+        self._stopping = True
+        self.source.interrupt()
+
     async def close(self) -> None:
         """Stop following the repository; drain and unload everything."""
-        self._closed = True
+        self._stopping = True
         for model in list(self.models.values()):
             self._swap(model, {})
         self.source.interrupt()  # NOTE: a download in a worker thread stops at its next batch

@@ -311,9 +311,14 @@ class Server:
 async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     server = Server(settings)
+
+    def stopping() -> None:
+        stop.set()
+        server.registry.interrupt()  # NOTE: a download in progress (the first scan's too) is abandoned
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping)
     ports = await server.start()
     if on_ports is not None:
         on_ports(ports)

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -82,7 +82,7 @@ class ServerSettings(BaseSettings):
     repository_cache_dir: Path | None = None
     """Where versions from a bucket are downloaded to be loaded (only those served, deleted once
     unloaded); unset, a temporary directory removed at exit. One server per directory: a server
-    clears the downloads it finds there at start. Unused for a local repository."""
+    clears the downloads it finds there before its first one. Unused for a local repository."""
     host: str = "0.0.0.0"
     """Address to bind every port to (gRPC, REST, metrics, health)."""
     grpc_port: int = Field(8500, ge=0, le=65535)
@@ -261,8 +261,9 @@ class ServerSettings(BaseSettings):
     def _paths_are_local(cls, value: Any, info: ValidationInfo) -> Any:
         """A URL given for a setting that takes a path is refused, never made a local path."""
         annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
-        if isinstance(value, str) and storage.is_url(value) and "Path" in str(annotation):
-            raise ValueError(f"{value!r} is a URL; this setting takes a path on this machine")
+        is_path = Path in (annotation, *get_args(annotation))
+        if is_path and isinstance(value, str) and (refused := storage.not_a_path(value)):
+            raise ValueError(refused)
         return value
 
     @property

@@ -13,6 +13,7 @@ files are checked against the manifest's sha256 by the loader, as for a local re
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -117,7 +118,7 @@ class RemoteSource:
     def __init__(self, remote: Remote, cache_dir: Path | None) -> None:
         self.remote = remote
         # NOTE: absolute: release() compares the parents of mkdtemp's paths, absolute since 3.12
-        self._given_cache = None if cache_dir is None else cache_dir.absolute()
+        self._given_cache = None if cache_dir is None else Path(os.path.abspath(cache_dir))
         self._interrupted = threading.Event()
         self._cache: Path | None = None
         self._listing = Listing({})
@@ -162,10 +163,12 @@ class RemoteSource:
         # NOTE: a folder of its own each time: the same version may still be draining from an
         # earlier copy (unloaded and picked again), whose release must not delete this one
         try:
-            (self.cache / name).mkdir(parents=True, exist_ok=True)
-            target = Path(tempfile.mkdtemp(prefix=f"{number}-", dir=self.cache / name))
+            folder = self.cache / name
+            folder.mkdir(parents=True, exist_ok=True)
+            target = Path(tempfile.mkdtemp(prefix=f"{number}-", dir=folder))
         except OSError as exc:
-            raise StorageError(f"cannot write to the cache {self.cache}: {exc.strerror or exc}") from None
+            where = self._given_cache or tempfile.gettempdir()
+            raise StorageError(f"cannot write to the cache in {where}: {exc.strerror or exc}") from None
         try:
             self.remote.download(name, number, files, target, self._interrupted)
         except BaseException:
