@@ -145,6 +145,12 @@ def test_a_listing_shows_versions_once_their_manifest_exists() -> None:
     assert "looks like a version folder" in Listing({"manifest.json": (1, "a")}).misplaced("s3://b/x")
 
 
+def gs_registry(cache: Path) -> ModelRegistry:
+    """A registry following gs://bucket/repo, downloading into ``cache``."""
+    settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=cache, max_batch_size=4)
+    return ModelRegistry(settings, ThreadPoolExecutor(1))
+
+
 def downloads(cache: Path) -> list[str]:
     """The versions with a download in the cache (``colors/VERSION-xxxxxxxx``)."""
     return sorted(p.name.split("-")[0] for p in (cache / "colors").iterdir())
@@ -157,8 +163,7 @@ def test_a_gs_repository_is_followed_like_a_directory(gcs: type[FakeGCS], tmp_pa
     cache = tmp_path / "cache"
 
     async def main() -> None:
-        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=cache, max_batch_size=4)
-        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        registry = gs_registry(cache)
         await registry.poll()
         assert sorted(registry.models["colors"].serving) == [1]
         assert downloads(cache) == ["1"]
@@ -209,8 +214,7 @@ def test_a_version_picked_again_while_it_drains_keeps_its_new_download(
     cache = tmp_path / "cache"
 
     async def main() -> None:
-        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=cache, max_batch_size=4)
-        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        registry = gs_registry(cache)
         await registry.poll()
         with registry.lease("colors") as first:  # a request holds version 1: it cannot drain
             upload_tiny(remote, "colors", 2)
@@ -260,8 +264,7 @@ def test_a_version_with_an_object_outside_its_folder_fails_and_writes_nothing_ou
     assert listing.unsafe == {("colors", 2): "../../escaped"}
 
     async def main() -> None:
-        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=tmp_path / "cache")
-        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        registry = gs_registry(tmp_path / "cache")
         await registry.poll()
         record = registry.models["colors"].versions[2]
         assert record.state.name == "FAILED" and "outside its folder" in record.error
@@ -286,8 +289,7 @@ def test_a_download_that_fails_backs_off_and_is_tried_at_once_when_the_version_c
         raise StorageError("gs://bucket/repo: cannot download colors/1: access denied")
 
     async def main() -> None:
-        settings = ServerSettings(repository="gs://bucket/repo", repository_cache_dir=tmp_path / "cache")
-        registry = ModelRegistry(settings, ThreadPoolExecutor(1))
+        registry = gs_registry(tmp_path / "cache")
         with monkeypatch.context() as patched:
             patched.setattr(Remote, "download", failing)
             await registry.poll()
