@@ -309,6 +309,7 @@ class ModelRegistry:
             self.metrics.repository_errors.labels("download").inc()
             return
         except Exception as exc:  # any failure of a version must leave the server serving the others
+            self._unfetched.pop((model.name, number), None)  # NOTE: downloaded: retried when it changes
             if path is not None:
                 await loop.run_in_executor(None, self.source.release, path)
             # NOTE: clients see this (ListModels, GetModelStatus): no absolute server paths
