@@ -86,6 +86,15 @@ def test_savedmodel_signatures_match_keras(exported: ExportResult, run_dir: Path
     np.testing.assert_allclose(got, model.predict(expected_pixels, verbose=0), atol=1e-5)
 
 
+def test_savedmodel_stores_each_weight_once(exported: ExportResult, run_dir: Path) -> None:
+    # keras-team/keras#23553: ExportArchive.track() stores every weight twice (2x on disk and in RAM)
+    reader = tf.train.load_checkpoint(str(exported.path / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    shapes.pop("_CHECKPOINTABLE_OBJECT_GRAPH")
+    stored = sum(int(np.prod(shape)) for shape in shapes.values())
+    assert stored == keras_model(run_dir).count_params()
+
+
 def test_warmup_requests_are_prediction_logs(exported: ExportResult) -> None:
     from tensorflow_serving.apis import prediction_log_pb2
 

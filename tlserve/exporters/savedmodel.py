@@ -33,7 +33,9 @@ def export_savedmodel(model: keras.Model, out: Path, model_name: str) -> None:
 def _write_savedmodel(model: keras.Model, out: Path) -> None:
     height, width = int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # NOTE: no archive.track(model): add_endpoint already tracks the variables the endpoints use, and
+    # track() stores each weight a second time (keras-team/keras#23553: 2x the SavedModel on disk, in
+    # TF Serving and in tf2onnx)
 
     def predict_pixels(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return {repo.OUTPUT_NAME: model(image, training=False)}
