@@ -39,11 +39,11 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode == -signal.SIGKILL:
-        # NOTE: the kernel's OOM killer; ConvNeXtXLarge (1.4 GB of weights) peaked at 16.5 GB here
+        # NOTE: the kernel's OOM killer; ConvNeXtLarge's 757 MB SavedModel was killed at 18.4 GB here
         size = sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file()) / 2**20
         raise ExportError(
             f"tf2onnx was killed (SIGKILL), most likely out of memory: converting this {size:.0f} MB "
-            "SavedModel takes about ten times that in RAM; free memory, or export --formats savedmodel"
+            "SavedModel takes over twenty times that in RAM; free memory, or export --formats savedmodel"
         )
     if result.returncode != 0:
         tail = "\n".join(drop_tf_lines(result.stderr).strip().splitlines()[-15:])
