@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -92,9 +93,19 @@ def measure(spec: BaseSpec, root: Path) -> dict[str, object]:
 def test_base_exports_with_parity(spec: BaseSpec, tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "tests.exporters.test_all_bases", spec.name, str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=ROOT)
-    assert done.returncode == 0, f"{spec.name}: child exited {done.returncode}:\n{done.stderr[-4000:]}"
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    # NOTE: its own process group, so that a timeout also ends the converter the child runs
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=TIMEOUT_S)
+    except BaseException:  # a timeout, or Ctrl-C
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise
+    assert child.returncode == 0, f"{spec.name}: child exited {child.returncode}:\n{stderr[-4000:]}"
+    figures = json.loads(stdout.strip().splitlines()[-1])
     assert figures["mean_top_p"] > 0.25  # informative outputs (uniform is 0.2): parity means something
     diff, tf_diff = figures["diff"], figures["tf_diff"]
     newer = spec.family == "newer"

@@ -274,8 +274,8 @@ def export(options: ExportOptions) -> ExportResult:
         else:
             steps.end("(for the ONNX conversion only)")
         # NOTE: the Keras model is not needed past this point (the reference outputs are kept), and
-        # tf2onnx, run next in its own process, needs over twenty times the SavedModel's size:
-        # ConvNeXtLarge's 757 MB was OOM-killed at 18.4 GB of tf2onnx.
+        # the ONNX conversion runs next in its own process: a few times the SavedModel's size with
+        # the weights lifted (onnx_lifted.py), over twenty times on tf2onnx's own path.
         del model
         gc.collect()
 

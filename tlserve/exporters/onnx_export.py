@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
+from tlserve.exporters import onnx_lifted
 from tlserve.exporters.options import check_batch
 from tlserve.tfnoise import drop_tf_lines
 
@@ -28,23 +29,20 @@ BATCH_DIM = "batch"
 
 
 def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
-    """Convert, then check the graph has exactly the one image input and the named output."""
-    command = [
-        sys.executable, "-m", "tf2onnx.convert",
-        "--saved-model", str(saved_model),
-        "--signature_def", repo.SIGNATURE_PIXELS,  # NOTE: without it tf2onnx takes the first one
-        "--tag", "serve",
-        "--opset", str(opset),
-        "--output", str(out),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode == -signal.SIGKILL:
-        # NOTE: the kernel's OOM killer; ConvNeXtLarge's 757 MB SavedModel was killed at 18.4 GB here
-        size = sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file()) / 2**20
-        raise ExportError(
-            f"tf2onnx was killed (SIGKILL), most likely out of memory: converting this {size:.0f} MB "
-            "SavedModel takes over twenty times that in RAM; free memory, or export --formats savedmodel"
-        )
+    """Convert (weights lifted out of tf2onnx, else tf2onnx's own path: onnx_lifted.py), then check
+    the graph has exactly the one image input and the named output."""
+    lifted = [sys.executable, "-m", "tlserve.exporters.onnx_lifted", str(saved_model), str(out), str(opset)]
+    result = _convert(lifted, saved_model)
+    if result.returncode == onnx_lifted.EXIT_NOT_LIFTABLE:
+        command = [
+            sys.executable, "-m", "tf2onnx.convert",
+            "--saved-model", str(saved_model),
+            "--signature_def", repo.SIGNATURE_PIXELS,  # NOTE: without it tf2onnx takes the first one
+            "--tag", "serve",
+            "--opset", str(opset),
+            "--output", str(out),
+        ]  # fmt: skip
+        result = _convert(command, saved_model)
     if result.returncode != 0:
         tail = "\n".join(drop_tf_lines(result.stderr).strip().splitlines()[-15:])
         raise ExportError(f"tf2onnx failed (exit {result.returncode}); its last lines:\n{tail}")
@@ -61,6 +59,19 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
+
+
+def _convert(command: list[str], saved_model: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode == -signal.SIGKILL:
+        # NOTE: the kernel's OOM killer. tf2onnx's own path took over twenty times the SavedModel's
+        # size (ConvNeXtLarge's 757 MB was killed at 18.4 GB); the lifted one about four times.
+        size = sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file()) / 2**20
+        raise ExportError(
+            f"tf2onnx was killed (SIGKILL), most likely out of memory: converting this {size:.0f} MB "
+            "SavedModel; free memory, or export --formats savedmodel"
+        )
+    return result
 
 
 def convert_fp16(fp32: Path, out: Path) -> None:
