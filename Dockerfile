@@ -19,7 +19,8 @@ RUN pip install --no-cache-dir "build==1.3.0" && python -m build --wheel --outdi
 
 # ---- serve: ONNX on CPU ----
 FROM ${PYTHON_IMAGE} AS serve
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
+    TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json
 COPY constraints.txt /tmp/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,s3,gcs]" \
@@ -42,7 +43,7 @@ USER 10001
 # ---- serve-gpu: CUDA runtime, onnxruntime-gpu ----
 FROM ${CUDA_IMAGE} AS serve-gpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
-    VIRTUAL_ENV=/opt/tlserve PATH=/opt/tlserve/bin:$PATH
+    TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json VIRTUAL_ENV=/opt/tlserve PATH=/opt/tlserve/bin:$PATH
 COPY constraints.txt /tmp/constraints.txt
 # hadolint ignore=DL3008
 RUN apt-get update \

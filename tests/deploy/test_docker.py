@@ -58,6 +58,8 @@ def test_runtime_stages_are_non_root_with_ports_healthcheck_and_entrypoint() -> 
         assert re.search(r"^USER 10001$", text, re.M), stage
         assert "EXPOSE 8500 8501 8502" in text
         assert "tlserve.service.healthcheck" in text
+        # the HEALTHCHECK follows `--grpc-port` through the ports file (tests/service/test_healthcheck.py)
+        assert "TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json" in text
         assert 'ENTRYPOINT ["tlserve", "serve"]' in text
         assert (
             "build" not in re.sub(r"(?m)^#.*$", "", text).split("pip install")[0]

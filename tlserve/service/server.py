@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import resource
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -320,9 +323,39 @@ async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping)
     ports = await server.start()
+    if settings.ports_file is not None:
+        write_ports_file(settings.ports_file, ports)
     if on_ports is not None:
         on_ports(ports)
-    await server.run_until(stop)
+    try:
+        await server.run_until(stop)
+    finally:
+        if settings.ports_file is not None:
+            remove_ports_file(settings.ports_file)
+
+
+def write_ports_file(path: Path, ports: Ports) -> None:
+    """The bound ports as JSON, for the healthcheck (settings.ports_file); atomic, so that a probe
+    never reads half a file."""
+    text = json.dumps({"grpc": ports.grpc, "http": ports.http, "metrics": ports.metrics,
+                       "health": ports.health, "pid": os.getpid()})  # fmt: skip
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text + "\n")
+        partial.replace(path)
+    except OSError as exc:  # NOTE: e.g. a read-only root filesystem: serving goes on
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        log.warning("cannot write the ports file %s (%s): the healthcheck probes TLSERVE_HEALTH_PORT, "
+                    "TLSERVE_GRPC_PORT or 8500 instead; set --ports-file to a writable path",
+                    path, exc.strerror or exc)  # fmt: skip
+
+
+def remove_ports_file(path: Path) -> None:
+    """Remove the ports file if it is still this process' (another server may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
 
 
 def serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | None = None) -> None:

@@ -93,6 +93,11 @@ class ServerSettings(BaseSettings):
     port; off disables it."""
     metrics_port: int | None = Field(8502, ge=0, le=65535)
     """Prometheus /metrics port; 0 picks a free port; off disables it."""
+    ports_file: Path | None = None
+    """Once every port is bound, the server writes them here as JSON (``{"grpc": 8500, "http": 8501,
+    "metrics": 8502, "health": null, "pid": 7}``, replaced atomically, removed at a clean stop), and
+    ``python -m tlserve.service.healthcheck`` probes the port it names: the images set
+    ``TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json`` so that their HEALTHCHECK follows ``--grpc-port``."""
 
     backend: Backend = "onnxruntime"
     """Default runtime. TensorFlow is imported only if a model uses the "tensorflow" backend."""
