@@ -16,14 +16,16 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tlserve ./tlserve
 RUN pip install --no-cache-dir "build==1.3.0" && python -m build --wheel --outdir /wheels .
+# NOTE: each stage COPYs the wheel in (a layer of its size) rather than RUN --mount=type=bind,from=wheel:
+# podman 4.3 (buildah 1.28) loses that mount when the wheel stage comes from its build cache.
 
 # ---- serve: ONNX on CPU ----
 FROM ${PYTHON_IMAGE} AS serve
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
     TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json
 COPY constraints.txt /tmp/constraints.txt
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,s3,gcs]" \
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve,s3,gcs]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -36,8 +38,8 @@ CMD ["--repository", "/models"]
 # ---- serve-tf: adds the TensorFlow backend ----
 FROM serve AS serve-tf
 USER 0
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve,tf,s3,gcs]"
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve,tf,s3,gcs]"
 USER 10001
 
 # ---- serve-gpu: CUDA runtime, onnxruntime-gpu ----
@@ -50,8 +52,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/tlserve
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[serve-gpu,s3,gcs]" \
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve-gpu,s3,gcs]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -65,8 +67,8 @@ CMD ["--repository", "/models"]
 FROM ${PYTHON_IMAGE} AS train
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY constraints.txt /tmp/constraints.txt
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /wheels/tlserve-*.whl)[train-gpu,s3,gcs]" \
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[train-gpu,s3,gcs]" \
     && useradd --system --uid 10001 --create-home tlserve
 USER 10001
 WORKDIR /home/tlserve

@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 # still shows it
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet
 
-.PHONY: help install install-dev demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix clean
+.PHONY: help install install-dev demo test test-all lint typecheck constraints prometheusrule protos bench bench-cache bench-export bench-server bench-transfer reliability export-matrix images clean
 
 help:
 	@echo "make install    what the demo needs (trainer, exporters, server) into .venv"
@@ -24,6 +24,8 @@ help:
 	@echo "make bench-cache    feature-cache speed-up benchmark"
 	@echo "make bench-export   onnxruntime vs TensorFlow, int8 vs fp32 (run make demo first)"
 	@echo "make export-matrix  export every base (each in its own process), rewrite docs/bases.md"
+	@echo "make images     build the Dockerfile's four images with podman on stand-in bases and"
+	@echo "                smoke-test them (train, export, serve, HEALTHCHECK, SIGTERM; ~15 min)"
 	@echo "make bench-server   gRPC server vs in-process onnxruntime (MobileNetV2 224)"
 	@echo "make reliability    load, fault and bad-input suites (long versions), rewrite docs/reliability.md (~4 min)"
 	@echo "make protos     regenerate tlserve/service/wire from protos/"
@@ -95,6 +97,9 @@ reliability: install-dev
 
 export-matrix: install-dev
 	$(BIN)/python benchmarks/export_matrix.py
+
+images: install-dev
+	$(BIN)/python deploy/images.py
 
 clean:
 	rm -rf $(VENV) .venv-triton demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,28 @@ def test_subcommand_help_shows_defaults(capsys: pytest.CaptureFixture[str], comm
         assert "--allow-duplicate" in out
 
 
+def test_train_and_export_parse_where_the_server_is_not_installed() -> None:
+    # NOTE: the train image has no server packages: its `tlserve train` crashed importing pydantic
+    # for serve's flags (found by deploy/images.py)
+    code = (
+        "import sys; sys.modules['pydantic'] = None\n"  # what an uninstalled package looks like
+        "from tlserve.cli import main\n"
+        "assert main(['export', '--help']) == 0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr  # argparse's --help exits 0 after printing
+    assert done.stdout.startswith("usage: tlserve export")
+    code = (
+        "import sys; sys.modules['pydantic'] = None\n"
+        "from tlserve.cli import main\n"
+        "sys.exit(main(['serve', '--repository', 'models']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("tlserve serve: error: tlserve serve needs the server's packages")
+    assert "pip install 'tlserve[serve]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("option", ["--verbose", "--overwrite", "--out=X"])
 def test_an_option_before_its_command_is_said_to_go_after_it(
     capsys: pytest.CaptureFixture[str], option: str

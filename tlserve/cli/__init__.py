@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for the subcommands that import TensorFlow; a caller passing ``argv`` keeps its stderr as it is."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:
+    if extra and not getattr(args, "any_arguments", False):  # NOTE: a command not installed here
         _unrecognized(parser, args.command, extra)
     tf_logs = os.environ.get(tfnoise.ENV)  # NOTE: restored after the command, for a caller of main()
     if getattr(args, "verbose", False):

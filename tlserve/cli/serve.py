@@ -11,9 +11,17 @@ from tlserve.errors import UsageError
 from tlserve.storage import Remote, StorageError
 
 
-def add(sub: argparse._SubParsersAction) -> None:
-    from tlserve.service.flags import add_setting_flags
+SERVER_EXTRA = "tlserve serve needs the server's packages ({missing} is not installed): pip install 'tlserve[serve]'"
 
+
+def add(sub: argparse._SubParsersAction) -> None:
+    try:
+        from tlserve.service.flags import add_setting_flags
+    except ImportError as exc:  # NOTE: e.g. the train image: train and export must still parse
+        missing = exc.name or str(exc)
+        p = sub.add_parser("serve", help="serve a model repository (not installed here)", add_help=False)
+        p.set_defaults(handler=lambda args: _not_installed(missing), any_arguments=True)
+        return
     p = sub.add_parser(
         "serve",
         help="serve a model repository: gRPC and REST (TF Serving API, KServe v2, native), metrics",
@@ -44,6 +52,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=local, metavar="FILE", help="settings file, JSON/TOML (TLSERVE_CONFIG)")
     add_setting_flags(p)
     p.set_defaults(handler=run)
+
+
+def _not_installed(missing: str) -> int:
+    raise UsageError(SERVER_EXTRA.format(missing=missing))
 
 
 def run(args: argparse.Namespace) -> int:
