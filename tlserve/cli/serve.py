@@ -10,8 +10,9 @@ from tlserve.cli.common import Formatter, local
 from tlserve.errors import UsageError
 from tlserve.storage import Remote, StorageError
 
-
-SERVER_EXTRA = "tlserve serve needs the server's packages ({missing} is not installed): pip install 'tlserve[serve]'"
+SERVER_EXTRA = (
+    "tlserve serve needs the server's packages ({missing} is not installed): pip install 'tlserve[serve]'"
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
