@@ -9,7 +9,7 @@ against Keras, onnxruntime vs TensorFlow CPU latency at batch 1. Writes docs/bas
 Each base runs in its own process (``--one NAME``), so memory is returned between bases and a
 24 GB machine finishes the matrix (NASNetLarge was OOM-killed when all ran in one process); a base
 that fails or is killed gets a row saying so and the matrix goes on. The peak memory column is the
-largest resident set size of the child and of the tf2onnx process it runs.
+largest resident set size of the child and of the ONNX converter process it runs.
 
     python benchmarks/export_matrix.py [--bases a,b | --family seed|newer --out FILE]
         [--size-policy default|min] [--rows ROWS.jsonl]
@@ -110,7 +110,7 @@ def _title(rows: list[dict[str, object]]) -> str:
     return f"{len(names)} of the {len(BASES)} bases"  # NOTE: exported; failed rows are listed too
 
 
-def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) -> None:
+def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str, note: str = "") -> None:
     lines = [
         f"# {_title(rows)} through `tlserve export`",
         "",
@@ -124,8 +124,8 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
         "median of 30 calls at batch 1 after warm-up, measured side by side in the same process on "
         "a shared 2-core VM: absolute figures are noisy, compare the TF / ORT ratio within a row. "
         "Each base was exported in its own process; peak memory is that process' maximum resident "
-        "set size, or that of the tf2onnx process it runs if larger. Table: seed = the 18 classic bases, "
-        "newer = the families Keras added since (see `tlserve bases`).",
+        "set size, or that of the ONNX converter process it runs if larger. Table: seed = the 18 "
+        "classic bases, newer = the families Keras added since (see `tlserve bases`).",
         "",
         f"Machine: {rows[0].get('machine', _machine()) if rows else _machine()}.",
         "",
@@ -183,6 +183,8 @@ def write_markdown(rows: list[dict[str, object]], path: Path, size_policy: str) 
             f"² Measured in a later run ({', '.join(f'`{name}`' for name in later)}), rendered with "
             "the first (`--render FIRST LATER...`; a later row replaces the first's for its base).",
         ]
+    if note:
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -278,6 +280,7 @@ def main() -> None:
         help="write the table from --rows files, exporting nothing; a later file's rows replace the "
         "earlier ones of the same bases, marked as such",
     )
+    parser.add_argument("--note", default="", help="with --render: a paragraph added under the table")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child: export this base only
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--row", type=Path, help=argparse.SUPPRESS)
@@ -300,7 +303,7 @@ def main() -> None:
                     by_base[row["base"]] = {**row, "later_run": rows_file.name} if k else row
         order = [s.name for s in BASES]
         rows = sorted(by_base.values(), key=lambda r: order.index(str(r["base"])))
-        write_markdown(rows, out, args.size_policy)
+        write_markdown(rows, out, args.size_policy, args.note)
         print(f"wrote {out}: {len(rows)} rows from {', '.join(str(p) for p in args.render)}")
         return
     wanted = {name for name in (args.bases or "").split(",") if name}
