@@ -53,6 +53,8 @@ STAGES = ("train", "serve", "serve-tf", "serve-gpu")  # NOTE: train first: it wr
 TAG = "localhost/tlserve:{}"
 GRPC_PORT_NOT_DEFAULT = 9000
 UID = "10001"
+LABEL = "tlserve-images-smoke"
+"""Every container this script starts carries it; leftovers of a killed run are removed at start."""
 TRAIN_ARGS = ["--base", "mobilenet_v2", "--weights", "none", "--mode", "scratch", "--image-size", "32",
               "--epochs", "12", "--augment", "none", "--bn-momentum", "0.5"]  # fmt: skip
 
@@ -81,7 +83,7 @@ def podman(*args: str, what: str, timeout_s: float = 3600, quiet: bool = True) -
 
 
 def exists(image: str) -> bool:
-    return subprocess.run([*PODMAN, "image", "exists", image], check=False).returncode == 0
+    return subprocess.run([*PODMAN, "image", "exists", image], check=False, timeout=60).returncode == 0
 
 
 def standin_bases(work: Path) -> None:
@@ -142,12 +144,13 @@ def write_folder(root: Path, per_class: int = 16) -> Path:
 
 def smoke_train(work: Path) -> Path:
     """``tlserve train`` and ``tlserve export`` in the train image; returns the repository."""
+    shutil.rmtree(work, ignore_errors=True)  # NOTE: a --work folder used before
     data = write_folder(work / "data")
     out = work / "out"
     out.mkdir()
     out.chmod(0o777)  # NOTE: the container runs as uid 10001
     image = TAG.format("train")
-    mounts = ["-v", f"{data}:/data:ro", "-v", f"{out}:/out"]
+    mounts = ["-v", f"{data}:/data:ro", "-v", f"{out}:/out", "--label", LABEL]
     step("train: tlserve train on a mounted folder (MobileNetV2 from scratch, 32 px)")
     podman("run", "--rm", *LIMITS, "--network", "host", *mounts, image, "train", "/data", "--out", "/out/run",
            *TRAIN_ARGS, what="tlserve train in the train image", quiet=False)  # fmt: skip
@@ -163,6 +166,7 @@ def smoke_train(work: Path) -> Path:
 
 def export_on_host(work: Path) -> Path:
     """The repository the serving images are tested on when the train image is not built."""
+    shutil.rmtree(work, ignore_errors=True)
     data = write_folder(work / "data")
     tlserve = str(Path(sys.executable).with_name("tlserve"))
     step("host: tlserve train + export (the train image was not built)")
@@ -187,9 +191,10 @@ def smoke_serve(stage: str, repository: Path) -> dict[str, object]:
     if stage == "serve-tf":
         args += ["--backend", "tensorflow"]
     step(f"{stage}: run on /models (read-only), gRPC on {grpc_port}")
-    podman("run", "-d", "--name", name, *LIMITS, "--network", "host", "-v", f"{repository}:/models:ro",
-           TAG.format(stage), "--repository", "/models", *args, what=f"podman run {stage}")  # fmt: skip
     try:
+        podman("run", "-d", "--name", name, "--label", LABEL, *LIMITS, "--network", "host",
+               "-v", f"{repository}:/models:ro", TAG.format(stage), "--repository", "/models", *args,
+               what=f"podman run {stage}")  # fmt: skip
         user = podman("exec", name, "id", "-u", what="id -u").strip()
         if user != UID:
             raise Failed(f"{stage} runs as uid {user}, not {UID}")
@@ -226,7 +231,7 @@ def wait_healthy(name: str, stage: str, timeout_s: float = 120) -> float:
     started = time.perf_counter()
     while True:
         check = subprocess.run(
-            [*PODMAN, "healthcheck", "run", name], capture_output=True, text=True, check=False
+            [*PODMAN, "healthcheck", "run", name], capture_output=True, text=True, check=False, timeout=60
         )
         if check.returncode == 0:
             return time.perf_counter() - started
@@ -297,6 +302,15 @@ def model_infer_oip(port: int) -> tuple[str, int]:
     return f"{answer.name} {list(out.shape)}", int(out[0].argmax())
 
 
+def remove_leftovers() -> None:
+    """Containers of an earlier run that was killed before its clean-up (they would hold port 9000)."""
+    listed = subprocess.run([*PODMAN, "ps", "-a", "-q", "--filter", f"label={LABEL}"],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    ids = listed.stdout.split()
+    if ids:
+        subprocess.run([*PODMAN, "rm", "-f", *ids], capture_output=True, timeout=120, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -314,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"images: {' and '.join(missing)} not installed (apt-get install podman mmdebstrap runc "
               "uidmap fuse-overlayfs slirp4netns)", file=sys.stderr)  # fmt: skip
         return 2
+    remove_leftovers()
     work = args.work or Path(tempfile.mkdtemp(prefix="tlserve-images-"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict[str, object]] = {}
@@ -336,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"images: {type(exc).__name__}: {str(exc)[:2000]}", file=sys.stderr)
         return 1
     finally:
+        remove_leftovers()
         (work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         if args.keep or args.work:
             print(f"kept {work}")

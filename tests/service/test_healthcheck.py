@@ -36,7 +36,7 @@ def test_the_healthcheck_follows_the_port_the_server_bound(tiny_repo: Path, tmp_
         assert list(ports_file.parent.iterdir()) == [ports_file]  # no partial file left behind
     finally:
         assert server.stop() == 0, server.log
-    assert not ports_file.exists()  # removed at a clean stop: a stale port is never probed
+    assert not ports_file.exists()  # removed at a clean stop
     # now the settings' port: the one the server had, where nothing answers any more
     gone = probe({**env, "TLSERVE_GRPC_PORT": str(server.grpc_port)}, "--timeout-s", "1")
     assert gone.returncode == 1
@@ -78,3 +78,12 @@ def test_a_broken_ports_file_is_unhealthy_in_one_line(tmp_path: Path) -> None:
     ports_file.write_text(json.dumps({"http": 8501}))
     missing = probe({"TLSERVE_PORTS_FILE": str(ports_file)})
     assert missing.returncode == 1 and "names no gRPC port" in missing.stderr
+
+
+def test_an_empty_ports_file_setting_is_none() -> None:
+    # NOTE: `docker run -e TLSERVE_PORTS_FILE= IMAGE` undoes the image's setting
+    from tlserve.service.settings import ServerSettings
+
+    assert ServerSettings(ports_file="").ports_file is None
+    assert ServerSettings(ports_file="off").ports_file is None
+    assert str(ServerSettings(ports_file="/tmp/p.json").ports_file) == "/tmp/p.json"

@@ -20,7 +20,6 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.errors import ExportError, UsageError
-from tlserve.exporters import onnx_lifted
 from tlserve.exporters.options import check_batch
 from tlserve.tfnoise import drop_tf_lines
 
@@ -33,7 +32,9 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
     the graph has exactly the one image input and the named output."""
     lifted = [sys.executable, "-m", "tlserve.exporters.onnx_lifted", str(saved_model), str(out), str(opset)]
     result = _convert(lifted, saved_model)
-    if result.returncode == onnx_lifted.EXIT_NOT_LIFTABLE:
+    if result.returncode != 0:
+        # NOTE: not liftable (exit 3), or the lifted path failed on something tf2onnx's own may convert
+        out.unlink(missing_ok=True)
         command = [
             sys.executable, "-m", "tf2onnx.convert",
             "--saved-model", str(saved_model),

@@ -34,6 +34,17 @@ SMALL = 4096
 their values: shapes, axes, epsilons); larger ones are lifted like variables."""
 
 
+RANDOM = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+"""Ops never folded: a fixed sample is not the op."""
+
+
 class NotLiftable(Exception):
     """The SavedModel's serving function is not the flat shape this converter handles."""
 
@@ -60,7 +71,10 @@ def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, An
     captured = {inner.name.split(":")[0]: outer for outer, inner in func.graph.captures}
     args: dict[str, Any] = {}  # function argument -> the captured tensor it receives
     image = []
-    for arg, source in zip(fdef.signature.input_arg, call.input, strict=True):
+    call_inputs = [name for name in call.input if not name.startswith("^")]
+    if len(call_inputs) != len(fdef.signature.input_arg):
+        raise NotLiftable(f"{len(call_inputs)} call inputs for {len(fdef.signature.input_arg)} arguments")
+    for arg, source in zip(fdef.signature.input_arg, call_inputs, strict=True):
         source = source.split(":")[0]
         if source in captured:
             args[arg.name] = captured[source]
@@ -73,6 +87,7 @@ def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, An
     # by tf2onnx's grappler pass, unless it is handed a variable: that is refused below)
     graph_def.library.function.extend(library.values())
     weights: dict[str, Any] = {}
+    first_read: dict[str, str] = {}  # variable argument -> the placeholder of its first read
     nodes = []
     for node in graph_def.node:
         if node.name in args:  # an argument's placeholder
@@ -89,11 +104,19 @@ def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, An
                 node.attr["dtype"].type = outer.dtype.as_datatype_enum
                 node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
         elif node.op == "ReadVariableOp" and _source(node.input[0]) in args:
+            variable = _source(node.input[0])
             dtype = node.attr["dtype"].type
-            value = tf.raw_ops.ReadVariableOp(resource=args[_source(node.input[0])], dtype=dtype).numpy()
-            weights[node.name] = value
             del node.input[:]
-            _placeholder(node, dtype, value.shape)
+            if variable in first_read:  # NOTE: read again (a shared layer): one copy of the weights
+                node.op = "Identity"
+                node.input.append(first_read[variable])
+                node.ClearField("attr")
+                node.attr["T"].type = dtype
+            else:
+                value = tf.raw_ops.ReadVariableOp(resource=args[variable], dtype=dtype).numpy()
+                weights[node.name] = value
+                first_read[variable] = node.name
+                _placeholder(node, dtype, value.shape)
         nodes.append(node)
     variables = {name for name, outer in args.items() if outer.dtype == tf.resource}
     for node in nodes:
@@ -135,6 +158,12 @@ def convert(saved_model: Path, out: Path, opset: int, signature: str, names: tup
     )
     del graph_def
     graph = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        raise NotLiftable("the ONNX graph has control flow (If/Loop/Scan): its subgraphs are not folded here")
     inputs = [i for i in graph.input if i.name not in lifted]
     used = [i.name for i in graph.input if i.name in lifted]
     del graph.input[:]
@@ -149,13 +178,15 @@ def convert(saved_model: Path, out: Path, opset: int, signature: str, names: tup
 
 def fold_constants(model: Any, grow_limit: int = 2**20) -> dict[str, int]:
     """Replace every node whose inputs are all initializers (or Constant nodes) by its result, in
-    graph order, unless the result is larger than its inputs and ``grow_limit`` bytes (Expand, Tile).
-    Returns how many nodes of each op were folded."""
+    graph order, unless the result is larger than its inputs and ``grow_limit`` bytes (Expand, Tile),
+    the op is random, it has subgraphs, or it produces a graph output. Returns how many nodes of each
+    op were folded."""
     import numpy as np
-    from onnx import helper, numpy_helper
+    from onnx import AttributeProto, helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     graph = model.graph
+    outputs = {o.name for o in graph.output}
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     del graph.initializer[:]
     kept: list[Any] = []
@@ -164,7 +195,14 @@ def fold_constants(model: Any, grow_limit: int = 2**20) -> dict[str, int]:
         inputs = [i for i in node.input if i]
         if node.op_type == "Constant" and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif inputs and node.domain in ("", "ai.onnx") and all(i in values for i in inputs):
+        elif (
+            inputs
+            and node.domain in ("", "ai.onnx")
+            and node.op_type not in RANDOM
+            and not any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+            and not outputs.intersection(node.output)
+            and all(i in values for i in inputs)
+        ):
             feeds = {i: values[i] for i in inputs}
             one = helper.make_model(
                 helper.make_graph(

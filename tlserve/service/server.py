@@ -323,11 +323,11 @@ async def _serve(settings: ServerSettings, on_ports: Callable[[Ports], None] | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping)
     ports = await server.start()
-    if settings.ports_file is not None:
-        write_ports_file(settings.ports_file, ports)
-    if on_ports is not None:
-        on_ports(ports)
     try:
+        if settings.ports_file is not None:
+            write_ports_file(settings.ports_file, ports)
+        if on_ports is not None:
+            on_ports(ports)
         await server.run_until(stop)
     finally:
         if settings.ports_file is not None:
@@ -339,11 +339,11 @@ def write_ports_file(path: Path, ports: Ports) -> None:
     never reads half a file."""
     text = json.dumps({"grpc": ports.grpc, "http": ports.http, "metrics": ports.metrics,
                        "health": ports.health, "pid": os.getpid()})  # fmt: skip
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.parent / f".{path.name}.{os.getpid()}.partial"
     try:
         partial.write_text(text + "\n")
         partial.replace(path)
-    except OSError as exc:  # NOTE: e.g. a read-only root filesystem: serving goes on
+    except OSError as exc:  # NOTE: e.g. a read-only root filesystem, or a directory: serving goes on
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         log.warning("cannot write the ports file %s (%s): the healthcheck probes TLSERVE_HEALTH_PORT, "

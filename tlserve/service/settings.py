@@ -94,10 +94,12 @@ class ServerSettings(BaseSettings):
     metrics_port: int | None = Field(8502, ge=0, le=65535)
     """Prometheus /metrics port; 0 picks a free port; off disables it."""
     ports_file: Path | None = None
-    """Once every port is bound, the server writes them here as JSON (``{"grpc": 8500, "http": 8501,
-    "metrics": 8502, "health": null, "pid": 7}``, replaced atomically, removed at a clean stop), and
-    ``python -m tlserve.service.healthcheck`` probes the port it names: the images set
-    ``TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json`` so that their HEALTHCHECK follows ``--grpc-port``."""
+    """Once its ports are bound and the repository first scanned, the server writes them here as JSON
+    (``{"grpc": 8500, "http": 8501, "metrics": 8502, "health": null, "pid": 7}``, replaced
+    atomically, removed at a clean stop; one server per file), and ``python -m
+    tlserve.service.healthcheck`` probes the port it names: the images set
+    ``TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json`` so that their HEALTHCHECK follows ``--grpc-port``;
+    empty or off: none."""
 
     backend: Backend = "onnxruntime"
     """Default runtime. TensorFlow is imported only if a model uses the "tensorflow" backend."""
@@ -281,6 +283,13 @@ class ServerSettings(BaseSettings):
     def _off(cls, value: Any) -> Any:
         """``off`` (a flag, TLSERVE_HTTP_PORT=off, a TOML file, which has no null) is no port."""
         return None if isinstance(value, str) and value.strip().lower() == "off" else value
+
+    @field_validator("ports_file", mode="before")
+    @classmethod
+    def _no_file(cls, value: Any) -> Any:
+        """An empty value (``docker run -e TLSERVE_PORTS_FILE=``, the image's setting undone) or
+        ``off`` is no file."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "off") else value
 
     @field_validator("version_policy")
     @classmethod
