@@ -9,6 +9,10 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# Bucket support (`--repository s3://...`, `gs://...`): the pip extras s3 and gcs, about 65 MB of each
+# image (botocore, google-auth, cryptography, ...). `--build-arg BUCKETS=` leaves it out (a repository on
+# a volume, e.g. filled by KServe's storage initializer, needs none); `BUCKETS=s3` keeps one.
+ARG BUCKETS=s3,gcs
 
 # ---- build the wheel once (build tools stay in this stage) ----
 FROM ${PYTHON_IMAGE} AS wheel
@@ -21,11 +25,12 @@ RUN pip install --no-cache-dir "build==1.3.0" && python -m build --wheel --outdi
 
 # ---- serve: ONNX on CPU ----
 FROM ${PYTHON_IMAGE} AS serve
+ARG BUCKETS
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
     TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve,s3,gcs]" \
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve${BUCKETS:+,$BUCKETS}]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -37,13 +42,15 @@ CMD ["--repository", "/models"]
 
 # ---- serve-tf: adds the TensorFlow backend ----
 FROM serve AS serve-tf
+ARG BUCKETS
 USER 0
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve,tf,s3,gcs]"
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve,tf${BUCKETS:+,$BUCKETS}]"
 USER 10001
 
 # ---- serve-gpu: CUDA runtime, onnxruntime-gpu ----
 FROM ${CUDA_IMAGE} AS serve-gpu
+ARG BUCKETS
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TLSERVE_REPOSITORY=/models \
     TLSERVE_PORTS_FILE=/tmp/tlserve-ports.json VIRTUAL_ENV=/opt/tlserve PATH=/opt/tlserve/bin:$PATH
 COPY constraints.txt /tmp/constraints.txt
@@ -53,7 +60,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/tlserve
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve-gpu,s3,gcs]" \
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[serve-gpu${BUCKETS:+,$BUCKETS}]" \
     && useradd --system --uid 10001 --no-create-home tlserve
 USER 10001
 VOLUME ["/models"]
@@ -65,10 +72,11 @@ CMD ["--repository", "/models"]
 
 # ---- train: TensorFlow with GPU support, trainer and exporters ----
 FROM ${PYTHON_IMAGE} AS train
+ARG BUCKETS
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[train-gpu,s3,gcs]" \
+RUN pip install --no-cache-dir -c /tmp/constraints.txt "$(ls /tmp/wheels/tlserve-*.whl)[train-gpu${BUCKETS:+,$BUCKETS}]" \
     && useradd --system --uid 10001 --create-home tlserve
 USER 10001
 WORKDIR /home/tlserve

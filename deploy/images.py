@@ -17,13 +17,15 @@ Smoke tests, each on the image as a user runs it (non-root, ``--network host`` h
   (``podman healthcheck run``), a TF Serving Predict (tensorflow-serving-api's stubs) and an Open
   Inference Protocol ModelInfer from the host, each of a red image the model has not seen (it must
   answer red), then SIGTERM (``podman stop``): exit 0 within the server's grace period;
+- ``serve-nobuckets``: ``serve`` built with ``--build-arg BUCKETS=`` (no s3/gcs extras), smoke-tested as
+  ``serve``, and a ``--repository s3://...`` must fail with a one-line hint to the missing extra;
 - ``serve-gpu``: built only (there is no GPU here).
 
 What this sandbox needs of podman (and a normal host does not): ``--runtime runc
 --cgroup-manager=cgroupfs``, ``--ulimit nofile=1024:1024 --ulimit nproc=1024:1024``, ``--network
 host``, and the host's CA bundle mounted for pip (TLSERVE_IMAGES_CA, default the Debian bundle).
 
-    python deploy/images.py [--stages serve,serve-tf,train,serve-gpu] [--work DIR] [--keep]
+    python deploy/images.py [--stages train,serve,serve-nobuckets,serve-tf,serve-gpu] [--work DIR] [--keep]
 
 Prints one line per step and a table of image sizes; writes DIR/report.json. Exit 0 when every
 stage built and passed, 1 when one failed, 2 when podman or mmdebstrap is missing.
@@ -49,7 +51,10 @@ LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 CA = os.environ.get("TLSERVE_IMAGES_CA", "/etc/ssl/certs/ca-certificates.crt")
 DEBIAN = "localhost/tlserve-standin/debian:bookworm"
 PYTHON = "localhost/tlserve-standin/python:3.11-slim-bookworm"
-STAGES = ("train", "serve", "serve-tf", "serve-gpu")  # NOTE: train first: it writes the repository
+# NOTE: train first: it writes the repository the serving images are smoke-tested on
+STAGES = ("train", "serve", "serve-nobuckets", "serve-tf", "serve-gpu")
+VARIANTS = {"serve-nobuckets": ("serve", ["--build-arg", "BUCKETS="])}
+"""Images built from a stage with build arguments: name -> (target, arguments)."""
 TAG = "localhost/tlserve:{}"
 GRPC_PORT_NOT_DEFAULT = 9000
 UID = "10001"
@@ -112,12 +117,13 @@ def standin_bases(work: Path) -> None:
 
 
 def build(stage: str) -> float:
-    started = step(f"building {TAG.format(stage)} (--target {stage})")
+    target, extra = VARIANTS.get(stage, (stage, []))
+    started = step(f"building {TAG.format(stage)} (--target {target} {' '.join(extra)})".rstrip())
     # NOTE: --format docker: the OCI image format has no HEALTHCHECK (podman drops it with a warning)
     podman("build", "--format", "docker", *LIMITS, "--network", "host", "-v", f"{CA}:{CA}:ro",
-           "--build-arg", f"PYTHON_IMAGE={PYTHON}", "--build-arg", f"CUDA_IMAGE={DEBIAN}",
-           "--target", stage, "-t", TAG.format(stage), str(ROOT),
-           what=f"podman build --target {stage}")  # fmt: skip
+           "--build-arg", f"PYTHON_IMAGE={PYTHON}", "--build-arg", f"CUDA_IMAGE={DEBIAN}", *extra,
+           "--target", target, "-t", TAG.format(stage), str(ROOT),
+           what=f"podman build --target {target}")  # fmt: skip
     seconds = time.perf_counter() - started
     print(f"   built in {seconds:.0f} s, {size_mb(stage):.0f} MB", flush=True)
     return seconds
@@ -224,6 +230,19 @@ def smoke_serve(stage: str, repository: Path) -> dict[str, object]:
         return {"healthy_after_s": healthy_after, "stop_s": stop_s, "uid": user}
     finally:
         subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, check=False)
+
+
+def refuses_buckets(stage: str) -> str:
+    """An image built without bucket support says which extra a bucket repository needs, in one line."""
+    step(f"{stage}: --repository s3://... without the s3 extra")
+    done = subprocess.run([*PODMAN, "run", "--rm", "--label", LABEL, *LIMITS, "--network", "none",
+                           TAG.format(stage), "--repository", "s3://tlserve-no-such-bucket/models"],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    if done.returncode == 0 or not said or "tlserve[s3]" not in said[-1]:
+        raise Failed(f"{stage}: a bucket repository gave exit {done.returncode}: {said[-3:]}")
+    print(f"   exit {done.returncode}: {said[-1]}", flush=True)
+    return said[-1]
 
 
 def wait_healthy(name: str, stage: str, timeout_s: float = 120) -> float:
@@ -340,10 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         if "train" in stages:
             repository = smoke_train(work / "train")
             report["train"]["smoke"] = "train + export"
-        for stage in ("serve", "serve-tf"):
+        for stage in ("serve", "serve-nobuckets", "serve-tf"):
             if stage in stages:
                 repository = repository or export_on_host(work / "host")
                 report[stage]["smoke"] = smoke_serve(stage, repository)
+        if "serve-nobuckets" in stages:
+            report["serve-nobuckets"]["bucket_refusal"] = refuses_buckets("serve-nobuckets")
     except (Failed, subprocess.TimeoutExpired) as exc:
         print(f"images: {exc}", file=sys.stderr)
         return 1

@@ -22,12 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
-STAGE_EXTRAS = {  # NOTE: every image reads and writes buckets (s3, gcs): ~50 MB of botocore and google-*
-    "serve": ["serve", "s3", "gcs"],
-    "serve-tf": ["serve", "tf", "s3", "gcs"],
-    "serve-gpu": ["serve-gpu", "s3", "gcs"],
-    "train": ["train-gpu", "s3", "gcs"],
+STAGE_EXTRAS = {  # NOTE: and the BUCKETS build argument's extras (s3,gcs by default; empty for none)
+    "serve": ["serve"],
+    "serve-tf": ["serve", "tf"],
+    "serve-gpu": ["serve-gpu"],
+    "train": ["train-gpu"],
 }
+BUCKETS = "${BUCKETS:+,$BUCKETS}"
 
 
 def stages() -> dict[str, str]:
@@ -46,9 +47,13 @@ def test_each_stage_installs_exactly_its_extras() -> None:
     found = stages()
     assert set(STAGE_EXTRAS) <= set(found)
     for stage, expected in STAGE_EXTRAS.items():
-        installs = re.findall(r"tlserve-\*\.whl\)\[([a-z0-9,-]+)\]", found[stage])
-        assert installs == [",".join(expected)], (stage, installs)
+        installs = re.findall(r"tlserve-\*\.whl\)\[([^]]+)\]", found[stage])
+        assert installs == [",".join(expected) + BUCKETS], (stage, installs)
+        assert re.search(r"^ARG BUCKETS$", found[stage], re.M), stage  # the global default reaches the stage
         assert all(extra in EXTRAS for extra in expected)
+    default = re.search(r"^ARG BUCKETS=(\S*)$", DOCKERFILE, re.M)
+    assert default and default.group(1) == "s3,gcs"  # buckets by default, as deploy/k8s/overlays/bucket needs
+    assert all(extra in EXTRAS for extra in default.group(1).split(","))
     assert "tensorflow" not in " ".join(str(r) for r in EXTRAS["serve"] + EXTRAS["server"])
 
 
