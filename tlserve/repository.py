@@ -179,6 +179,10 @@ class Manifest:
     labels_sha256: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     """Where it came from: run dir, tlserve and library versions."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """Confidence calibration (tlserve.exporters.calibration): requested, method ("temperature" or
+    "none"), the temperature baked into every artifact, bins, images, ece_before, ece_after,
+    ece_after_heldout, nll_before, nll_after, note. Empty for versions exported before it existed."""
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -218,6 +222,7 @@ class Manifest:
                 schema=int(data["schema"]),
                 labels_sha256=str(data.get("labels_sha256", "")),
                 source=dict(data.get("source", {})),
+                calibration=dict(data.get("calibration", {})),
             )
             manifest.validate()
         except ManifestError:
@@ -237,6 +242,14 @@ class Manifest:
             raise ManifestError(f"version must be a positive integer; got {self.version}")
         if not self.artifacts:
             raise ManifestError("no artifacts")
+        if self.calibration:
+            temperature = self.calibration.get("temperature")
+            if not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
+                raise ManifestError(f"calibration.temperature must be a positive number; got {temperature!r}")
+            for key in ("ece_before", "ece_after", "ece_after_heldout"):
+                value = self.calibration.get(key)
+                if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
+                    raise ManifestError(f"calibration.{key} must be in [0, 1]; got {value!r}")
         for artifact in self.artifacts:
             if artifact.kind not in KINDS or artifact.precision not in PRECISIONS:
                 raise ManifestError(f"unknown artifact kind/precision {artifact.kind}/{artifact.precision}")

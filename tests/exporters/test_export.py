@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tlserve import repository as repo
-from tlserve.exporters import onnx_lifted
+from tlserve.exporters import calibration, onnx_lifted
 from tlserve.exporters.export import ExportOptions, ExportResult, export, summary_table
 from tlserve.training import rundir
 from tlserve.training.data import RESIZE_METHOD, decode
@@ -25,6 +25,13 @@ from tlserve.training.data import RESIZE_METHOD, decode
 
 def keras_model(run_dir: Path) -> keras.Model:
     return keras.models.load_model(run_dir / rundir.MODEL_FILE)
+
+
+def served_model(run_dir: Path, exported: ExportResult) -> keras.Model:
+    """The run's model with the temperature the manifest says every artifact applies."""
+    temperature = exported.manifest.calibration["temperature"]
+    assert exported.manifest.calibration["method"] == "temperature" and temperature != 1.0
+    return calibration.served_model(keras_model(run_dir), temperature)
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -67,7 +74,7 @@ def test_checksums_catch_a_changed_file(exported: ExportResult, tmp_path: Path) 
 
 
 def test_savedmodel_signatures_match_keras(exported: ExportResult, run_dir: Path) -> None:
-    model = keras_model(run_dir)
+    model = served_model(run_dir, exported)
     loaded = tf.saved_model.load(str(exported.path))
     assert set(loaded.signatures) == {"serving_default", "predict_images"}
     x = pixels(5)
@@ -132,13 +139,31 @@ def test_onnx_parity_claimed_in_the_manifest_holds(exported: ExportResult, run_d
     assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["probabilities"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     session = ort.InferenceSession(str(exported.path / "model.onnx"), providers=["CPUExecutionProvider"])
-    model = keras_model(run_dir)
+    model = served_model(run_dir, exported)
     for batch in (1, 7, 40):  # dynamic batch
         x = pixels(batch, seed=batch)
         got = session.run(None, {"image": x})[0]
         expected = model.predict(x, verbose=0)
         assert np.abs(got - expected).max() <= 1e-4
         assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_every_artifact_serves_the_calibrated_scores(exported: ExportResult, run_dir: Path) -> None:
+    """softmax(logits / T), T from the manifest: computed here from the raw model's own softmax
+    (log p = logits + a constant per image), not through the exporter's calibrated model."""
+    record = exported.manifest.calibration
+    assert record["requested"] and record["images"] == exported.manifest.validation["images"]
+    assert 0 <= record["ece_after"] <= 1 and record["nll_after"] <= record["nll_before"] + 1e-9
+    temperature = record["temperature"]
+    x = pixels(6, seed=11)
+    raw = keras_model(run_dir).predict(x, verbose=0).astype(np.float64)
+    expected = calibration.softmax(np.log(np.maximum(raw, 1e-30)), temperature)
+    assert np.abs(expected - raw).max() > 1e-3  # the temperature changes the scores ...
+    assert (expected.argmax(1) == raw.argmax(1)).all()  # ... never the class
+    onnx_scores = ort.InferenceSession(str(exported.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    tf_scores = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
+    assert np.abs(onnx_scores.run(None, {"image": x})[0] - expected).max() <= 1e-4
+    assert np.abs(tf_scores(image=tf.constant(x))["probabilities"].numpy() - expected).max() <= 1e-4
 
 
 def test_fp16_keeps_float32_io_and_int8_is_qdq(exported: ExportResult) -> None:

@@ -52,6 +52,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--calibration-data", type=local, metavar="DIR",
         help="images for int8 calibration (default: the run's training images)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-calibrate", dest="calibrate", action="store_false",
+        help="serve the raw softmax; by default a temperature fitted on the validation images (least "
+        "log-loss) divides the logits inside every artifact, so a score of 0.8 means right about 80%% of "
+        "the time; the manifest records T and the calibration error (ECE) before and after",
+    )  # fmt: skip
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..18")
     p.add_argument(
         "--allow-weak", action="store_true",
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             fp16=args.fp16,
             int8=args.int8,
             calibration_data=args.calibration_data,
+            calibrate=args.calibrate,
             opset=args.opset,
             allow_weak=args.allow_weak,
             allow_duplicate=args.allow_duplicate,

@@ -158,7 +158,8 @@ def _published(options: ExportOptions) -> _Published:
 
 def _duplicate_of(options: ExportOptions, published: _Published) -> int | None:
     """The newest version of the model exported from the same weights (``model.keras``'s sha256)
-    and labels with the same artifacts as ``options`` asks for; None when there is none.
+    and labels with the same artifacts and calibration choice as ``options`` asks for; None when there
+    is none.
     Versions whose manifest cannot be read, or predates the weights checksum, are not compared."""
     digest = repo.sha256_file(options.run_dir / rundir.MODEL_FILE)
     labels = rundir.read_labels(options.run_dir)
@@ -169,7 +170,13 @@ def _duplicate_of(options: ExportOptions, published: _Published) -> int | None:
         except repo.ManifestError:
             continue
         kinds = {(a.kind, a.precision, a.opset) for a in manifest.artifacts}
-        if manifest.source.get("model_sha256") == digest and manifest.labels == labels and kinds == wanted:
+        same_scores = manifest.calibration.get("requested", False) == options.calibrate
+        if (
+            manifest.source.get("model_sha256") == digest
+            and manifest.labels == labels
+            and kinds == wanted
+            and same_scores
+        ):
             return version
     return None
 
@@ -225,6 +232,7 @@ def _reasons(verdict: dict[str, Any]) -> str:
 def export(options: ExportOptions) -> ExportResult:
     check_options(options)
     # NOTE: heavy imports only once the request is known to be sound.
+    from tlserve.exporters import calibration as calib
     from tlserve.exporters import images as imgs
     from tlserve.exporters import onnx_export, quantize, savedmodel
 
@@ -256,10 +264,23 @@ def export(options: ExportOptions) -> ExportResult:
         warnings.append("run.json has no validation confusion matrix, so the model's quality was not checked")
     elif verdict["weak"]:
         warnings.append(f"weak model published because of --allow-weak: {_reasons(verdict)}")
-    steps = _Steps(2 + ("onnx" in options.formats) + options.fp16 + options.int8)
+    steps = _Steps(4 + ("onnx" in options.formats) + options.fp16 + options.int8)
     try:
         steps.start("loading validation images")
         validation = imgs.validation_images(run, labels, size, options.validation_limit)
+        steps.end(f"{0 if validation is None else len(validation.pixels)} images")
+        steps.start("calibrating confidence (temperature scaling on the validation images)")
+        model, confidence = calib.calibrate(
+            model,
+            None if validation is None else validation.pixels,
+            None if validation is None else validation.labels,
+            options.calibrate,
+            check_batch(size),
+        )
+        steps.end(calib.describe(confidence))
+        if options.calibrate and confidence["method"] != "temperature":
+            warnings.append(f"scores not calibrated: {confidence.get('note', '')}")
+        steps.start("computing the reference outputs")
         check = imgs.parity_images(validation, size, options.parity_images)
         reference = model.predict(check.pixels, verbose=0, batch_size=check_batch(size))
         steps.end(f"{len(check.pixels)} images for parity ({check.source})")
@@ -323,6 +344,7 @@ def export(options: ExportOptions) -> ExportResult:
 
         (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
+        manifest.calibration = confidence
         manifest.write(staging)  # last: a version with a manifest is a complete version
         final: Path | str
         if isinstance(options.repository, Path):
@@ -439,4 +461,8 @@ def summary_table(result: ExportResult) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if result.manifest.calibration:
+        from tlserve.exporters.calibration import describe
+
+        lines.append(f"scores: {describe(result.manifest.calibration)}")
     return "\n".join(lines)

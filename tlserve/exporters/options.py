@@ -36,6 +36,10 @@ class ExportOptions:
     fp16: bool = False
     int8: bool = False
     calibration_data: Path | None = None
+    """int8 quantization ranges are measured on these images (default: the run's training images)."""
+    calibrate: bool = True
+    """Fit temperature scaling on the validation images and serve the calibrated scores
+    (``tlserve.exporters.calibration``); False serves the raw softmax."""
     opset: int = 17
     parity_images: int = 32
     """At least this many images for every parity check (validation images, topped up at random)."""
