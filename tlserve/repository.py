@@ -7,6 +7,7 @@
         model.fp16.onnx                 optional, for CUDA/TensorRT
         model.int8.onnx                 optional, for CPU
         labels.txt                      one label a line, index order
+        reference.json                  what the model learnt about its data (``check_reference``)
         manifest.json                   the one description of this version (``Manifest``)
 
 A version becomes visible complete: it is written in a hidden staging directory beside it
@@ -20,7 +21,9 @@ checksums still protect its files). This module imports neither TensorFlow nor o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +36,13 @@ SAVED_MODEL_FILE = "saved_model.pb"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 STAGING_PREFIX = ".staging-"
+REFERENCE_FILE = "reference.json"
+REFERENCE_SCHEMA = 1
+REFERENCE_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+"""The quantiles ``reference.json`` records of distances and novelty scores."""
+NOVELTY_QUANTILE = 0.95
+"""Novelty is measured in units of each class's training-distance quantile at this level."""
+CONFIDENCE_BINS = 20
 
 INPUT_NAME = "image"
 IMAGES_INPUT_NAME = "images"
@@ -183,6 +193,10 @@ class Manifest:
     """Confidence calibration (tlserve.exporters.calibration): requested, method ("temperature" or
     "none"), the temperature baked into every artifact, bins, images, ece_before, ece_after,
     ece_after_heldout, nll_before, nll_after, note. Empty for versions exported before it existed."""
+    reference: dict[str, Any] = field(default_factory=dict)
+    """The reference statistics (``REFERENCE_FILE``, see ``check_reference``): file, sha256,
+    training_images, validation_images, dimension; or only a note saying why there are none. Empty
+    for versions exported before they existed."""
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -223,6 +237,7 @@ class Manifest:
                 labels_sha256=str(data.get("labels_sha256", "")),
                 source=dict(data.get("source", {})),
                 calibration=dict(data.get("calibration", {})),
+                reference=dict(data.get("reference", {})),
             )
             manifest.validate()
         except ManifestError:
@@ -250,6 +265,15 @@ class Manifest:
                 value = self.calibration.get(key)
                 if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
                     raise ManifestError(f"calibration.{key} must be in [0, 1]; got {value!r}")
+        if self.reference.get("file") is not None:
+            if self.reference["file"] != REFERENCE_FILE:
+                raise ManifestError(
+                    f"reference.file must be {REFERENCE_FILE}; got {self.reference['file']!r}"
+                )
+            if not _SHA256.match(str(self.reference.get("sha256"))):
+                raise ManifestError(
+                    f"reference.sha256 {self.reference.get('sha256')!r} is not a sha256 hex digest"
+                )
         for artifact in self.artifacts:
             if artifact.kind not in KINDS or artifact.precision not in PRECISIONS:
                 raise ManifestError(f"unknown artifact kind/precision {artifact.kind}/{artifact.precision}")
@@ -283,9 +307,93 @@ def verify_checksums(version_dir: Path, manifest: Manifest) -> list[str]:
     expected = {path: digest for a in manifest.artifacts for path, digest in a.files.items()}
     if manifest.labels_sha256:
         expected[LABELS_FILE] = manifest.labels_sha256
+    if manifest.reference.get("file"):
+        expected[REFERENCE_FILE] = str(manifest.reference["sha256"])
     bad = []
     for path, digest in expected.items():
         file = version_dir / path
         if not file.is_file() or sha256_file(file) != digest:
             bad.append(path)
     return bad
+
+
+def _numbers(value: Any, what: str, length: int | None = None) -> list[float]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise ManifestError(f"{REFERENCE_FILE}: {what} must be a list of {length or 'some'} numbers")
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            raise ManifestError(f"{REFERENCE_FILE}: {what} holds {x!r}, not a finite number")
+    return [float(x) for x in value]
+
+
+def check_reference(data: Any, labels: list[str]) -> dict[str, Any]:
+    """``data`` (a parsed ``reference.json``) if it is sound for a model with ``labels``; ManifestError
+    naming the field otherwise. Checked without numpy: the server reads it before using it.
+
+    Fields: schema; labels; priors.counts/shares (training images per class); embedding.dimension,
+    centroids (one per class, None for a class without training images), quantiles (``REFERENCE_QUANTILES``),
+    distance_quantiles (per class, increasing), novelty_quantile and novelty_scale (per class, > 0);
+    optionally confidence (bins, validation_counts) and validation_novelty (quantiles, values)."""
+    if not isinstance(data, dict) or data.get("schema") != REFERENCE_SCHEMA:
+        raise ManifestError(f"{REFERENCE_FILE}: not a schema {REFERENCE_SCHEMA} reference file")
+    if data.get("labels") != labels:
+        raise ManifestError(f"{REFERENCE_FILE}: its labels differ from the version's")
+    n = len(labels)
+    try:
+        counts = _numbers(data["priors"]["counts"], "priors.counts", n)
+        _numbers(data["priors"]["shares"], "priors.shares", n)
+        if any(c < 0 for c in counts):
+            raise ManifestError(f"{REFERENCE_FILE}: priors.counts must not be negative")
+        embedding = data["embedding"]
+        dimension = embedding["dimension"]
+        if not isinstance(dimension, int) or dimension < 1:
+            raise ManifestError(f"{REFERENCE_FILE}: embedding.dimension must be a positive integer")
+        if list(embedding["quantiles"]) != list(REFERENCE_QUANTILES):
+            raise ManifestError(f"{REFERENCE_FILE}: embedding.quantiles must be {list(REFERENCE_QUANTILES)}")
+        centroids, spreads = embedding["centroids"], embedding["distance_quantiles"]
+        if (
+            not isinstance(centroids, list)
+            or len(centroids) != n
+            or not isinstance(spreads, list)
+            or len(spreads) != n
+        ):
+            raise ManifestError(f"{REFERENCE_FILE}: embedding needs one centroid and spread per label")
+        for index, (centre, spread) in enumerate(zip(centroids, spreads, strict=True)):
+            if (centre is None) != (spread is None):
+                raise ManifestError(
+                    f"{REFERENCE_FILE}: class {labels[index]!r} has a centroid or a spread, not both"
+                )
+            if centre is None:
+                continue
+            _numbers(centre, f"embedding.centroids[{index}]", dimension)
+            values = _numbers(spread, f"embedding.distance_quantiles[{index}]", len(REFERENCE_QUANTILES))
+            if any(b < a for a, b in itertools.pairwise(values)) or values[0] < 0:
+                raise ManifestError(
+                    f"{REFERENCE_FILE}: embedding.distance_quantiles[{index}] must increase from 0 up"
+                )
+        if all(c is None for c in centroids):
+            raise ManifestError(f"{REFERENCE_FILE}: no class has a centroid")
+        if embedding["novelty_quantile"] != NOVELTY_QUANTILE:
+            raise ManifestError(f"{REFERENCE_FILE}: embedding.novelty_quantile must be {NOVELTY_QUANTILE}")
+        if any(s <= 0 for s in _numbers(embedding["novelty_scale"], "embedding.novelty_scale", n)):
+            raise ManifestError(f"{REFERENCE_FILE}: embedding.novelty_scale must be positive")
+        if "confidence" in data:
+            _numbers(data["confidence"]["validation_counts"], "confidence.validation_counts", CONFIDENCE_BINS)
+        if "validation_novelty" in data:
+            _numbers(
+                data["validation_novelty"]["values"], "validation_novelty.values", len(REFERENCE_QUANTILES)
+            )
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{REFERENCE_FILE}: missing or malformed field {exc}") from exc
+    return data
+
+
+def read_reference(version_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
+    """The version's checked reference statistics; None when it was exported without them."""
+    if not manifest.reference.get("file"):
+        return None
+    try:
+        data = json.loads((version_dir / REFERENCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read {version_dir / REFERENCE_FILE}: {exc}") from exc
+    return check_reference(data, manifest.labels)

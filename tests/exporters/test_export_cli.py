@@ -126,7 +126,7 @@ def test_parity_failure_exits_3_and_publishes_nothing(
     ), lines[0]
     assert listing(repository) == []  # not even the model or repository directory
     # the step that failed ends its line: the error starts a new one
-    assert out.splitlines()[-1].startswith("[5/5] converting to ONNX fp32") and out.endswith(" ...\n")
+    assert out.splitlines()[-1].startswith("[6/6] converting to ONNX fp32") and out.endswith(" ...\n")
     monkeypatch.undo()
     assert (
         main(["export", str(run_dir), "--repository", str(repository), "--name", "ok", "--formats", "onnx"])

@@ -235,6 +235,7 @@ def export(options: ExportOptions) -> ExportResult:
     from tlserve.exporters import calibration as calib
     from tlserve.exporters import images as imgs
     from tlserve.exporters import onnx_export, quantize, savedmodel
+    from tlserve.exporters import reference as reference_stats
 
     run = rundir.read_run(options.run_dir)
     labels = rundir.read_labels(options.run_dir)
@@ -264,7 +265,7 @@ def export(options: ExportOptions) -> ExportResult:
         warnings.append("run.json has no validation confusion matrix, so the model's quality was not checked")
     elif verdict["weak"]:
         warnings.append(f"weak model published because of --allow-weak: {_reasons(verdict)}")
-    steps = _Steps(4 + ("onnx" in options.formats) + options.fp16 + options.int8)
+    steps = _Steps(5 + ("onnx" in options.formats) + options.fp16 + options.int8)
     try:
         steps.start("loading validation images")
         validation = imgs.validation_images(run, labels, size, options.validation_limit)
@@ -280,6 +281,13 @@ def export(options: ExportOptions) -> ExportResult:
         steps.end(calib.describe(confidence))
         if options.calibrate and confidence["method"] != "temperature":
             warnings.append(f"scores not calibrated: {confidence.get('note', '')}")
+        steps.start("reference statistics (class priors, confidence, pooled-feature centroids)")
+        statistics, reference_record = reference_stats.build(
+            model, run, labels, validation, options.reference_limit, check_batch(size)
+        )
+        steps.end(reference_stats.describe(reference_record))
+        if statistics is None:
+            warnings.append(f"no reference statistics: {reference_record['note']}")
         steps.start("computing the reference outputs")
         check = imgs.parity_images(validation, size, options.parity_images)
         reference = model.predict(check.pixels, verbose=0, batch_size=check_batch(size))
@@ -345,6 +353,9 @@ def export(options: ExportOptions) -> ExportResult:
         (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
         manifest.calibration = confidence
+        if statistics is not None:
+            reference_record["sha256"] = reference_stats.write(statistics, staging)
+        manifest.reference = reference_record
         manifest.write(staging)  # last: a version with a manifest is a complete version
         final: Path | str
         if isinstance(options.repository, Path):
@@ -465,4 +476,8 @@ def summary_table(result: ExportResult) -> str:
         from tlserve.exporters.calibration import describe
 
         lines.append(f"scores: {describe(result.manifest.calibration)}")
+    if result.manifest.reference:
+        from tlserve.exporters import reference
+
+        lines.append(f"reference statistics: {reference.describe(result.manifest.reference)}")
     return "\n".join(lines)

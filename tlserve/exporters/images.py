@@ -6,6 +6,7 @@ has moved, parity falls back to seeded random pixels (and int8 accuracy is not m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,42 @@ def image_files(root: Path) -> list[Path]:
     return [p for p in files if p not in corrupt]
 
 
+def training_files(run: RunRecord, data_dir: Path) -> list[Path]:
+    """The run's training images: those below ``data_dir`` that decode, minus the validation ones."""
+    # val_files are relative to the val dir; only a --val-split run took them out of data_dir
+    held_out = set() if run.val_data_dir else {data_dir / r for r in run.val_files}
+    return [p for p in image_files(data_dir) if p not in held_out]
+
+
+def training_sample(run: RunRecord, labels: list[str], limit: int) -> tuple[Split, list[int]] | None:
+    """A seeded sample of at most ``limit`` of the run's training images with their classes (the
+    first folder below the data dir), and every training image counted per class; None when the
+    training data is gone or holds none of the labels."""
+    data_dir = run.data_dir
+    if data_dir is None or not data_dir.is_dir():
+        return None
+    files, classes = [], []
+    for path in training_files(run, data_dir):
+        label = path.relative_to(data_dir).parts[0]
+        if label in labels:
+            files.append(path)
+            classes.append(labels.index(label))
+    if not files:
+        return None
+    counts = [classes.count(i) for i in range(len(labels))]
+    if len(files) > limit:
+        keep = np.sort(np.random.default_rng(4).choice(len(files), limit, replace=False))
+        files, classes = [files[i] for i in keep], [classes[i] for i in keep]
+    return Split(paths=files, labels=classes), counts
+
+
+def batches(split: Split, size: int, batch: int) -> Iterator[np.ndarray]:
+    """``split``'s images decoded and resized as the trainer does, ``batch`` at a time (float32
+    RGB 0..255), without holding them all."""
+    for x, _ in image_dataset(split, size, batch, shuffle=False, seed=0, cache=False):
+        yield x.numpy().astype(np.float32)
+
+
 def calibration_images(run: RunRecord, calibration_dir: Path | None, size: int, limit: int) -> LabelledImages:
     """``--calibration-data`` if given, else the run's training images (data dir minus validation)."""
     if calibration_dir is not None:
@@ -104,9 +141,7 @@ def calibration_images(run: RunRecord, calibration_dir: Path | None, size: int, 
             raise UsageError(
                 f"the run's training data {data_dir} is gone; pass --calibration-data DIR for int8"
             )
-        # val_files are relative to the val dir; only a --val-split run took them out of data_dir
-        held_out = set() if run.val_data_dir else {data_dir / r for r in run.val_files}
-        files = [p for p in image_files(data_dir) if p not in held_out]
+        files = training_files(run, data_dir)
         if not files:
             raise UsageError(f"no training images left in {data_dir}; pass --calibration-data DIR for int8")
         source = f"the run's training images ({data_dir})"

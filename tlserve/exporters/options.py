@@ -45,6 +45,8 @@ class ExportOptions:
     """At least this many images for every parity check (validation images, topped up at random)."""
     validation_limit: int = 1000
     calibration_limit: int = 200
+    reference_limit: int = 1000
+    """At most this many training images (a seeded sample) give the reference statistics' centroids."""
     tolerance: float = TOLERANCE
     fp16_tolerance: float = 5e-2
     int8_max_drop_points: float = 1.0
