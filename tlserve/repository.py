@@ -47,6 +47,8 @@ CONFIDENCE_BINS = 20
 INPUT_NAME = "image"
 IMAGES_INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+EMBEDDING_NAME = "embedding"
+"""The second output [N, D]: the pooled features the classifier's head reads (see REFERENCE_FILE)."""
 IMAGE_FEATURE = "image/encoded"
 """The bytes feature of a tf.Example that TF Serving's Classify reads the encoded image from."""
 SIGNATURE_PIXELS = "serving_default"
@@ -199,6 +201,11 @@ class Manifest:
     for versions exported before they existed."""
 
     @property
+    def embedding_size(self) -> int | None:
+        """D of the ``embedding`` output; None for a version without one."""
+        return int(self.outputs[1].shape[1]) if len(self.outputs) > 1 else None
+
+    @property
     def image_size(self) -> tuple[int, int]:
         return self.input.shape[1], self.input.shape[2]
 
@@ -251,8 +258,16 @@ class Manifest:
         shape = list(self.input.shape)
         if len(shape) != 4 or shape[3] != 3 or not all(isinstance(d, int) for d in shape):
             raise ManifestError(f"input shape must be [N, H, W, 3] integers; got {shape}")
-        if len(self.outputs) != 1 or self.outputs[0].shape[-1] != len(self.labels):
-            raise ManifestError("expected one output as wide as the number of labels")
+        if (
+            not self.outputs
+            or self.outputs[0].name != OUTPUT_NAME
+            or self.outputs[0].shape[-1] != len(self.labels)
+        ):
+            raise ManifestError(f"expected the first output {OUTPUT_NAME!r} as wide as the number of labels")
+        if [o.name for o in self.outputs[1:]] not in ([], [EMBEDDING_NAME]) or any(
+            len(o.shape) != 2 or not isinstance(o.shape[1], int) or o.shape[1] < 1 for o in self.outputs[1:]
+        ):
+            raise ManifestError(f"the only other output is {EMBEDDING_NAME!r} [N, D]")
         if self.version < 1:
             raise ManifestError(f"version must be a positive integer; got {self.version}")
         if not self.artifacts:

@@ -76,7 +76,7 @@ def measure(spec: BaseSpec, root: Path) -> dict[str, object]:
     model = keras.models.load_model(run_dir / "model.keras")
     pixels = np.random.default_rng(7).uniform(0, 255, (16, size, size, 3)).astype(np.float32)
     session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
-    got, expected = session.run(None, {"image": pixels})[0], model.predict(pixels, verbose=0)
+    got, expected = session.run([repo.OUTPUT_NAME], {"image": pixels})[0], model.predict(pixels, verbose=0)
     serving = savedmodel.load_signatures(result.path)[repo.SIGNATURE_PIXELS]
     tf_got = serving(**{repo.INPUT_NAME: tf.constant(pixels)})[repo.OUTPUT_NAME].numpy()
     graph = onnx.load(str(result.path / "model.onnx")).graph

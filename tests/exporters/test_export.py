@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tlserve import repository as repo
-from tlserve.exporters import calibration, onnx_lifted
+from tlserve.exporters import calibration, onnx_lifted, reference
 from tlserve.exporters.export import ExportOptions, ExportResult, export, summary_table
 from tlserve.training import rundir
 from tlserve.training.data import RESIZE_METHOD, decode
@@ -136,16 +136,56 @@ def test_onnx_parity_claimed_in_the_manifest_holds(exported: ExportResult, run_d
     assert fp32.parity["images"] >= 32 and fp32.parity["max_abs_diff"] <= 1e-4
     assert fp32.parity["top1_agreement"] == 1.0 and fp32.parity["providers"] == ["CPUExecutionProvider"]
     graph = onnx.load(str(exported.path / "model.onnx")).graph
-    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["probabilities"]
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["probabilities", "embedding"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     session = ort.InferenceSession(str(exported.path / "model.onnx"), providers=["CPUExecutionProvider"])
     model = served_model(run_dir, exported)
     for batch in (1, 7, 40):  # dynamic batch
         x = pixels(batch, seed=batch)
-        got = session.run(None, {"image": x})[0]
+        got = session.run(["probabilities"], {"image": x})[0]
         expected = model.predict(x, verbose=0)
         assert np.abs(got - expected).max() <= 1e-4
         assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_every_artifact_has_the_embedding_output(exported: ExportResult, run_dir: Path) -> None:
+    """The second output: the pooled features the head reads, from every artifact, as Keras has them."""
+    manifest = repo.Manifest.read(exported.path)
+    assert [(o.name, o.shape) for o in manifest.outputs] == [
+        ("probabilities", [-1, 3]),
+        ("embedding", [-1, 512]),
+    ]
+    assert manifest.embedding_size == 512
+    assert manifest.signatures["serving_default"]["outputs"]["embedding"]["shape"] == [-1, 512]
+    embedder = reference.embedding_model(keras_model(run_dir))
+    assert embedder is not None
+    x = pixels(9, seed=5)
+    expected = embedder.predict(x, verbose=0)
+    scale = max(1.0, float(np.abs(expected).max()))
+    signature = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
+    from_tf = signature(image=tf.constant(x))
+    assert set(from_tf) == {"probabilities", "embedding"}
+    assert np.abs(from_tf["embedding"].numpy() - expected).max() <= 1e-4 * scale
+    limits = {"fp32": 1e-4, "fp16": 5e-2, "int8": 0.25}  # int8: quantized features, recorded, not gated
+    for precision, limit in limits.items():
+        artifact = manifest.artifact("onnx", precision)
+        assert artifact is not None
+        figures = artifact.parity["embedding"]
+        assert (
+            figures["images"] >= 32
+            and figures["relative_diff"] == figures["max_abs_diff"] / figures["largest_value"]
+        )
+        session = ort.InferenceSession(
+            str(exported.path / repo.ONNX_FILES[precision]), providers=["CPUExecutionProvider"]
+        )
+        probabilities, embedding = session.run(["probabilities", "embedding"], {"image": x})
+        assert embedding.shape == (9, 512) and embedding.dtype == np.float32
+        np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-3)  # both outputs of one run
+        assert np.abs(embedding - expected).max() <= limit * scale, precision
+    saved = manifest.artifact("savedmodel")
+    assert saved is not None and saved.parity["embedding"]["relative_diff"] <= 1e-4
+    assert saved.parity["predict_images"]["embedding"]["relative_diff"] <= 1e-4
 
 
 def test_every_artifact_serves_the_calibrated_scores(exported: ExportResult, run_dir: Path) -> None:
@@ -162,7 +202,7 @@ def test_every_artifact_serves_the_calibrated_scores(exported: ExportResult, run
     assert (expected.argmax(1) == raw.argmax(1)).all()  # ... never the class
     onnx_scores = ort.InferenceSession(str(exported.path / "model.onnx"), providers=["CPUExecutionProvider"])
     tf_scores = tf.saved_model.load(str(exported.path)).signatures["serving_default"]
-    assert np.abs(onnx_scores.run(None, {"image": x})[0] - expected).max() <= 1e-4
+    assert np.abs(onnx_scores.run(["probabilities"], {"image": x})[0] - expected).max() <= 1e-4
     assert np.abs(tf_scores(image=tf.constant(x))["probabilities"].numpy() - expected).max() <= 1e-4
 
 
@@ -195,7 +235,7 @@ def test_fp16_keeps_float32_io_and_int8_is_qdq(exported: ExportResult) -> None:
         if "not faster" in note:
             assert f"{latency['fp32_batch1_p50']:.2f} ms at batch 1" in note
     session = ort.InferenceSession(str(exported.path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"image": pixels(2)})[0]
+    out = session.run(["probabilities"], {"image": pixels(2)})[0]
     np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-3)
 
 

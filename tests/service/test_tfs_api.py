@@ -56,7 +56,7 @@ def test_predict_serving_default_matches_onnxruntime(predictions, module_repo: P
     session = ort.InferenceSession(
         str(module_repo / "colors" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    (expected,) = session.run(None, {"image": pixels})
+    (expected,) = session.run([repo.OUTPUT_NAME], {"image": pixels})
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert [LABELS[i] for i in got.argmax(1)] == ["red", "green", "blue"]
     assert response.model_spec.name == "colors"

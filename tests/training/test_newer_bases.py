@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import random_weights, write_folder
 from tlserve import repository as repo
 from tlserve.cli import main
+from tlserve.exporters import calibration
 from tlserve.training import rundir
 from tlserve.training.freezing import flatten
 
@@ -63,8 +64,10 @@ def test_finetune_then_export_end_to_end(data: Path, tmp_path: Path, base: str) 
     assert onnx_fp32 is not None and onnx_fp32.parity["max_abs_diff"] <= 1e-4  # the real export gate
     pixels = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    # the version serves the calibrated scores: the run's model with the manifest's temperature
+    served = calibration.served_model(model, manifest.calibration["temperature"])
     np.testing.assert_allclose(
-        session.run(None, {"image": pixels})[0], model.predict(pixels, verbose=0), atol=1e-4
+        session.run([repo.OUTPUT_NAME], {"image": pixels})[0], served.predict(pixels, verbose=0), atol=1e-4
     )
     keras.backend.clear_session()
 

@@ -33,6 +33,29 @@ def measure_parity(reference: np.ndarray, got: np.ndarray, tolerance: float, **e
     }
 
 
+def measure_embedding(reference: np.ndarray, got: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """The ``embedding`` output against Keras: its largest difference relative to its largest value
+    (at least 1), so one tolerance fits features of any magnitude."""
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    diff = float(np.max(np.abs(reference - got)))
+    return {
+        "images": len(reference),
+        "max_abs_diff": diff,
+        "largest_value": scale,
+        "relative_diff": diff / scale,
+        "tolerance": tolerance,
+    }
+
+
+def require_embedding(parity: dict[str, Any], what: str) -> None:
+    if not parity["relative_diff"] <= parity["tolerance"]:
+        raise ExportError(
+            f"{what} embedding parity failed on {parity['images']} images: max abs diff "
+            f"{parity['max_abs_diff']:.3g}, {parity['relative_diff']:.3g} of the largest feature "
+            f"{parity['largest_value']:.3g} (allowed {parity['tolerance']:g}); nothing was published"
+        )
+
+
 def require(parity: dict[str, Any], what: str) -> None:
     """Fail the export, with the figures, unless ``parity`` is within its tolerance with equal top-1."""
     if parity["max_abs_diff"] > parity["tolerance"] or parity["top1_agreement"] < 1.0:
@@ -43,22 +66,25 @@ def require(parity: dict[str, Any], what: str) -> None:
         )
 
 
-def _batched(signature: Any, input_name: str, items: Any, batch: int) -> np.ndarray:
-    """A SavedModel signature over ``items`` in batches of ``batch`` (see ``check_batch``)."""
+def _batched(signature: Any, input_name: str, items: Any, batch: int) -> dict[str, np.ndarray]:
+    """A SavedModel signature's outputs over ``items`` in batches of ``batch`` (see ``check_batch``)."""
     import tensorflow as tf
 
-    return np.concatenate(
-        [
-            signature(**{input_name: tf.constant(items[i : i + batch])})[repo.OUTPUT_NAME].numpy()
-            for i in range(0, len(items), batch)
-        ]
-    )
+    parts = [
+        signature(**{input_name: tf.constant(items[i : i + batch])}) for i in range(0, len(items), batch)
+    ]
+    return {name: np.concatenate([p[name].numpy() for p in parts]) for name in parts[0]}
 
 
 def check_savedmodel(
-    path: Path, check: LabelledImages, reference: np.ndarray, options: ExportOptions
+    path: Path,
+    check: LabelledImages,
+    reference: np.ndarray,
+    options: ExportOptions,
+    embedding: np.ndarray | None = None,
 ) -> repo.Artifact:
-    """Both signatures against Keras: pixels on every check image, encoded files on the real ones."""
+    """Both signatures against Keras: pixels on every check image, encoded files on the real ones;
+    ``embedding``: Keras' second output on the check images, when the model has one."""
     import tensorflow as tf
 
     from tlserve.exporters import onnx_export, savedmodel
@@ -67,14 +93,28 @@ def check_savedmodel(
     pixels_fn = signatures[repo.SIGNATURE_PIXELS]
     batch = check_batch(check.pixels.shape[1])
     got = _batched(pixels_fn, repo.INPUT_NAME, check.pixels, batch)
-    parity = measure_parity(reference, got, options.tolerance, signature=repo.SIGNATURE_PIXELS)
+    parity = measure_parity(
+        reference, got[repo.OUTPUT_NAME], options.tolerance, signature=repo.SIGNATURE_PIXELS
+    )
     require(parity, f"SavedModel {repo.SIGNATURE_PIXELS}")
+    if embedding is not None:
+        parity[repo.EMBEDDING_NAME] = measure_embedding(
+            embedding, got[repo.EMBEDDING_NAME], options.tolerance
+        )
+        require_embedding(parity[repo.EMBEDDING_NAME], f"SavedModel {repo.SIGNATURE_PIXELS}")
     files = check.files[:32]
     if files:
         images_fn = signatures[repo.SIGNATURE_IMAGES]
         from_files = _batched(images_fn, repo.IMAGES_INPUT_NAME, [p.read_bytes() for p in files], batch)
-        images_parity = measure_parity(reference[: len(files)], from_files, options.tolerance)
+        images_parity = measure_parity(
+            reference[: len(files)], from_files[repo.OUTPUT_NAME], options.tolerance
+        )
         require(images_parity, f"SavedModel {repo.SIGNATURE_IMAGES}")
+        if embedding is not None:
+            images_parity[repo.EMBEDDING_NAME] = measure_embedding(
+                embedding[: len(files)], from_files[repo.EMBEDDING_NAME], options.tolerance
+            )
+            require_embedding(images_parity[repo.EMBEDDING_NAME], f"SavedModel {repo.SIGNATURE_IMAGES}")
         parity[repo.SIGNATURE_IMAGES] = images_parity
     else:
         parity[repo.SIGNATURE_IMAGES] = "not measured: the run's image files are not available"

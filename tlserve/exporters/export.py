@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlserve import __version__
 from tlserve import repository as repo
@@ -33,6 +33,9 @@ from tlserve.exporters.options import FORMATS, ExportOptions, check_batch
 from tlserve.exporters.publish import ManifestUncertain, publish, publish_remote
 from tlserve.storage import Remote, StorageError
 from tlserve.training import quality, rundir
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["ExportOptions", "ExportResult", "check_options", "export", "run_quality", "summary_table"]
 
@@ -288,17 +291,24 @@ def export(options: ExportOptions) -> ExportResult:
         steps.end(reference_stats.describe(reference_record))
         if statistics is None:
             warnings.append(f"no reference statistics: {reference_record['note']}")
+        model = reference_stats.with_embedding(model)
         steps.start("computing the reference outputs")
         check = imgs.parity_images(validation, size, options.parity_images)
-        reference = model.predict(check.pixels, verbose=0, batch_size=check_batch(size))
-        steps.end(f"{len(check.pixels)} images for parity ({check.source})")
+        predicted = model.predict(check.pixels, verbose=0, batch_size=check_batch(size))
+        embedding: np.ndarray | None = None
+        if isinstance(predicted, dict):
+            reference, embedding = predicted[repo.OUTPUT_NAME], predicted[repo.EMBEDDING_NAME]
+        else:
+            reference = predicted
+        outputs = (repo.OUTPUT_NAME,) if embedding is None else (repo.OUTPUT_NAME, repo.EMBEDDING_NAME)
+        steps.end(f"{len(check.pixels)} images for parity ({check.source}); outputs {', '.join(outputs)}")
         artifacts: list[repo.Artifact] = []
 
         saved_model_dir = staging if "savedmodel" in options.formats else scratch / "saved_model"
         steps.start("writing the SavedModel (serving_default, predict_images, warmup requests)")
         savedmodel.export_savedmodel(model, saved_model_dir, options.name)
         if "savedmodel" in options.formats:
-            artifacts.append(checks.check_savedmodel(saved_model_dir, check, reference, options))
+            artifacts.append(checks.check_savedmodel(saved_model_dir, check, reference, options, embedding))
             steps.end(_describe(artifacts[-1]))
         else:
             steps.end("(for the ONNX conversion only)")
@@ -311,13 +321,18 @@ def export(options: ExportOptions) -> ExportResult:
         if "onnx" in options.formats:
             steps.start(f"converting to ONNX fp32 (tf2onnx, opset {options.opset})")
             fp32 = staging / repo.ONNX_FILES["fp32"]
-            onnx_export.convert_fp32(saved_model_dir, fp32, options.opset)
+            onnx_export.convert_fp32(saved_model_dir, fp32, options.opset, outputs)
             session = onnx_export.cpu_session(fp32)
             got = onnx_export.run(session, check.pixels)
             parity = checks.measure_parity(
                 reference, got, options.tolerance, providers=session.get_providers()
             )
             checks.require(parity, "ONNX fp32")
+            if embedding is not None:
+                parity[repo.EMBEDDING_NAME] = checks.measure_embedding(
+                    embedding, onnx_export.run(session, check.pixels, repo.EMBEDDING_NAME), options.tolerance
+                )
+                checks.require_embedding(parity[repo.EMBEDDING_NAME], "ONNX fp32")
             artifacts.append(checks.onnx_artifact(staging, "fp32", options.opset, parity, session, check))
             steps.end(_describe(artifacts[-1]))
 
@@ -331,6 +346,11 @@ def export(options: ExportOptions) -> ExportResult:
                 providers=session.get_providers(),
                 note="measured on the CPU provider; fp16 is meant for CUDA/TensorRT",
             )  # fmt: skip
+            if embedding is not None:
+                parity[repo.EMBEDDING_NAME] = checks.measure_embedding(
+                    embedding, onnx_export.run(session, check.pixels, repo.EMBEDDING_NAME),
+                    options.fp16_tolerance,
+                )  # fmt: skip
             artifacts.append(checks.onnx_artifact(staging, "fp16", options.opset, parity, session, check))
             artifacts[-1].latency_ms["note"] = "CPU provider; fp16 is meant for CUDA/TensorRT"
             if parity["max_abs_diff"] > options.fp16_tolerance:
@@ -345,13 +365,18 @@ def export(options: ExportOptions) -> ExportResult:
             calibration = imgs.calibration_images(
                 run, options.calibration_data, size, options.calibration_limit
             )
-            artifact = quantize.int8_artifact(staging, calibration, validation, check, reference, options)
+            artifact = quantize.int8_artifact(
+                staging, calibration, validation, check, reference, options, embedding
+            )
             artifacts.append(artifact)
             warnings += [f"{note} (so the manifest does not recommend int8)" for note in artifact.notes]
             steps.end(_describe(artifact))
 
         (staging / repo.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        manifest = _manifest(options, run, labels, size, artifacts, staging / repo.LABELS_FILE)
+        manifest = _manifest(
+            options, run, labels, size, artifacts, staging / repo.LABELS_FILE,
+            None if embedding is None else int(embedding.shape[1]),
+        )  # fmt: skip
         manifest.calibration = confidence
         if statistics is not None:
             reference_record["sha256"] = reference_stats.write(statistics, staging)
@@ -391,15 +416,20 @@ def _manifest(
     size: int,
     artifacts: list[repo.Artifact],
     labels_file: Path,
+    embedding_size: int | None,
 ) -> repo.Manifest:
+    tensors = [repo.TensorSpec(name=repo.OUTPUT_NAME, shape=[-1, len(labels)], dtype="float32")]
+    if embedding_size is not None:
+        tensors.append(repo.TensorSpec(name=repo.EMBEDDING_NAME, shape=[-1, embedding_size], dtype="float32"))
+    outputs = {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in tensors}
     signatures = {
         repo.SIGNATURE_PIXELS: {
             "inputs": {repo.INPUT_NAME: {"dtype": "float32", "shape": [-1, size, size, 3]}},
-            "outputs": {repo.OUTPUT_NAME: {"dtype": "float32", "shape": [-1, len(labels)]}},
+            "outputs": outputs,
         },
         repo.SIGNATURE_IMAGES: {
             "inputs": {repo.IMAGES_INPUT_NAME: {"dtype": "string", "shape": [-1]}},
-            "outputs": {repo.OUTPUT_NAME: {"dtype": "float32", "shape": [-1, len(labels)]}},
+            "outputs": outputs,
         },
     }
     versions = dict(run.versions)
@@ -413,7 +443,7 @@ def _manifest(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         labels=labels,
         input=repo.InputSpec(name=repo.INPUT_NAME, shape=[-1, size, size, 3], dtype="float32"),
-        outputs=[repo.TensorSpec(name=repo.OUTPUT_NAME, shape=[-1, len(labels)], dtype="float32")],
+        outputs=tensors,
         base={**run.base, "mode": run.mode},
         validation={
             "accuracy": run.accuracy,

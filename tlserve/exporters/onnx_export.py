@@ -27,9 +27,11 @@ OPSETS = range(13, 19)
 BATCH_DIM = "batch"
 
 
-def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
+def convert_fp32(
+    saved_model: Path, out: Path, opset: int, outputs: tuple[str, ...] = (repo.OUTPUT_NAME,)
+) -> None:
     """Convert (weights lifted out of tf2onnx, else tf2onnx's own path: onnx_lifted.py), then check
-    the graph has exactly the one image input and the named output."""
+    the graph has exactly the one image input and the named ``outputs``, put in that order."""
     lifted = [sys.executable, "-m", "tlserve.exporters.onnx_lifted", str(saved_model), str(out), str(opset)]
     result = _convert(lifted, saved_model)
     if result.returncode != 0:
@@ -49,12 +51,15 @@ def convert_fp32(saved_model: Path, out: Path, opset: int) -> None:
         raise ExportError(f"tf2onnx failed (exit {result.returncode}); its last lines:\n{tail}")
     model = onnx.load(str(out))
     inputs = [i.name for i in model.graph.input]
-    outputs = [o.name for o in model.graph.output]
-    if inputs != [repo.INPUT_NAME] or outputs != [repo.OUTPUT_NAME]:
+    got = {o.name: o for o in model.graph.output}
+    if inputs != [repo.INPUT_NAME] or sorted(got) != sorted(outputs):
         raise ExportError(
-            f"unexpected ONNX signature: inputs {inputs}, outputs {outputs}; "
-            f"expected [{repo.INPUT_NAME!r}] -> [{repo.OUTPUT_NAME!r}]"
+            f"unexpected ONNX signature: inputs {inputs}, outputs {list(got)}; "
+            f"expected [{repo.INPUT_NAME!r}] -> {list(outputs)}"
         )
+    ordered = [got[name] for name in outputs]  # NOTE: tf2onnx's own path sorts them by name
+    del model.graph.output[:]
+    model.graph.output.extend(ordered)
     # a readable name for the dynamic batch dimension instead of tf2onnx's "unk__N"
     for value in (*model.graph.input, *model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
@@ -79,11 +84,31 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     """Weights and compute in float16, float32 inputs and outputs kept (for CUDA/TensorRT)."""
     from onnxconverter_common import float16
 
+    model = onnx.load(str(fp32))
+    _outputs_apart(model)
     with warnings.catch_warnings():
         # NOTE: it warns for every tiny constant it clamps to fp16's range; parity is measured instead.
         warnings.filterwarnings("ignore", message=".*will be truncated to.*")
-        model = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(model, str(out))
+
+
+def _outputs_apart(model: onnx.ModelProto) -> None:
+    """Give each graph output that other nodes also read (``embedding`` feeds the head) an Identity
+    of its own. NOTE: with keep_io_types, onnxconverter-common casts such an output back to float32
+    for its readers too, and onnxruntime then refuses the model (MatMul bound to float and float16)."""
+    graph = model.graph
+    consumed = {name for node in graph.node for name in node.input}
+    for output in graph.output:
+        if output.name not in consumed:
+            continue
+        inner = f"{output.name}__inner"
+        for node in graph.node:
+            node.input[:] = [inner if i == output.name else i for i in node.input]
+            node.output[:] = [inner if o == output.name else o for o in node.output]
+        graph.node.append(
+            onnx.helper.make_node("Identity", [inner], [output.name], name=f"{output.name}__apart")
+        )
 
 
 def check_opset(opset: int) -> int:
@@ -101,10 +126,10 @@ def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=[repo.CPU])
 
 
-def run(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
+def run(session: ort.InferenceSession, pixels: np.ndarray, output: str = repo.OUTPUT_NAME) -> np.ndarray:
     batch_size = check_batch(pixels.shape[1])
     outputs = [
-        session.run([repo.OUTPUT_NAME], {repo.INPUT_NAME: pixels[i : i + batch_size]})[0]
+        session.run([output], {repo.INPUT_NAME: pixels[i : i + batch_size]})[0]
         for i in range(0, len(pixels), batch_size)
     ]
     return np.concatenate(outputs).astype(np.float32)

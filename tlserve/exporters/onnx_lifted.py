@@ -49,9 +49,9 @@ class NotLiftable(Exception):
     """The SavedModel's serving function is not the flat shape this converter handles."""
 
 
-def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, Any]]:
+def lift(saved_model: Path, signature: str) -> tuple[Any, str, dict[str, str], dict[str, Any]]:
     """The serving function as a GraphDef with its weights as placeholders: (graph_def, input tensor
-    name, output tensor name, {placeholder node name: numpy value})."""
+    name, {signature output key: tensor name}, {placeholder node name: numpy value})."""
     import tensorflow as tf
     from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
 
@@ -66,8 +66,18 @@ def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, An
     call = calls[0]
     library = {f.signature.name: f for f in top.library.function}
     fdef = library.pop(call.attr["f"].func.name)
-    if len(fdef.signature.output_arg) != 1:
-        raise NotLiftable(f"{len(fdef.signature.output_arg)} outputs, not one")
+    keys = sorted(func.structured_outputs) if isinstance(func.structured_outputs, dict) else []
+    if len(keys) != len(func.outputs) or len(fdef.signature.output_arg) != len(keys):
+        raise NotLiftable(f"{len(fdef.signature.output_arg)} function outputs for outputs {keys}")
+    # NOTE: func.outputs follow the sorted keys (tf.nest's order); each is an Identity of one call output
+    producers = {n.name: n for n in top.node}
+    returned: dict[str, int] = {}
+    for key, tensor in zip(keys, func.outputs, strict=True):
+        node = producers.get(tensor.name.split(":")[0])
+        sources = [i for i in node.input if not i.startswith("^")] if node is not None else []
+        if node is None or node.op != "Identity" or len(sources) != 1 or _source(sources[0]) != call.name:
+            raise NotLiftable(f"output {key!r} is not an Identity of the serving call")
+        returned[key] = int(sources[0].split(":")[1]) if ":" in sources[0] else 0
     captured = {inner.name.split(":")[0]: outer for outer, inner in func.graph.captures}
     args: dict[str, Any] = {}  # function argument -> the captured tensor it receives
     image = []
@@ -125,8 +135,8 @@ def lift(saved_model: Path, signature: str) -> tuple[Any, str, str, dict[str, An
                 raise NotLiftable(f"{node.op} {node.name!r} uses a variable other than by reading it")
     del graph_def.node[:]
     graph_def.node.extend(nodes)
-    output = flat[fdef.ret[fdef.signature.output_arg[0].name]]
-    return graph_def, f"{image[0]}:0", output, weights
+    outputs = {key: flat[fdef.ret[fdef.signature.output_arg[index].name]] for key, index in returned.items()}
+    return graph_def, f"{image[0]}:0", outputs, weights
 
 
 def _source(name: str) -> str:
@@ -142,19 +152,21 @@ def _placeholder(node: Any, dtype: int, shape: tuple[int, ...]) -> None:
     node.attr["shape"].shape.CopyFrom(tf.TensorShape(shape).as_proto())
 
 
-def convert(saved_model: Path, out: Path, opset: int, signature: str, names: tuple[str, str]) -> None:
-    """Write ``out``: the ONNX graph of ``signature`` with input and output named ``names``."""
+def convert(saved_model: Path, out: Path, opset: int, signature: str, input_name: str, first: str) -> None:
+    """Write ``out``: the ONNX graph of ``signature``, its input named ``input_name`` and each output
+    by its signature key, ``first`` first."""
     import gc
 
     import onnx
     from onnx import numpy_helper
     from tf2onnx import convert as tf2onnx_convert
 
-    graph_def, image, output, weights = lift(saved_model, signature)
+    graph_def, image, outputs, weights = lift(saved_model, signature)
     gc.collect()  # NOTE: the loaded SavedModel's variables go; only the numpy copies stay
     lifted = {f"{name}:0": name for name in weights}
+    keys = sorted(outputs, key=lambda k: (k != first, k))
     model, _ = tf2onnx_convert.from_graph_def(
-        graph_def, input_names=[image, *lifted], output_names=[output], opset=opset
+        graph_def, input_names=[image, *lifted], output_names=[outputs[k] for k in keys], opset=opset
     )
     del graph_def
     graph = model.graph
@@ -172,7 +184,7 @@ def convert(saved_model: Path, out: Path, opset: int, signature: str, names: tup
         graph.initializer.append(numpy_helper.from_array(weights.pop(lifted[name]), name))
     weights.clear()
     fold_constants(model)
-    rename(model, {image: names[0], output: names[1]})
+    rename(model, {image: input_name, **{outputs[k]: k for k in keys}})
     onnx.save(model, str(out))
 
 
@@ -245,7 +257,7 @@ def main(argv: list[str]) -> int:
 
     saved_model, out, opset = Path(argv[0]), Path(argv[1]), int(argv[2])
     try:
-        convert(saved_model, out, opset, repo.SIGNATURE_PIXELS, (repo.INPUT_NAME, repo.OUTPUT_NAME))
+        convert(saved_model, out, opset, repo.SIGNATURE_PIXELS, repo.INPUT_NAME, repo.OUTPUT_NAME)
     except NotLiftable as e:
         out.unlink(missing_ok=True)
         print(f"not liftable: {e}", file=sys.stderr)

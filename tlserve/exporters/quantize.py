@@ -63,6 +63,7 @@ def int8_artifact(
     check: LabelledImages,
     reference: np.ndarray,
     options: ExportOptions,
+    embedding: np.ndarray | None = None,
 ) -> repo.Artifact:
     """Quantize (per-tensor, then per-channel if that loses too much), measure accuracy and speed.
 
@@ -99,6 +100,11 @@ def int8_artifact(
         reference, onnx_export.run(int8, check.pixels), float("nan"), providers=int8.get_providers()
     )
     parity.pop("tolerance")
+    if embedding is not None:
+        parity[repo.EMBEDDING_NAME] = checks.measure_embedding(
+            embedding, onnx_export.run(int8, check.pixels, repo.EMBEDDING_NAME), float("nan")
+        )
+        parity[repo.EMBEDDING_NAME].pop("tolerance")
     artifact = checks.onnx_artifact(staging, "int8", options.opset, parity, int8, check)
     # NOTE: fp32 and int8 timed in alternation, so machine noise hits both alike.
     fp32_ms, int8_ms = onnx_export.paired_latency_ms(

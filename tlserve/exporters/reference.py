@@ -30,7 +30,7 @@ from tlserve import repository as repo
 from tlserve.exporters import images as imgs
 from tlserve.training.rundir import RunRecord
 
-__all__ = ["build", "describe", "embedding_model", "novelty", "statistics"]
+__all__ = ["build", "describe", "embedding_model", "novelty", "statistics", "with_embedding"]
 
 HEAD_INPUT_LAYER = "dropout"
 """The first head layer of the trainer's classifier (tlserve.training.network.build_classifier):
@@ -47,6 +47,16 @@ def embedding_model(model: keras.Model) -> keras.Model | None:
     if len(features.shape) != 2:
         return None
     return keras.Model(model.inputs, features, name="embedding")
+
+
+def with_embedding(model: keras.Model) -> keras.Model:
+    """``model`` with two named outputs, ``probabilities`` and ``embedding`` (the pooled features its
+    head reads); ``model`` itself when it has no trainer's head."""
+    embedder = embedding_model(model)
+    if embedder is None:
+        return model
+    outputs = {repo.OUTPUT_NAME: model.output, repo.EMBEDDING_NAME: embedder.output}
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def normalised(features: np.ndarray) -> np.ndarray:

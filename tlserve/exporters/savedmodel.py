@@ -1,6 +1,7 @@
 """Keras model -> a TF Serving SavedModel with two signatures and a warmup file.
 
-``serving_default``: float32 pixels [N, H, W, 3], RGB 0..255 -> ``probabilities``.
+``serving_default``: float32 pixels [N, H, W, 3], RGB 0..255 -> ``probabilities`` (and ``embedding``
+when the model has that second output: a Keras model whose outputs are a dict names them).
 ``predict_images``: a tf.string batch of encoded JPEG/PNG/BMP/GIF -> decoded as the trainer decodes
 (TensorFlow's decoder, RGB, first frame), resized as the trainer resizes -> ``probabilities``.
 Both go through ``keras.export.ExportArchive``, the path that exports every base (NOTES.md).
@@ -37,8 +38,12 @@ def _write_savedmodel(model: keras.Model, out: Path) -> None:
     # track() stores each weight a second time (keras-team/keras#23553: 2x the SavedModel on disk, in
     # TF Serving and in tf2onnx)
 
+    def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = model(pixels, training=False)
+        return dict(out) if isinstance(out, dict) else {repo.OUTPUT_NAME: out}
+
     def predict_pixels(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {repo.OUTPUT_NAME: model(image, training=False)}
+        return outputs(image)
 
     def load_one(encoded: tf.Tensor) -> tf.Tensor:
         image = decode(encoded)
@@ -48,7 +53,7 @@ def _write_savedmodel(model: keras.Model, out: Path) -> None:
         pixels = tf.map_fn(
             load_one, images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32)
         )
-        return {repo.OUTPUT_NAME: model(pixels, training=False)}
+        return outputs(pixels)
 
     # NOTE: the first endpoint added becomes serving_default.
     archive.add_endpoint(
