@@ -117,3 +117,88 @@ def test_tensorrt_gets_its_engine_cache_and_fp16(tmp_path: Path) -> None:
     assert name == TRT and trt["trt_fp16_enable"] is True
     assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == str(tmp_path)
     assert provider_options([TRT, CPU], None, fp16=False) == [(TRT, {"trt_fp16_enable": False}), CPU]
+
+
+def test_every_api_serves_the_embedding(exported: Any, run_dir: Path, tmp_path: Path) -> None:
+    """The second output through TF Serving's Predict (all outputs by default, output_filter), OIP
+    (requested outputs, all by default) and the native Classify (an option), on both backends, as
+    the run's own Keras model computes it; a version exported without it says so."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tests.service.tiny import SIZE, publish
+    from tlserve.exporters.reference import embedding_model
+    from tlserve.service import messages
+    from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip
+    from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
+    from tlserve.training import rundir
+
+    repository = tmp_path / "models"
+    for name in ("colors", "colors-tf"):
+        shutil.copytree(exported.path, repository / name / "1")
+    publish(repository, "old", 1)  # a version without the embedding output
+    config = tmp_path / "tlserve.json"
+    config.write_text(
+        json.dumps({"models": {"colors-tf": {"backend": "tensorflow"}, "colors": {"precision": "fp32"}}})
+    )
+    pixels = np.random.default_rng(4).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    embedder = embedding_model(tf.keras.models.load_model(run_dir / rundir.MODEL_FILE))
+    assert embedder is not None
+    expected = embedder.predict(pixels, verbose=0)
+    scale = max(1.0, float(np.abs(expected).max()))
+    server = ServerProcess(repository, "--config", str(config))
+    try:
+        with server.client(timeout_s=60) as client, grpc.insecure_channel(server.target) as channel:
+            client.wait_ready("colors-tf", timeout_s=180)
+            client.wait_ready("colors")
+            client.wait_ready("old")
+            tfs = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            v2 = oip_grpc.GRPCInferenceServiceStub(channel)
+            for model in ("colors", "colors-tf"):
+                request = messages.predict_request(model, pixels)
+                answer = tfs.Predict(request, timeout=30)
+                assert set(answer.outputs) == {"probabilities", "embedding"}
+                got = tf.make_ndarray(answer.outputs["embedding"])
+                assert got.shape == (3, 512) and np.abs(got - expected).max() <= 1e-4 * scale, model
+                request.output_filter.append("embedding")
+                assert set(tfs.Predict(request, timeout=30).outputs) == {"embedding"}
+
+                infer = oip.ModelInferRequest(model_name=model)
+                tensor = infer.inputs.add(name="image", datatype="FP32", shape=list(pixels.shape))
+                infer.raw_input_contents.append(pixels.tobytes())
+                assert tensor.name == "image"
+                both = v2.ModelInfer(infer, timeout=30)
+                assert [o.name for o in both.outputs] == ["probabilities", "embedding"]
+                assert list(both.outputs[1].shape) == [3, 512]
+                raw = np.frombuffer(both.raw_output_contents[1], "<f4").reshape(3, 512)
+                assert np.abs(raw - expected).max() <= 1e-4 * scale, model
+                infer.outputs.add(name="embedding")
+                only = v2.ModelInfer(infer, timeout=30)
+                assert [o.name for o in only.outputs] == ["embedding"] and len(only.raw_output_contents) == 1
+                metadata = v2.ModelMetadata(oip.ModelMetadataRequest(name=model), timeout=30)
+                assert [(o.name, list(o.shape)) for o in metadata.outputs] == [
+                    ("probabilities", [-1, 3]), ("embedding", [-1, 512]),
+                ]  # fmt: skip
+
+                images = [encoded(c) for c in ("red", "green")]
+                result = client.classify(model, images, top_k=1, embedding=True)
+                assert result.embedding is not None and result.embedding.shape == (2, 512)
+                assert client.classify(model, images, top_k=1).embedding is None
+            # the two backends agree on encoded images too (the server decodes for both)
+            a = client.classify("colors", images, embedding=True).embedding
+            b = client.classify("colors-tf", images, embedding=True).embedding
+            assert a is not None and b is not None and np.abs(a - b).max() <= 1e-4 * scale
+
+            old = messages.predict_request("old", np.zeros((1, SIZE, SIZE, 3), np.float32))
+            assert set(tfs.Predict(old, timeout=30).outputs) == {"probabilities"}
+            old.output_filter.append("embedding")
+            with pytest.raises(grpc.RpcError) as refused:
+                tfs.Predict(old, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "has no 'embedding' output" in str(refused.value.details())
+            with pytest.raises(grpc.RpcError) as refused:
+                client.classify("old", [encoded("red")], embedding=True)
+            assert "has no embedding output" in str(refused.value.details())
+    finally:
+        assert server.stop() == 0, server.log

@@ -90,11 +90,11 @@ def test_oip_converters(request: oip_pb.ModelInferRequest) -> None:
         if given_input.pixels is not None:
             assert given_input.pixels.dtype == np.float32 and given_input.pixels.size <= MAX_ELEMENTS
     try:
-        k = oip_codec.requested_classification(request)
+        names, k = oip_codec.requested_outputs(request)
     except InvalidArgument:
         pass
     else:
-        assert k >= 0
+        assert k >= 0 and set(names) <= {"probabilities", "embedding"} and len(set(names)) == len(names)
 
 
 json_values = st.recursive(
@@ -130,7 +130,7 @@ def test_oip_http_converter(body: dict[str, object], binary: bytes) -> None:
         return
     try:
         oip_codec.parse_input(request, MAX_ELEMENTS, MAX_ELEMENTS)
-        oip_codec.requested_classification(request)
+        oip_codec.requested_outputs(request)
     except InvalidArgument:
         pass
 

@@ -111,7 +111,7 @@ EXPECTED_BAD = {
     "unknown model": ("NOT_FOUND", "'nope' not found"),
     "unknown version": ("NOT_FOUND", "version 9 is not served"),
     "version not a number": ("INVALID_ARGUMENT", "positive integer"),
-    "unknown output": ("INVALID_ARGUMENT", "the only output is 'probabilities'"),
+    "unknown output": ("INVALID_ARGUMENT", "the outputs are 'probabilities' and 'embedding'"),
 }
 
 

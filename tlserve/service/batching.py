@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class BatchObserver(Protocol):
 class _Request:
     pixels: np.ndarray
     deadline: float | None
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    future: asyncio.Future[Any] = field(repr=False)
     waiting: bool = True
     submitted: float = field(default_factory=time.monotonic)
 
@@ -54,10 +54,19 @@ class _Request:
         return self.deadline is not None and now >= self.deadline
 
 
-class Batcher:
+class Rows(Protocol):
+    def __getitem__(self, rows: slice, /) -> Any: ...
+
+
+Result = TypeVar("Result", bound=Rows)
+"""What the backend returns for a batch, sliced by rows for each request (``backends.base.Outputs``,
+or an array)."""
+
+
+class Batcher(Generic[Result]):
     def __init__(
         self,
-        predict: Callable[[np.ndarray], np.ndarray],
+        predict: Callable[[np.ndarray], Result],
         executor: Executor,
         *,
         enabled: bool,
@@ -81,7 +90,7 @@ class Batcher:
         """True from taking a batch's first request until its results are handed out."""
         self._computing: list[asyncio.Future[np.ndarray]] = []
         """The futures of the batch being collected or computed."""
-        self._call: asyncio.Future[np.ndarray] | None = None
+        self._call: asyncio.Future[Result] | None = None
         """The backend call running now (it may outlive every request of its batch)."""
         self._pending = 0
         """Requests waiting for the worker (abandoned ones stop counting at once)."""
@@ -101,9 +110,9 @@ class Batcher:
             if self._observer is not None:
                 self._observer.queued(self._pending)
 
-    async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Probabilities for ``pixels`` [N, H, W, 3], N <= max_batch_size; ``deadline`` is a
-        ``time.monotonic()`` value."""
+    async def submit(self, pixels: np.ndarray, deadline: float | None = None) -> Result:
+        """The backend's outputs for ``pixels`` [N, H, W, 3], N <= max_batch_size, as their rows of
+        the batch they ran in; ``deadline`` is a ``time.monotonic()`` value."""
         if self._closed:
             raise Unavailable("this model version is being unloaded; retry")
         if self._pending >= self.max_queue_size:

@@ -49,6 +49,8 @@ class ClassifyResult:
     version: int
     predictions: list[list[Label]]
     """One list per image, best first."""
+    embedding: np.ndarray | None = None
+    """float32 [N, D] when asked for (``classify(..., embedding=True)``)."""
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,16 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def classify(
-        self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0
+        self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0, embedding: bool = False
     ) -> ClassifyResult:
-        """Native API: top-k labels per encoded image."""
-        request = messages.classify_request(model, list(images), version, top_k)
+        """Native API: top-k labels per encoded image, and with ``embedding`` each image's embedding."""
+        request = messages.classify_request(model, list(images), version, top_k, embedding)
         response = self._native.Classify(request, timeout=self.timeout_s, metadata=self._metadata)
         predictions = [[Label(x.label, x.index, x.score) for x in p.labels] for p in response.predictions]
-        return ClassifyResult(response.model, response.version, predictions)
+        vectors = None
+        if embedding:
+            vectors = np.array([list(p.embedding) for p in response.predictions], dtype=np.float32)
+        return ClassifyResult(response.model, response.version, predictions, vectors)
 
     def classify_each(
         self, model: str, images: Sequence[bytes], top_k: int = 5, version: int = 0, api: str = "native"

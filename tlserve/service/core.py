@@ -61,7 +61,7 @@ class InferenceCore:
         if k is not None and k < 1:
             raise InvalidArgument(f"top-k must be positive; got {k}")
         prediction = await self.infer(ref, images, deadline)
-        return Classification(prediction.name, prediction.version, prediction.top(k))
+        return Classification(prediction.name, prediction.version, prediction.top(k), prediction.embedding)
 
     async def _images(
         self, served: LoadedVersion, images: Sequence[bytes], deadline: float | None
@@ -82,8 +82,10 @@ class InferenceCore:
     async def _run(self, served: LoadedVersion, pixels: np.ndarray, deadline: float | None) -> Prediction:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed before the request reached the model")
-        probabilities = await served.batcher.submit(pixels, deadline)
-        return Prediction(served.name, served.version, probabilities, served.manifest.labels)
+        outputs = await served.batcher.submit(pixels, deadline)
+        return Prediction(
+            served.name, served.version, outputs.probabilities, served.manifest.labels, outputs.embedding
+        )
 
     # --- validation -------------------------------------------------------------------------------
     def _check_batch(self, size: int) -> None:
@@ -127,8 +129,10 @@ class InferenceCore:
         served = self._resolve(ref)
         serving = tuple(sorted(self.registry.model(served.name).serving))
         manifest = served.manifest
-        return ModelMetadata(served.name, served.version, serving, served.backend.name,
-                             tuple(manifest.labels), manifest.image_size)  # fmt: skip
+        return ModelMetadata(
+            served.name, served.version, serving, served.backend.name, tuple(manifest.labels),
+            manifest.image_size, manifest.embedding_size,
+        )  # fmt: skip
 
     def ready(self, ref: ModelRef | None = None) -> bool:
         """The server's readiness (first scan done, a model serving), or whether ``ref`` would be

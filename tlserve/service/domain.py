@@ -49,6 +49,8 @@ class Prediction:
     probabilities: np.ndarray
     """float32 [N, classes]."""
     labels: Sequence[str]
+    embedding: np.ndarray | None = None
+    """float32 [N, D]: the pooled features the model's head read (None for a version without them)."""
 
     def top(self, k: int | None = None) -> list[list[LabelScore]]:
         """Per image, the ``k`` best labels (all when None, at most the class count), best first."""
@@ -66,6 +68,8 @@ class Classification:
     version: int
     top: list[list[LabelScore]]
     """One list per image, best first."""
+    embedding: np.ndarray | None = None
+    """float32 [N, D], as ``Prediction.embedding``."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class ModelMetadata:
     backend: str
     labels: tuple[str, ...]
     image_size: tuple[int, int]
+    embedding_size: int | None = None
+    """D of the ``embedding`` output; None for a version exported without it."""
 
     @property
     def inputs(self) -> tuple[Tensor, Tensor]:
@@ -132,8 +138,11 @@ class ModelMetadata:
         )
 
     @property
-    def outputs(self) -> tuple[Tensor]:
-        return (Tensor(repo.OUTPUT_NAME, "FP32", (-1, len(self.labels))),)
+    def outputs(self) -> tuple[Tensor, ...]:
+        probabilities = Tensor(repo.OUTPUT_NAME, "FP32", (-1, len(self.labels)))
+        if self.embedding_size is None:
+            return (probabilities,)
+        return probabilities, Tensor(repo.EMBEDDING_NAME, "FP32", (-1, self.embedding_size))
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,12 @@ def string_tensor(images: Sequence[bytes]) -> tf_pb.TensorProto:
 
 
 def classify_request(
-    model: str, images: Sequence[bytes], version: int = 0, top_k: int = 0
+    model: str, images: Sequence[bytes], version: int = 0, top_k: int = 0, embedding: bool = False
 ) -> native_pb.ClassifyRequest:
-    """``top_k`` 0: the server's default."""
-    return native_pb.ClassifyRequest(model=model, version=version, images=images, top_k=top_k)
+    """``top_k`` 0: the server's default; ``embedding``: also each image's embedding."""
+    return native_pb.ClassifyRequest(
+        model=model, version=version, images=images, top_k=top_k, embedding=embedding
+    )
 
 
 def tfs_classify_request(

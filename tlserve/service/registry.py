@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tlserve import repository as repo
 from tlserve.service.backends import Backend
+from tlserve.service.backends.base import Outputs
 from tlserve.service.batching import Batcher
 from tlserve.service.domain import State
 from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
@@ -49,7 +50,7 @@ class LoadedVersion:
     version: int
     manifest: repo.Manifest
     backend: Backend
-    batcher: Batcher
+    batcher: Batcher[Outputs]
     metrics: VersionMetrics
     path: Path
     """Where its files are (in a bucket's cache: released once it is unloaded)."""
@@ -326,7 +327,7 @@ class ModelRegistry:
         self.metrics.load_duration.labels(model.name).observe(seconds)
         metrics = self.metrics.version(model.name, number, backend.name, backend.providers, backend.artifact)
         batcher = Batcher(
-            backend.predict, self._compute, enabled=self.settings.batching,
+            backend.outputs, self._compute, enabled=self.settings.batching,
             max_batch_size=min(self.settings.dynamic_batch_size, self.settings.max_batch_size),
             max_batch_delay_s=self.settings.max_batch_delay_s,
             max_queue_size=self.settings.max_queue_size, observer=metrics,

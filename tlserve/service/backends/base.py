@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tlserve.repository import Manifest
 from tlserve.service.settings import ModelSettings, ServerSettings
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Both outputs of one run over a batch; sliced by rows (``outputs[a:b]``) to hand each request
+    of a batch its own."""
+
+    probabilities: np.ndarray
+    """float32 [N, classes]."""
+    embedding: np.ndarray | None = None
+    """float32 [N, D], the pooled features (``repository.EMBEDDING_NAME``); None for a version
+    exported without that output."""
+
+    def __getitem__(self, rows: slice) -> Outputs:
+        embedding = None if self.embedding is None else self.embedding[rows]
+        return Outputs(self.probabilities[rows], embedding)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
 
 
 class Backend(ABC):
@@ -34,6 +54,10 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """float32 [N, H, W, 3] pixels 0..255 -> float32 [N, classes] probabilities."""
+
+    def outputs(self, pixels: np.ndarray) -> Outputs:
+        """Every output of one run: what the batcher calls (``predict`` serves the warm-up)."""
+        return Outputs(self.predict(pixels))
 
     @abstractmethod
     def unload(self) -> None:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from tlserve import repository as repo
 from tlserve.repository import Artifact
-from tlserve.service.backends.base import Backend
+from tlserve.service.backends.base import Backend, Outputs
 
 log = logging.getLogger(__name__)
 GPU_PROVIDERS = (repo.TENSORRT, repo.CUDA)
@@ -61,6 +61,9 @@ def choose_artifact(manifest: repo.Manifest, precision: str, providers: list[str
     return fp32
 
 
+_BOTH = [repo.OUTPUT_NAME, repo.EMBEDDING_NAME]
+
+
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
@@ -85,10 +88,22 @@ class OnnxBackend(Backend):
         inputs = [i.name for i in self._session.get_inputs()]
         if inputs != [repo.INPUT_NAME]:
             raise ValueError(f"{self.artifact}: expected one input {repo.INPUT_NAME!r}, found {inputs}")
+        outputs = [o.name for o in self._session.get_outputs()]
+        wanted_outputs = [t.name for t in self.manifest.outputs]
+        if not set(wanted_outputs) <= set(outputs):
+            raise ValueError(
+                f"{self.artifact}: the manifest lists outputs {wanted_outputs}; it has {outputs}"
+            )
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         (probabilities,) = self._session.run([repo.OUTPUT_NAME], {repo.INPUT_NAME: pixels})
         return np.asarray(probabilities, dtype=np.float32)
+
+    def outputs(self, pixels: np.ndarray) -> Outputs:
+        if self.manifest.embedding_size is None:
+            return Outputs(self.predict(pixels))
+        probabilities, embedding = self._session.run(_BOTH, {repo.INPUT_NAME: pixels})
+        return Outputs(np.asarray(probabilities, dtype=np.float32), np.asarray(embedding, dtype=np.float32))
 
     def unload(self) -> None:
         self._session = None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tlserve import repository as repo
-from tlserve.service.backends.base import Backend
+from tlserve.service.backends.base import Backend, Outputs
 
 
 class TensorFlowBackend(Backend):
@@ -38,8 +38,14 @@ class TensorFlowBackend(Backend):
         self.providers = [d.name for d in gpus] + ["/device:CPU:0"]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        outputs = self._signature(**{repo.INPUT_NAME: self._tf.constant(pixels)})
-        return np.asarray(outputs[repo.OUTPUT_NAME].numpy(), dtype=np.float32)
+        return self.outputs(pixels).probabilities
+
+    def outputs(self, pixels: np.ndarray) -> Outputs:
+        got = self._signature(**{repo.INPUT_NAME: self._tf.constant(pixels)})
+        probabilities = np.asarray(got[repo.OUTPUT_NAME].numpy(), dtype=np.float32)
+        if repo.EMBEDDING_NAME not in got:
+            return Outputs(probabilities)
+        return Outputs(probabilities, np.asarray(got[repo.EMBEDDING_NAME].numpy(), dtype=np.float32))
 
     def unload(self) -> None:
         self._signature = None

@@ -37,11 +37,17 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         ref = ModelRef(request.model, version=request.version or None)
         k = request.top_k or DEFAULT_TOP_K
         result = await self.core.classify(ref, request.images, k, deadline_of(context))
-        response = pb.ClassifyResponse(model=result.name, version=result.version)
-        for top in result.top:
-            response.predictions.add().labels.extend(
-                pb.Label(label=s.label, index=s.index, score=s.score) for s in top
+        if request.embedding and result.embedding is None:
+            raise InvalidArgument(
+                f"version {result.version} of {result.name!r} has no embedding output "
+                "(exported before it existed)"
             )
+        response = pb.ClassifyResponse(model=result.name, version=result.version)
+        for index, top in enumerate(result.top):
+            prediction = response.predictions.add()
+            prediction.labels.extend(pb.Label(label=s.label, index=s.index, score=s.score) for s in top)
+            if request.embedding and result.embedding is not None:
+                prediction.embedding.extend(result.embedding[index].tolist())
         return response
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:

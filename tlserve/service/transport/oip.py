@@ -10,6 +10,7 @@ from grpc import aio
 from tlserve import repository as repo
 from tlserve.service.core import InferenceCore
 from tlserve.service.domain import ModelMetadata, ModelRef, State, VersionStatus
+from tlserve.service.errors import InvalidArgument
 from tlserve.service.oip_bytes import join_bytes
 from tlserve.service.parsing import parse_version
 from tlserve.service.transport import oip_codec
@@ -88,29 +89,37 @@ async def infer(
 ) -> pb.ModelInferResponse:
     """One OIP inference, for gRPC and HTTP alike; output raw when ``raw`` (default: as the input came)."""
     ref = ModelRef(request.model_name, parse_version(request.model_version))
-    top_k = oip_codec.requested_classification(request)
+    names, top_k = oip_codec.requested_outputs(request)
     given = oip_codec.parse_input(request, core.settings.max_message_bytes // 4, core.settings.max_batch_size)
     raw = given.raw if raw is None else raw
     result = await core.infer(ref, given.values, deadline)
+    available = [repo.OUTPUT_NAME] + ([repo.EMBEDDING_NAME] if result.embedding is not None else [])
+    if not set(names) <= set(available):
+        raise InvalidArgument(
+            f"outputs {names}: version {result.version} of {result.name!r} has only {available} "
+            "(exported before the embedding output existed)"
+        )
     response = pb.ModelInferResponse(model_name=result.name, model_version=str(result.version), id=request.id)
-    output = response.outputs.add(name=repo.OUTPUT_NAME)
-    probabilities = result.probabilities
-    if top_k:
-        rows = result.top(top_k)
-        items = [f"{s.score:f}:{s.index}:{s.label}".encode() for row in rows for s in row]
-        output.datatype = "BYTES"
-        output.shape.extend([len(rows), len(rows[0])])
+    for name in names or available:
+        output = response.outputs.add(name=name)
+        if name == repo.OUTPUT_NAME and top_k:
+            rows = result.top(top_k)
+            items = [f"{s.score:f}:{s.index}:{s.label}".encode() for row in rows for s in row]
+            output.datatype = "BYTES"
+            output.shape.extend([len(rows), len(rows[0])])
+            if raw:
+                response.raw_output_contents.append(join_bytes(items))
+            else:
+                output.contents.bytes_contents.extend(items)
+            continue
+        values = result.probabilities if name == repo.OUTPUT_NAME else result.embedding
+        assert values is not None
+        output.datatype = "FP32"
+        output.shape.extend(values.shape)
         if raw:
-            response.raw_output_contents.append(join_bytes(items))
+            response.raw_output_contents.append(np.ascontiguousarray(values, "<f4").tobytes())
         else:
-            output.contents.bytes_contents.extend(items)
-        return response
-    output.datatype = "FP32"
-    output.shape.extend(probabilities.shape)
-    if raw:
-        response.raw_output_contents.append(np.ascontiguousarray(probabilities, "<f4").tobytes())
-    else:
-        output.contents.fp32_contents.extend(probabilities.ravel().tolist())
+            output.contents.fp32_contents.extend(values.ravel().tolist())
     return response
 
 

@@ -134,15 +134,24 @@ def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
     return items
 
 
-def requested_classification(request: pb.ModelInferRequest) -> int:
-    """k when the ``probabilities`` output asks for the classification extension, else 0."""
+OUTPUTS = (repo.OUTPUT_NAME, repo.EMBEDDING_NAME)
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[list[str], int]:
+    """The outputs asked for, in order (none: every output the version has, as the protocol says),
+    and k when ``probabilities`` asks for the classification extension, else 0."""
     names = [o.name for o in request.outputs]
-    if len(set(names)) != len(names) or any(n != repo.OUTPUT_NAME for n in names):
-        raise InvalidArgument(f"outputs {names}: the only output is {repo.OUTPUT_NAME!r}, each at most once")
+    if len(set(names)) != len(names) or any(n not in OUTPUTS for n in names):
+        raise InvalidArgument(
+            f"outputs {names}: the outputs are {repo.OUTPUT_NAME!r} and {repo.EMBEDDING_NAME!r}, "
+            "each at most once"
+        )
     for output in request.outputs:
+        if CLASSIFICATION in output.parameters and output.name != repo.OUTPUT_NAME:
+            raise InvalidArgument(f"the classification parameter applies to {repo.OUTPUT_NAME!r} only")
         if CLASSIFICATION in output.parameters:
             parameter = output.parameters[CLASSIFICATION]
             if parameter.WhichOneof("parameter_choice") != "int64_param":
                 raise InvalidArgument("the classification parameter (the top-k) must be an int64_param")
-            return parse_count(parameter.int64_param, "the classification parameter (the top-k)")
-    return 0
+            return names, parse_count(parameter.int64_param, "the classification parameter (the top-k)")
+    return names, 0

@@ -53,6 +53,9 @@ def answered_spec(name: str, version: int, signature: str) -> serving_pb2.ModelS
     return spec
 
 
+OUTPUTS = (repo.OUTPUT_NAME, repo.EMBEDDING_NAME)
+
+
 class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
@@ -73,9 +76,10 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             got = ", ".join(sorted(request.inputs)) or "none"
             raise InvalidArgument(f"signature {signature} takes exactly one input {expected!r}; got: {got}")
         outputs = list(request.output_filter)
-        if len(set(outputs)) != len(outputs) or any(o != repo.OUTPUT_NAME for o in outputs):
+        if len(set(outputs)) != len(outputs) or any(o not in OUTPUTS for o in outputs):
             raise InvalidArgument(
-                f"output_filter {outputs}: the only output is {repo.OUTPUT_NAME!r}, each name at most once"
+                f"output_filter {outputs}: the outputs are {repo.OUTPUT_NAME!r} and {repo.EMBEDDING_NAME!r}, "
+                "each name at most once"
             )
         tensor = request.inputs[expected]
         inputs: np.ndarray | list[bytes]
@@ -87,7 +91,16 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         response = serving_pb2.PredictResponse(
             model_spec=answered_spec(result.name, result.version, signature)
         )
-        response.outputs[repo.OUTPUT_NAME].CopyFrom(tfs_codec.from_array(result.probabilities))
+        # NOTE: as TF Serving: no output_filter means every output of the signature
+        if repo.EMBEDDING_NAME in outputs and result.embedding is None:
+            raise InvalidArgument(
+                f"output_filter {outputs}: version {result.version} of {result.name!r} has no "
+                f"{repo.EMBEDDING_NAME!r} output (exported before it existed)"
+            )
+        if not outputs or repo.OUTPUT_NAME in outputs:
+            response.outputs[repo.OUTPUT_NAME].CopyFrom(tfs_codec.from_array(result.probabilities))
+        if result.embedding is not None and (not outputs or repo.EMBEDDING_NAME in outputs):
+            response.outputs[repo.EMBEDDING_NAME].CopyFrom(tfs_codec.from_array(result.embedding))
         return response
 
     async def Classify(
@@ -162,6 +175,9 @@ def signature_defs(metadata: ModelMetadata) -> serving_pb2.SignatureDefMap:
         )
         sig.inputs[input_name].CopyFrom(_info(f"{signature}_{input_name}:0", dtype, shape))
         sig.outputs[repo.OUTPUT_NAME].CopyFrom(probabilities)
+        if metadata.embedding_size is not None:
+            embedding = _info(f"{repo.EMBEDDING_NAME}:0", tf_pb.DT_FLOAT, [-1, metadata.embedding_size])
+            sig.outputs[repo.EMBEDDING_NAME].CopyFrom(embedding)
     sig = result.signature_def[CLASSIFY_SIGNATURE]
     sig.method_name = METHOD_CLASSIFY
     sig.inputs["inputs"].CopyFrom(_info("tf_example:0", tf_pb.DT_STRING, [-1]))

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x1atlserve/v1/inference.proto\x12\ntlserve.v1\"P\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05top_k\x18\x04 \x01(\x05\"4\n\x05Label\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"/\n\nPrediction\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.tlserve.v1.Label\"_\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x16.tlserve.v1.Prediction\"\x13\n\x11ListModelsRequest\"\xca\x02\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.tlserve.v1.ModelVersion.State\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x11\n\tproviders\x18\x08 \x03(\t\x12\x10\n\x08\x61rtifact\x18\t \x01(\t\x12\x0c\n\x04\x62\x61se\x18\n \x01(\t\x12\x13\n\x0b\x65xported_as\x18\x0b \x01(\t\"c\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\r\n\tAVAILABLE\x10\x02\x12\r\n\tUNLOADING\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\"A\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.tlserve.v1.ModelVersion\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.tlserve.v1.Model2\x9f\x01\n\tInference\x12\x45\n\x08\x43lassify\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse\x12K\n\nListModels\x12\x1d.tlserve.v1.ListModelsRequest\x1a\x1e.tlserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x1atlserve/v1/inference.proto\x12\ntlserve.v1\"c\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tembedding\x18\x05 \x01(\x08\"4\n\x05Label\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"B\n\nPrediction\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.tlserve.v1.Label\x12\x11\n\tembedding\x18\x02 \x03(\x02\"_\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x16.tlserve.v1.Prediction\"\x13\n\x11ListModelsRequest\"\xca\x02\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.tlserve.v1.ModelVersion.State\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x11\n\tproviders\x18\x08 \x03(\t\x12\x10\n\x08\x61rtifact\x18\t \x01(\t\x12\x0c\n\x04\x62\x61se\x18\n \x01(\t\x12\x13\n\x0b\x65xported_as\x18\x0b \x01(\t\"c\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\r\n\tAVAILABLE\x10\x02\x12\r\n\tUNLOADING\x10\x03\x12\x0c\n\x08UNLOADED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\"A\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.tlserve.v1.ModelVersion\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.tlserve.v1.Model2\x9f\x01\n\tInference\x12\x45\n\x08\x43lassify\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse\x12K\n\nListModels\x12\x1d.tlserve.v1.ListModelsRequest\x1a\x1e.tlserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tlserve.v1.inference_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSIFYREQUEST']._serialized_start=42
-  _globals['_CLASSIFYREQUEST']._serialized_end=122
-  _globals['_LABEL']._serialized_start=124
-  _globals['_LABEL']._serialized_end=176
-  _globals['_PREDICTION']._serialized_start=178
-  _globals['_PREDICTION']._serialized_end=225
-  _globals['_CLASSIFYRESPONSE']._serialized_start=227
-  _globals['_CLASSIFYRESPONSE']._serialized_end=322
-  _globals['_LISTMODELSREQUEST']._serialized_start=324
-  _globals['_LISTMODELSREQUEST']._serialized_end=343
-  _globals['_MODELVERSION']._serialized_start=346
-  _globals['_MODELVERSION']._serialized_end=676
-  _globals['_MODELVERSION_STATE']._serialized_start=577
-  _globals['_MODELVERSION_STATE']._serialized_end=676
-  _globals['_MODEL']._serialized_start=678
-  _globals['_MODEL']._serialized_end=743
-  _globals['_LISTMODELSRESPONSE']._serialized_start=745
-  _globals['_LISTMODELSRESPONSE']._serialized_end=800
-  _globals['_INFERENCE']._serialized_start=803
-  _globals['_INFERENCE']._serialized_end=962
+  _globals['_CLASSIFYREQUEST']._serialized_end=141
+  _globals['_LABEL']._serialized_start=143
+  _globals['_LABEL']._serialized_end=195
+  _globals['_PREDICTION']._serialized_start=197
+  _globals['_PREDICTION']._serialized_end=263
+  _globals['_CLASSIFYRESPONSE']._serialized_start=265
+  _globals['_CLASSIFYRESPONSE']._serialized_end=360
+  _globals['_LISTMODELSREQUEST']._serialized_start=362
+  _globals['_LISTMODELSREQUEST']._serialized_end=381
+  _globals['_MODELVERSION']._serialized_start=384
+  _globals['_MODELVERSION']._serialized_end=714
+  _globals['_MODELVERSION_STATE']._serialized_start=615
+  _globals['_MODELVERSION_STATE']._serialized_end=714
+  _globals['_MODEL']._serialized_start=716
+  _globals['_MODEL']._serialized_end=781
+  _globals['_LISTMODELSRESPONSE']._serialized_start=783
+  _globals['_LISTMODELSRESPONSE']._serialized_end=838
+  _globals['_INFERENCE']._serialized_start=841
+  _globals['_INFERENCE']._serialized_end=1000
 # @@protoc_insertion_point(module_scope)
