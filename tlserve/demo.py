@@ -204,7 +204,15 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
 
     print(f"\n== serving {workdir / 'models'} over gRPC ==", flush=True)
     samples = [(d, sorted((val_dir / f"digit_{d}").glob("*.png"))[0]) for d in TARGET_CLASSES]
-    with ServerProcess(workdir / "models") as server:
+    threshold = unknown_threshold(workdir / "models" / "digits")
+    env = {}
+    if threshold is not None:
+        env["TLSERVE_MODELS__DIGITS__UNKNOWN_NOVELTY_ABOVE"] = f"{threshold:.3f}"
+        print(
+            f"unknown_novelty_above = {threshold:.2f}: the 99th percentile of the validation images' "
+            "novelty (reference.json), so images unlike the training data are answered 'unknown'"
+        )
+    with ServerProcess(workdir / "models", env=env) as server:
         with server.client() as client:
             client.wait_ready("digits")
             print(f"server {server.target} ready in {time.perf_counter() - server.started:.1f} s")
@@ -220,6 +228,12 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
                 best = int(probabilities[0].argmax())
                 print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}"
                       f"    {labels[best]} {probabilities[0, best]:.3f} (version {version})")  # fmt: skip
+            if threshold is not None:
+                print("images from another domain (scikit-learn's sample photographs, cropped):")
+                for name, photo in other_domain():
+                    best_two = client.classify("digits", [photo], top_k=2).predictions[0]
+                    shown = ", ".join(f"{label.label} {label.score:.3f}" for label in best_two)
+                    print(f"  {name:<22} {shown}")
             data = samples[0][1].read_bytes()
             native = p50_ms(lambda: client.classify("digits", [data]), calls, warmup=0)
             tfs = p50_ms(lambda: client.predict_images("digits", [data]), calls, warmup=0)
@@ -231,3 +245,33 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
     if code != 0:
         raise TlserveError(f"the server exited with code {code}:\n{server.log}")
     print("server stopped cleanly (SIGTERM, exit code 0)")
+
+
+def unknown_threshold(model_dir: Path) -> float | None:
+    """The 99th percentile of the newest version's validation novelty (at least the training edge,
+    1.0); None for a version without reference statistics."""
+    from tlserve import repository as repo
+
+    version_dir = model_dir / str(max(repo.versions(model_dir)))
+    data = repo.read_reference(version_dir, repo.Manifest.read(version_dir))
+    if data is None or "validation_novelty" not in data:
+        return None
+    quantiles = data["validation_novelty"]["quantiles"]
+    return max(1.0, float(data["validation_novelty"]["values"][quantiles.index(0.99)]))
+
+
+def other_domain() -> list[tuple[str, bytes]]:
+    """Crops of the two photographs scikit-learn installs (no download), as PNG."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    crops = []
+    for name, photo in zip(("china.jpg", "flower.jpg"), load_sample_images().images, strict=True):
+        h, w = photo.shape[:2]
+        for where, (top, left) in (("top left", (0, 0)), ("centre", (h // 4, w // 4))):
+            buffer = io.BytesIO()
+            Image.fromarray(photo[top : top + h // 2, left : left + w // 2]).save(buffer, "PNG")
+            crops.append((f"{name} {where}", buffer.getvalue()))
+    return crops

@@ -202,3 +202,59 @@ def test_every_api_serves_the_embedding(exported: Any, run_dir: Path, tmp_path: 
             assert "has no embedding output" in str(refused.value.details())
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_unknown_for_images_unlike_the_training_data(exported: Any, tmp_path: Path) -> None:
+    """unknown_novelty_above 1.0 (the training edge, the documented start): photographs are answered
+    ``unknown`` first, the colours the model was trained on their colour; a request's own OIP
+    parameters replace the setting; unknown_below does the same on the calibrated top score."""
+    import grpc
+
+    from tests.service.test_prometheus import photographs
+    from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as oip
+    from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
+
+    repository = tmp_path / "models"
+    shutil.copytree(exported.path, repository / "painted" / "1")
+    shutil.copytree(exported.path, repository / "plain" / "1")
+    config = tmp_path / "tlserve.json"
+    config.write_text(json.dumps({"models": {"painted": {"unknown_novelty_above": 1.0}}}))
+    photos = photographs()
+    colours = [encoded(c, seed=s) for c in ("red", "green", "blue") for s in range(4)]
+    server = ServerProcess(repository, "--config", str(config))
+    try:
+        with server.client(timeout_s=60) as client, grpc.insecure_channel(server.target) as channel:
+            client.wait_ready("painted")
+            client.wait_ready("plain")
+            answers = client.classify("painted", photos, top_k=2).predictions
+            unknown = [a[0] for a in answers if a[0].label == "unknown"]
+            assert len(unknown) >= 0.6 * len(photos), [a[0].label for a in answers]
+            assert all(u.index == -1 and 0 <= u.score <= 1 for u in unknown)
+            assert all(len(a) == 2 for a in answers)  # unknown first, then the best class: k in all
+            on_colours = [a[0].label for a in client.classify("painted", colours, top_k=1).predictions]
+            assert on_colours.count("unknown") <= 2, on_colours
+            # off by default: the same version under another name answers its classes
+            assert "unknown" not in {a[0].label for a in client.classify("plain", photos).predictions}
+            tfs_answers = client.classify_examples("painted", photos[:5]).predictions
+            assert [a[0].label for a in tfs_answers] == [a[0].label for a in answers[:5]]
+
+            v2 = oip_grpc.GRPCInferenceServiceStub(channel)
+
+            def oip_labels(model: str, **parameters: float) -> list[str]:
+                request = oip.ModelInferRequest(model_name=model)
+                request.inputs.add(name="images", datatype="BYTES", shape=[len(photos)])
+                request.inputs[0].contents.bytes_contents.extend(photos)
+                wanted = request.outputs.add(name="probabilities")
+                wanted.parameters["classification"].int64_param = 1
+                for name, value in parameters.items():
+                    wanted.parameters[name].double_param = value
+                response = v2.ModelInfer(request, timeout=30)
+                return [
+                    item.decode().split(":", 2)[2] for item in response.outputs[0].contents.bytes_contents
+                ]
+
+            assert oip_labels("painted").count("unknown") == len(unknown)  # the model's setting
+            assert "unknown" not in oip_labels("painted", unknown_novelty_above=1000.0)  # the request's
+            assert oip_labels("plain", unknown_below=1.0) == ["unknown"] * len(photos)  # every top < 1
+    finally:
+        assert server.stop() == 0, server.log

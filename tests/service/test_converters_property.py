@@ -90,11 +90,16 @@ def test_oip_converters(request: oip_pb.ModelInferRequest) -> None:
         if given_input.pixels is not None:
             assert given_input.pixels.dtype == np.float32 and given_input.pixels.size <= MAX_ELEMENTS
     try:
-        names, k = oip_codec.requested_outputs(request)
+        requested = oip_codec.requested_outputs(request)
     except InvalidArgument:
         pass
     else:
-        assert k >= 0 and set(names) <= {"probabilities", "embedding"} and len(set(names)) == len(names)
+        names = requested.names
+        assert requested.top_k >= 0 and set(names) <= {"probabilities", "embedding"}
+        assert len(set(names)) == len(names) and set(requested.unknown) <= {
+            "unknown_below",
+            "unknown_novelty_above",
+        }
 
 
 json_values = st.recursive(

@@ -118,14 +118,38 @@ class Prometheus:
         self.proc.wait(30)
 
 
+def photographs() -> list[bytes]:
+    """PNGs of scikit-image's sample photographs: another domain than the exported run's colours."""
+    import io
+
+    from PIL import Image
+
+    from tests.exporters.test_reference import domain_images
+
+    encoded_photos = []
+    for pixels in domain_images(48):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype("uint8")).save(buffer, "PNG")
+        encoded_photos.append(buffer.getvalue())
+    return encoded_photos
+
+
+SHIFTED = 16
+"""Calls of 10 red images each to the exported model ``painted``: a class mix far from its priors."""
+
+
 @pytest.fixture(scope="module")
 def scraped(
-    promtool: str, tmp_path_factory: pytest.TempPathFactory
+    promtool: str, tmp_path_factory: pytest.TempPathFactory, exported: Any
 ) -> Iterator[tuple[Prometheus, ServerProcess]]:
-    """A tlserve server that answered a known number of calls, scraped by a real Prometheus."""
+    """A tlserve server that answered a known number of calls, scraped by a real Prometheus; beside
+    the tiny models, the real export (with reference statistics) as ``painted``, asked about red
+    images only, and as ``painted-photos``, asked about photographs."""
     repository = tmp_path_factory.mktemp("models")
     publish(repository, "colors", 1)
     break_onnx(publish(repository, "broken", 1))  # a model whose only version cannot load
+    for name in ("painted", "painted-photos"):
+        shutil.copytree(exported.path, repository / name / "1")
     server = ServerProcess(repository)
     prometheus = None
     try:
@@ -143,6 +167,13 @@ def scraped(
                     client.classify("nope", [encoded("red")])
             for _ in range(SENT_PREDICT):
                 client.predict_images("colors", [encoded("blue")])
+            client.wait_ready("painted")
+            client.wait_ready("painted-photos")
+            for call in range(SHIFTED):
+                client.classify("painted", [encoded("red", seed=call * 10 + i) for i in range(10)])
+            photos = photographs()
+            for start in range(0, len(photos), 10):
+                client.classify("painted-photos", photos[start : start + 10])
         yield prometheus, server
     finally:
         if prometheus is not None:
@@ -168,7 +199,7 @@ def test_counts_through_prometheus_equal_what_was_sent(scraped: tuple[Prometheus
         prometheus.value('sum(tlserve_requests_total{api="tfs", method="Predict", code="OK"})')
         == SENT_PREDICT
     )
-    count = 'sum(tlserve_request_duration_seconds_count{method="Classify", code="OK"})'
+    count = 'sum(tlserve_request_duration_seconds_count{model="colors", method="Classify", code="OK"})'
     assert prometheus.value(count) == SENT_OK + 1
     assert prometheus.value('sum(tlserve_batch_size_sum{model="colors"})') == SENT_OK + 1 + SENT_PREDICT
 
@@ -214,7 +245,7 @@ def test_shipped_rules_load_and_evaluate(scraped: tuple[Prometheus, ServerProces
         return rules if rules and all(r["health"] != "unknown" for r in rules) else None
 
     rules = prometheus.wait(evaluated, "every rule evaluated")
-    assert len(rules) == 11
+    assert len(rules) == 15
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     recorded = 'tlserve:request_duration_seconds:p50{model="colors"}'
     p50 = prometheus.wait(lambda: _finite(prometheus.value(recorded)), "p50 recorded")
@@ -238,7 +269,7 @@ def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, ServerProces
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "model")
     assert variable["definition"] == "label_values(tlserve_model_ready, model)"
     models = {r["metric"]["model"] for r in prometheus.query("tlserve_model_ready")["data"]["result"]}
-    assert models == {"colors", "broken"}  # the $model choices, a broken model included
+    assert models == {"colors", "broken", "painted", "painted-photos"}  # a broken model included
     for panel in dashboard["panels"]:  # every panel shows something for a server that served calls
         queries = [
             t["expr"].replace("$__rate_interval", "1m").replace("$model", ".*") for t in panel["targets"]
@@ -265,3 +296,48 @@ def test_promtool_on_metrics_rules_and_config(
             [promtool, *command], cwd=DEPLOY / "prometheus", capture_output=True, text=True
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_shifted_class_mix_raises_drift_and_its_alert(scraped: tuple[Prometheus, ServerProcess]) -> None:
+    """Only red images for a model trained on three balanced colours: the drift gauge leaves 0 for
+    about 0.46 (every image in one of three balanced classes), the alert goes pending (it fires
+    after 15 minutes), and each prediction is counted by class."""
+    prometheus, _ = scraped
+    drift = 'tlserve_class_drift{model="painted", version="1"}'
+    value = prometheus.wait(lambda: _finite(prometheus.value(drift)), "the drift gauge scraped")
+    assert 0.3 < value <= 0.5, value
+    red = prometheus.wait(
+        lambda: prometheus.value('tlserve_predictions_total{model="painted", class="red"}'), "red counted"
+    )
+    assert red >= 0.8 * SHIFTED * 10
+    assert prometheus.value('sum(tlserve_prediction_confidence_count{model="painted"})') == SHIFTED * 10
+
+    def state() -> str | None:
+        alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]
+        found = [a["state"] for a in alerts if a["labels"]["alertname"] == "TlserveClassDrift"]
+        return found[0] if found else None
+
+    assert prometheus.wait(state, "TlserveClassDrift pending") == "pending"
+    # too few images (20 photographs) for a drift figure: NaN, no alert
+    assert _finite(prometheus.value('tlserve_class_drift{model="painted-photos"}')) is None
+
+
+def test_photographs_are_more_novel_than_the_colours_trained_on(
+    scraped: tuple[Prometheus, ServerProcess],
+) -> None:
+    prometheus, _ = scraped
+
+    def mean(model: str) -> float | None:
+        selector = f'{{model="{model}"}}'
+        return _finite(
+            prometheus.value(
+                f"tlserve_prediction_novelty_sum{selector} / tlserve_prediction_novelty_count{selector}"
+            )
+        )
+
+    colours = prometheus.wait(lambda: mean("painted"), "novelty of the colours")
+    photos = prometheus.wait(lambda: mean("painted-photos"), "novelty of the photographs")
+    assert photos > 2 * colours, (photos, colours)
+    novel = 'tlserve:prediction_novel:ratio_rate15m{model="painted-photos"}'
+    share = prometheus.wait(lambda: _finite(prometheus.value(novel)), "the novel share recorded")
+    assert share > 0.5

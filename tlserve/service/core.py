@@ -23,6 +23,7 @@ from tlserve.service.domain import (
     ModelStatus,
     Prediction,
     ServerMetadata,
+    Unknown,
     VersionStatus,
 )
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument, NotFound
@@ -57,11 +58,25 @@ class InferenceCore:
     async def classify(
         self, ref: ModelRef, images: Sequence[bytes], k: int | None = None, deadline: float | None = None
     ) -> Classification:
-        """The ``k`` best labels per encoded image (every class when None; at most the class count)."""
+        """The ``k`` best labels per encoded image (every class when None; at most the class count),
+        ``unknown`` first where the model's settings say (``unknown_rule``)."""
         if k is not None and k < 1:
             raise InvalidArgument(f"top-k must be positive; got {k}")
         prediction = await self.infer(ref, images, deadline)
-        return Classification(prediction.name, prediction.version, prediction.top(k), prediction.embedding)
+        top = prediction.top(k, self.unknown_rule(prediction.name))
+        return Classification(prediction.name, prediction.version, top, prediction.embedding)
+
+    def unknown_rule(
+        self, model: str, below: float | None = None, novelty_above: float | None = None
+    ) -> Unknown | None:
+        """The model's ``unknown_below``/``unknown_novelty_above`` settings, each replaced by a
+        request's own value where given; None when both are off."""
+        settings = self.settings.for_model(model)
+        rule = Unknown(
+            settings.unknown_below if below is None else below,
+            settings.unknown_novelty_above if novelty_above is None else novelty_above,
+        )
+        return None if rule.below is None and rule.novelty_above is None else rule
 
     async def _images(
         self, served: LoadedVersion, images: Sequence[bytes], deadline: float | None
@@ -83,8 +98,17 @@ class InferenceCore:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed before the request reached the model")
         outputs = await served.batcher.submit(pixels, deadline)
+        novelty = None
+        if served.reference is not None and outputs.embedding is not None:
+            novelty = served.reference.novelty(outputs.embedding)
+        served.metrics.predicted(outputs, novelty)
         return Prediction(
-            served.name, served.version, outputs.probabilities, served.manifest.labels, outputs.embedding
+            served.name,
+            served.version,
+            outputs.probabilities,
+            served.manifest.labels,
+            outputs.embedding,
+            novelty,
         )
 
     # --- validation -------------------------------------------------------------------------------

@@ -40,6 +40,29 @@ class LabelScore:
     score: float
 
 
+UNKNOWN = "unknown"
+"""The label answered first for an image the model should not be trusted on (``Unknown``)."""
+UNKNOWN_INDEX = -1
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """When to answer ``unknown``: a top score below ``below``, or a novelty above ``novelty_above``
+    (None: that test is off)."""
+
+    below: float | None = None
+    novelty_above: float | None = None
+
+    def applies(self, top_scores: np.ndarray, novelty: np.ndarray | None) -> np.ndarray:
+        """[N] bool: which images are answered ``unknown``."""
+        hit = np.zeros(len(top_scores), bool)
+        if self.below is not None:
+            hit |= top_scores < self.below
+        if self.novelty_above is not None and novelty is not None:
+            hit |= novelty > self.novelty_above
+        return hit
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The answer of one version to one request, with the labels of its classes."""
@@ -51,14 +74,25 @@ class Prediction:
     labels: Sequence[str]
     embedding: np.ndarray | None = None
     """float32 [N, D]: the pooled features the model's head read (None for a version without them)."""
+    novelty: np.ndarray | None = None
+    """[N]: each image's novelty (``tlserve.service.monitor``); None without reference statistics."""
 
-    def top(self, k: int | None = None) -> list[list[LabelScore]]:
-        """Per image, the ``k`` best labels (all when None, at most the class count), best first."""
+    def top(self, k: int | None = None, unknown: Unknown | None = None) -> list[list[LabelScore]]:
+        """Per image, the ``k`` best labels (all when None, at most the class count), best first;
+        with ``unknown``, an image it applies to gets ``unknown`` (score 1 - its top score) first and
+        then its best labels, still ``k`` in all."""
         count = len(self.labels) if k is None else min(k, len(self.labels))
         order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :count]
-        return [
+        rows = [
             [LabelScore(self.labels[i], int(i), float(row[i])) for i in idx]
             for row, idx in zip(self.probabilities, order, strict=True)
+        ]
+        if unknown is None:
+            return rows
+        hits = unknown.applies(self.probabilities.max(axis=1), self.novelty)
+        return [
+            [LabelScore(UNKNOWN, UNKNOWN_INDEX, 1.0 - row[0].score), *row[: count - 1]] if hit else row
+            for row, hit in zip(rows, hits.tolist(), strict=True)
         ]
 
 

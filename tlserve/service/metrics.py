@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import math
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from tlserve.service.monitor import MINIMUM, ClassWindow, Reference, js_divergence
+
+if TYPE_CHECKING:
+    from tlserve.service.backends.base import Outputs
+
+log = logging.getLogger("tlserve.metrics")
 
 # Sub-millisecond up to 10 s: image models answer in ms, a cold or overloaded one in seconds.
 LATENCY_BUCKETS = (
@@ -38,6 +49,9 @@ LATENCY_BUCKETS = (
 )
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+NOVELTY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+"""In units of each class's 95th-percentile training distance: 1.0 is the training edge."""
 
 current_model: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "current_model", default=("", "")
@@ -105,6 +119,23 @@ class Metrics:
         self.repository_up = Gauge(
             "tlserve_repository_up", "1 while the last scan of the repository succeeded.", registry=r
         )
+        self.predictions = Counter(
+            "tlserve_predictions", "Images answered, by their top-1 class.", [*version, "class"], registry=r
+        )
+        self.confidence = Histogram(
+            "tlserve_prediction_confidence", "The top-1 (calibrated) score of each image answered.",
+            version, registry=r, buckets=CONFIDENCE_BUCKETS,
+        )  # fmt: skip
+        self.novelty = Histogram(
+            "tlserve_prediction_novelty", "Distance of each image's embedding to the nearest training "
+            "centroid, in units of that class's 95th-percentile training distance (1 = the training edge).",
+            version, registry=r, buckets=NOVELTY_BUCKETS,
+        )  # fmt: skip
+        self.class_drift = Gauge(
+            "tlserve_class_drift", "Jensen-Shannon divergence (base 2, 0..1) of the top-1 classes of the "
+            "last images served from the training class priors; NaN until enough images.",
+            version, registry=r,
+        )  # fmt: skip
         self.failed_versions = Gauge(
             "tlserve_model_failed_versions", "Versions on disk that failed to load (not serving).",
             ["model"], registry=r,
@@ -145,6 +176,48 @@ class VersionMetrics:
         self.compute = metrics.compute.labels(*self._compute)
         self.batch_size = metrics.batch_size.labels(*self._labels)
         self.depth = metrics.queue_depth.labels(*self._labels)
+        self.confidence = metrics.confidence.labels(*self._labels)
+        self._class_labels: list[tuple[str, ...]] = []
+        self._classes: list[Any] = []
+        self._reference: Reference | None = None
+        self._window: ClassWindow | None = None
+
+    def watch(self, labels: list[str], reference: Reference | None) -> None:
+        """Count predictions per class of ``labels``; with ``reference``, also novelty and drift."""
+        self._class_labels = [(*self._labels, label) for label in labels]
+        self._classes = [self._metrics.predictions.labels(*labels_) for labels_ in self._class_labels]
+        if reference is not None and len(reference.priors) == len(labels):
+            self._reference = reference
+            self._window = ClassWindow(len(labels))
+            self.novelty = self._metrics.novelty.labels(*self._labels)
+            self.drift = self._metrics.class_drift.labels(*self._labels)
+            self.drift.set(math.nan)
+
+    def predicted(self, outputs: Outputs, novelty: np.ndarray | None = None) -> None:
+        """Record one request's answers and their novelty (after it was answered: never raises)."""
+        try:
+            self._predicted(outputs, novelty)
+        except Exception:  # NOTE: monitoring must never fail or slow a request with an error
+            log.exception("recording prediction metrics failed")
+
+    def _predicted(self, outputs: Outputs, novelty: np.ndarray | None) -> None:
+        probabilities = outputs.probabilities
+        top = probabilities.argmax(axis=1)
+        for score in probabilities[np.arange(len(top)), top].tolist():
+            self.confidence.observe(score)
+        if self._classes:
+            for index in top.tolist():
+                self._classes[index].inc()
+        if self._reference is None or self._window is None:
+            return
+        if novelty is None and outputs.embedding is not None:
+            novelty = self._reference.novelty(outputs.embedding)
+        if novelty is not None:
+            for value in novelty.tolist():
+                self.novelty.observe(value)
+        self._window.add(top)
+        if self._window.seen >= MINIMUM:
+            self.drift.set(js_divergence(self._window.distribution(), self._reference.priors))
 
     def serving(self, capacity: int) -> None:
         self._metrics.model_info.labels(*self._info).set(1)
@@ -164,9 +237,11 @@ class VersionMetrics:
     def remove(self) -> None:
         """Drop this version's series: an unloaded version should not be scraped as if alive."""
         m = self._metrics
-        per_version = (m.queue_capacity, m.queue_depth, m.queue_wait, m.preprocess, m.batch_size)
+        per_version = (m.queue_capacity, m.queue_depth, m.queue_wait, m.preprocess, m.batch_size,
+                       m.confidence, m.novelty, m.class_drift)  # fmt: skip
         removable = [(m.model_info, self._info), (m.compute, self._compute)]
         removable += [(metric, self._labels) for metric in per_version]
+        removable += [(m.predictions, labels) for labels in self._class_labels]
         for metric, labels in removable:
             with contextlib.suppress(KeyError):  # never set, or already removed
                 metric.remove(*labels)

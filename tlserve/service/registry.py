@@ -33,6 +33,7 @@ from tlserve.service.domain import State
 from tlserve.service.errors import InvalidArgument, NotFound, Unavailable
 from tlserve.service.loader import load_version
 from tlserve.service.metrics import Metrics, VersionMetrics
+from tlserve.service.monitor import Reference, load_reference
 from tlserve.service.settings import ModelSettings, ServerSettings, VersionPolicy
 from tlserve.service.sources import open_source
 from tlserve.storage import Stamp, StorageError
@@ -54,6 +55,8 @@ class LoadedVersion:
     metrics: VersionMetrics
     path: Path
     """Where its files are (in a bucket's cache: released once it is unloaded)."""
+    reference: Reference | None = None
+    """Its reference statistics (novelty), None for a version exported without them."""
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no request holds it (a retired version is unloaded once it is)."""
@@ -298,6 +301,7 @@ class ModelRegistry:
             manifest, backend = await loop.run_in_executor(
                 None, load_version, path, self.settings, model.settings
             )
+            reference = await loop.run_in_executor(None, load_reference, path, manifest)
         except StorageError as exc:
             if self._stopping:  # NOTE: the download was abandoned because the server is closing
                 del model.versions[number]
@@ -326,6 +330,7 @@ class ModelRegistry:
         seconds = time.perf_counter() - start
         self.metrics.load_duration.labels(model.name).observe(seconds)
         metrics = self.metrics.version(model.name, number, backend.name, backend.providers, backend.artifact)
+        metrics.watch(manifest.labels, reference)
         batcher = Batcher(
             backend.outputs, self._compute, enabled=self.settings.batching,
             max_batch_size=min(self.settings.dynamic_batch_size, self.settings.max_batch_size),
@@ -334,7 +339,9 @@ class ModelRegistry:
         )  # fmt: skip
         metrics.serving(self.settings.max_queue_size)
         record.manifest = manifest
-        record.loaded = LoadedVersion(model.name, number, manifest, backend, batcher, metrics, path)
+        record.loaded = LoadedVersion(
+            model.name, number, manifest, backend, batcher, metrics, path, reference
+        )
         record.state = State.AVAILABLE
         copied = manifest.exported_as != f"{model.name}/{number}"
         log.info(

@@ -61,6 +61,13 @@ class ModelSettings(BaseModel):
     version_policy: str | None = None
     version_labels: dict[str, int] = Field(default_factory=dict)
     """Names clients may use instead of a number, e.g. ``{"stable": 3, "canary": 4}``."""
+    unknown_below: float | None = Field(None, ge=0.0, le=1.0)
+    """Answer the label ``unknown`` first (score 1 - the top score) when an image's top calibrated
+    score is below this; off when unset. Choose it from the manifest's calibration (docs/serving.md,
+    "Unknown")."""
+    unknown_novelty_above: float | None = Field(None, gt=0.0)
+    """Answer ``unknown`` first when an image's novelty is above this (1.0: farther from every class
+    than 95 % of that class's training images); off when unset; needs reference statistics."""
 
     @field_validator("version_policy")
     @classmethod
@@ -357,6 +364,8 @@ class ServerSettings(BaseSettings):
             precision=own.precision or self.precision,
             version_policy=own.version_policy or self.version_policy,
             version_labels=own.version_labels,
+            unknown_below=own.unknown_below,
+            unknown_novelty_above=own.unknown_novelty_above,
         )
 
     def public(self) -> dict[str, Any]:

@@ -89,7 +89,8 @@ async def infer(
 ) -> pb.ModelInferResponse:
     """One OIP inference, for gRPC and HTTP alike; output raw when ``raw`` (default: as the input came)."""
     ref = ModelRef(request.model_name, parse_version(request.model_version))
-    names, top_k = oip_codec.requested_outputs(request)
+    requested = oip_codec.requested_outputs(request)
+    names, top_k = requested.names, requested.top_k
     given = oip_codec.parse_input(request, core.settings.max_message_bytes // 4, core.settings.max_batch_size)
     raw = given.raw if raw is None else raw
     result = await core.infer(ref, given.values, deadline)
@@ -103,7 +104,12 @@ async def infer(
     for name in names or available:
         output = response.outputs.add(name=name)
         if name == repo.OUTPUT_NAME and top_k:
-            rows = result.top(top_k)
+            rule = core.unknown_rule(
+                result.name,
+                requested.unknown.get("unknown_below"),
+                requested.unknown.get("unknown_novelty_above"),
+            )
+            rows = result.top(top_k, rule)
             items = [f"{s.score:f}:{s.index}:{s.label}".encode() for row in rows for s in row]
             output.datatype = "BYTES"
             output.shape.extend([len(rows), len(rows[0])])

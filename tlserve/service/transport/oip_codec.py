@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -135,23 +135,49 @@ def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
 
 
 OUTPUTS = (repo.OUTPUT_NAME, repo.EMBEDDING_NAME)
+UNKNOWN_PARAMETERS = ("unknown_below", "unknown_novelty_above")
+"""Parameters of the ``probabilities`` output beside ``classification``: the model's settings of the
+same names for this request."""
 
 
-def requested_outputs(request: pb.ModelInferRequest) -> tuple[list[str], int]:
-    """The outputs asked for, in order (none: every output the version has, as the protocol says),
-    and k when ``probabilities`` asks for the classification extension, else 0."""
+@dataclass(frozen=True)
+class Requested:
+    names: list[str]
+    """The outputs asked for, in order; empty: every output the version has, as the protocol says."""
+    top_k: int = 0
+    """k when ``probabilities`` asks for the classification extension, else 0."""
+    unknown: dict[str, float] = field(default_factory=dict)
+    """``UNKNOWN_PARAMETERS`` the request gives."""
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> Requested:
     names = [o.name for o in request.outputs]
     if len(set(names)) != len(names) or any(n not in OUTPUTS for n in names):
         raise InvalidArgument(
             f"outputs {names}: the outputs are {repo.OUTPUT_NAME!r} and {repo.EMBEDDING_NAME!r}, "
             "each at most once"
         )
+    top_k, unknown = 0, {}
     for output in request.outputs:
-        if CLASSIFICATION in output.parameters and output.name != repo.OUTPUT_NAME:
-            raise InvalidArgument(f"the classification parameter applies to {repo.OUTPUT_NAME!r} only")
+        given = [p for p in (CLASSIFICATION, *UNKNOWN_PARAMETERS) if p in output.parameters]
+        if given and output.name != repo.OUTPUT_NAME:
+            raise InvalidArgument(f"the {given[0]} parameter applies to {repo.OUTPUT_NAME!r} only")
         if CLASSIFICATION in output.parameters:
             parameter = output.parameters[CLASSIFICATION]
             if parameter.WhichOneof("parameter_choice") != "int64_param":
                 raise InvalidArgument("the classification parameter (the top-k) must be an int64_param")
-            return names, parse_count(parameter.int64_param, "the classification parameter (the top-k)")
-    return names, 0
+            top_k = parse_count(parameter.int64_param, "the classification parameter (the top-k)")
+        for name in UNKNOWN_PARAMETERS:
+            if name in output.parameters:
+                parameter = output.parameters[name]
+                kind = parameter.WhichOneof("parameter_choice")
+                value = parameter.double_param if kind == "double_param" else None
+                low, high = (0.0, 1.0) if name == "unknown_below" else (0.0, float("inf"))
+                if value is None or not low <= value <= high:
+                    raise InvalidArgument(
+                        f"the {name} parameter must be a double_param from {low:g} to {high:g}"
+                    )
+                unknown[name] = value
+    if unknown and not top_k:
+        raise InvalidArgument(f"{', '.join(unknown)} needs the classification parameter (the top-k) too")
+    return Requested(names, top_k, unknown)

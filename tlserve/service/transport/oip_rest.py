@@ -121,6 +121,14 @@ def to_proto(
         if oip_codec.CLASSIFICATION in parameters:
             k = parse_count(parameters[oip_codec.CLASSIFICATION], "the classification parameter (the top-k)")
             output.parameters[oip_codec.CLASSIFICATION].int64_param = k
+        for name in oip_codec.UNKNOWN_PARAMETERS:
+            if name in parameters:
+                value = parameters[name]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise InvalidArgument(
+                        f"the {name} parameter must be a number; got {type(value).__name__}"
+                    )
+                output.parameters[name].double_param = float(value)
     return request
 
 
