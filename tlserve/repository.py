@@ -195,6 +195,11 @@ class Manifest:
     """Confidence calibration (tlserve.exporters.calibration): requested, method ("temperature" or
     "none"), the temperature baked into every artifact, bins, images, ece_before, ece_after,
     ece_after_heldout, nll_before, nll_after, note. Empty for versions exported before it existed."""
+    embedding: dict[str, Any] = field(default_factory=dict)
+    """The second output of every artifact, ``{"name": "embedding", "shape": [-1, D], "dtype":
+    "float32"}``: the pooled features the head reads. Empty for versions exported before it. NOTE:
+    not in ``outputs``, which stays the one output every server release reads, so a server from
+    before it still loads (and ignores it) a version that has it."""
     reference: dict[str, Any] = field(default_factory=dict)
     """The reference statistics (``REFERENCE_FILE``, see ``check_reference``): file, sha256,
     training_images, validation_images, dimension; or only a note saying why there are none. Empty
@@ -203,7 +208,7 @@ class Manifest:
     @property
     def embedding_size(self) -> int | None:
         """D of the ``embedding`` output; None for a version without one."""
-        return int(self.outputs[1].shape[1]) if len(self.outputs) > 1 else None
+        return int(self.embedding["shape"][1]) if self.embedding else None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -244,6 +249,7 @@ class Manifest:
                 labels_sha256=str(data.get("labels_sha256", "")),
                 source=dict(data.get("source", {})),
                 calibration=dict(data.get("calibration", {})),
+                embedding=dict(data.get("embedding", {})),
                 reference=dict(data.get("reference", {})),
             )
             manifest.validate()
@@ -258,16 +264,21 @@ class Manifest:
         shape = list(self.input.shape)
         if len(shape) != 4 or shape[3] != 3 or not all(isinstance(d, int) for d in shape):
             raise ManifestError(f"input shape must be [N, H, W, 3] integers; got {shape}")
-        if (
-            not self.outputs
-            or self.outputs[0].name != OUTPUT_NAME
-            or self.outputs[0].shape[-1] != len(self.labels)
-        ):
-            raise ManifestError(f"expected the first output {OUTPUT_NAME!r} as wide as the number of labels")
-        if [o.name for o in self.outputs[1:]] not in ([], [EMBEDDING_NAME]) or any(
-            len(o.shape) != 2 or not isinstance(o.shape[1], int) or o.shape[1] < 1 for o in self.outputs[1:]
-        ):
-            raise ManifestError(f"the only other output is {EMBEDDING_NAME!r} [N, D]")
+        if len(self.outputs) != 1 or self.outputs[0].shape[-1] != len(self.labels):
+            raise ManifestError("expected one output as wide as the number of labels")
+        if self.embedding:
+            dims = self.embedding.get("shape")
+            if (
+                self.embedding.get("name") != EMBEDDING_NAME
+                or not isinstance(dims, list)
+                or len(dims) != 2
+                or not isinstance(dims[1], int)
+                or isinstance(dims[1], bool)
+                or dims[1] < 1
+            ):
+                raise ManifestError(
+                    f"embedding must be {{'name': {EMBEDDING_NAME!r}, 'shape': [-1, D], ...}}"
+                )
         if self.version < 1:
             raise ManifestError(f"version must be a positive integer; got {self.version}")
         if not self.artifacts:

@@ -15,6 +15,7 @@ from PIL import Image
 from tlserve import repository as repo
 from tlserve.exporters import reference
 from tlserve.exporters.export import ExportResult
+from tlserve.novelty import Centroids
 from tlserve.training import rundir
 
 LABELS = ["a", "b", "c"]
@@ -57,11 +58,10 @@ def test_statistics_summarise_the_training_data() -> None:
 def test_novelty_separates_another_domain() -> None:
     data = made()
     embedding = data["embedding"]
-    centroids, scale = np.array(embedding["centroids"]), np.array(embedding["novelty_scale"])
+    scored = Centroids(np.array(embedding["centroids"]), np.array(embedding["novelty_scale"]))
     held_out, _ = clusters(3, per_class=50)
     elsewhere = np.abs(np.random.default_rng(4).normal(0, 2, (150, 16)))
-    inside = reference.novelty(reference.normalised(held_out), centroids, scale)
-    outside = reference.novelty(reference.normalised(elsewhere), centroids, scale)
+    inside, outside = scored.novelty(held_out), scored.novelty(elsewhere)
     assert np.median(outside) > 2 * np.median(inside)
     assert auroc(inside, outside) > 0.95
 
@@ -155,14 +155,12 @@ def test_an_export_ships_reference_statistics(exported: ExportResult, run_dir: P
 
     validation = validation_images(run, manifest.labels, 32, 1000)
     assert validation is not None
-    centroids = np.array([c for c in data["embedding"]["centroids"] if c is not None])
-    scale = np.array(data["embedding"]["novelty_scale"])
-    inside = reference.novelty(
-        reference.normalised(embedder.predict(validation.pixels, verbose=0)), centroids, scale
+    scored = Centroids(
+        np.array([c for c in data["embedding"]["centroids"] if c is not None]),
+        np.array(data["embedding"]["novelty_scale"]),
     )
-    outside = reference.novelty(
-        reference.normalised(embedder.predict(domain_images(32), verbose=0)), centroids, scale
-    )
+    inside = scored.novelty(embedder.predict(validation.pixels, verbose=0))
+    outside = scored.novelty(embedder.predict(domain_images(32), verbose=0))
     assert auroc(inside, outside) > 0.9, (inside, outside)
     assert np.quantile(inside, 0.95) == pytest.approx(data["validation_novelty"]["values"][2], rel=1e-4)
 
@@ -173,3 +171,12 @@ def test_an_export_ships_reference_statistics(exported: ExportResult, run_dir: P
     shutil.copytree(version, tampered)
     (tampered / repo.REFERENCE_FILE).write_text(json.dumps(made()))
     assert repo.verify_checksums(tampered, manifest) == [repo.REFERENCE_FILE]
+
+
+def test_the_training_sample_shares_the_limit_among_the_classes() -> None:
+    from tlserve.exporters.images import _shares
+
+    assert _shares([500, 20, 480], 300) == [140, 20, 140]  # the small class keeps all of its images
+    assert _shares([5, 5, 5], 300) == [5, 5, 5]
+    assert sum(_shares([1000] * 7, 1000)) == 1000 and min(_shares([1000] * 7, 1000)) >= 142
+    assert _shares([0, 10], 4) == [0, 4]

@@ -173,7 +173,9 @@ def _duplicate_of(options: ExportOptions, published: _Published) -> int | None:
         except repo.ManifestError:
             continue
         kinds = {(a.kind, a.precision, a.opset) for a in manifest.artifacts}
-        same_scores = manifest.calibration.get("requested", False) == options.calibrate
+        # NOTE: a version from before calibration has no record: never the same as a new export,
+        # which would add calibration, the embedding and the reference statistics
+        same_scores = manifest.calibration.get("requested") == options.calibrate
         if (
             manifest.source.get("model_sha256") == digest
             and manifest.labels == labels
@@ -419,9 +421,12 @@ def _manifest(
     embedding_size: int | None,
 ) -> repo.Manifest:
     tensors = [repo.TensorSpec(name=repo.OUTPUT_NAME, shape=[-1, len(labels)], dtype="float32")]
+    embedding = {}
     if embedding_size is not None:
-        tensors.append(repo.TensorSpec(name=repo.EMBEDDING_NAME, shape=[-1, embedding_size], dtype="float32"))
+        embedding = {"name": repo.EMBEDDING_NAME, "shape": [-1, embedding_size], "dtype": "float32"}
     outputs = {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in tensors}
+    if embedding:
+        outputs[repo.EMBEDDING_NAME] = {"dtype": "float32", "shape": [-1, embedding_size]}
     signatures = {
         repo.SIGNATURE_PIXELS: {
             "inputs": {repo.INPUT_NAME: {"dtype": "float32", "shape": [-1, size, size, 3]}},
@@ -444,6 +449,7 @@ def _manifest(
         labels=labels,
         input=repo.InputSpec(name=repo.INPUT_NAME, shape=[-1, size, size, 3], dtype="float32"),
         outputs=tensors,
+        embedding=embedding,
         base={**run.base, "mode": run.mode},
         validation={
             "accuracy": run.accuracy,

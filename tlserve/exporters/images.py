@@ -109,9 +109,36 @@ def training_sample(run: RunRecord, labels: list[str], limit: int) -> tuple[Spli
         return None
     counts = [classes.count(i) for i in range(len(labels))]
     if len(files) > limit:
-        keep = np.sort(np.random.default_rng(4).choice(len(files), limit, replace=False))
+        # NOTE: per class, as evenly as the counts allow (a small class keeps all of its images): a
+        # uniform draw would leave a rare class a handful of images to estimate its spread from
+        quota = _shares(counts, limit)
+        rng = np.random.default_rng(4)
+        keep: list[int] = []
+        for index, share in enumerate(quota):
+            members = [i for i, c in enumerate(classes) if c == index]
+            keep += rng.choice(members, share, replace=False).tolist() if share < len(members) else members
+        keep.sort()
         files, classes = [files[i] for i in keep], [classes[i] for i in keep]
     return Split(paths=files, labels=classes), counts
+
+
+def _shares(counts: list[int], limit: int) -> list[int]:
+    """How many of each class's ``counts`` images to keep, ``limit`` in all: an equal share each,
+    what a small class cannot use shared among the others."""
+    shares = [0] * len(counts)
+    open_classes = [i for i, c in enumerate(counts) if c > 0]
+    left = limit
+    while open_classes and left > 0:
+        each = max(left // len(open_classes), 1)
+        for i in list(open_classes):
+            take = min(each, counts[i] - shares[i], left)
+            shares[i] += take
+            left -= take
+            if shares[i] == counts[i]:
+                open_classes.remove(i)
+            if left == 0:
+                break
+    return shares
 
 
 def batches(split: Split, size: int, batch: int) -> Iterator[np.ndarray]:

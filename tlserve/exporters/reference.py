@@ -28,9 +28,12 @@ import numpy as np
 
 from tlserve import repository as repo
 from tlserve.exporters import images as imgs
+from tlserve.novelty import Centroids, normalised
 from tlserve.training.rundir import RunRecord
 
-__all__ = ["build", "describe", "embedding_model", "novelty", "statistics", "with_embedding"]
+__all__ = ["build", "describe", "embedding_model", "statistics", "with_embedding"]
+FEW = 10
+"""Below this many training images a class's scale is a rough estimate (said in the record)."""
 
 HEAD_INPUT_LAYER = "dropout"
 """The first head layer of the trainer's classifier (tlserve.training.network.build_classifier):
@@ -57,20 +60,6 @@ def with_embedding(model: keras.Model) -> keras.Model:
         return model
     outputs = {repo.OUTPUT_NAME: model.output, repo.EMBEDDING_NAME: embedder.output}
     return keras.Model(model.inputs, outputs, name=model.name)
-
-
-def normalised(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, np.float64)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
-
-
-def novelty(embeddings: np.ndarray, centroids: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Distance of each (normalised) embedding to its nearest centroid, in units of that centroid's
-    class ``scale`` (its training images' ``NOVELTY_QUANTILE`` distance)."""
-    distances = np.linalg.norm(embeddings[:, None, :] - centroids[None, :, :], axis=2)
-    nearest = distances.argmin(axis=1)
-    return distances[np.arange(len(embeddings)), nearest] / scale[nearest]
 
 
 def _round(values: np.ndarray) -> list[Any]:
@@ -103,7 +92,11 @@ def statistics(
             continue
         centre = members.mean(axis=0)
         centroids[index] = centre
-        distances = np.linalg.norm(members - centre, axis=1)
+        # NOTE: leave-one-out: an image's distance to the centroid of the *other* images of its class
+        # is n/(n-1) times its distance to the full centroid, which it pulled towards itself; what a
+        # new image of the class meets is the former
+        n = len(members)
+        distances = np.linalg.norm(members - centre, axis=1) * (n / (n - 1) if n > 1 else 0.0)
         per_class.append(_round(np.quantile(distances, repo.REFERENCE_QUANTILES)))
     present = [i for i, q in enumerate(per_class) if q is not None]
     where = repo.REFERENCE_QUANTILES.index(repo.NOVELTY_QUANTILE)
@@ -138,7 +131,7 @@ def statistics(
         }
     if validation_features is not None and len(validation_features) and present:
         kept = np.array(present)
-        scores = novelty(normalised(validation_features), centroids[kept], scale[kept])
+        scores = Centroids(centroids[kept], scale[kept]).novelty(validation_features)
         result["validation_novelty"] = {
             "images": len(scores),
             "quantiles": list(repo.REFERENCE_QUANTILES),
@@ -188,6 +181,12 @@ def build(
         record["validation_novelty_p95"] = data["validation_novelty"]["values"][
             repo.REFERENCE_QUANTILES.index(0.95)
         ]
+    few = [labels[i] for i, n in enumerate(data["embedding"]["images_per_class"]) if n < FEW]
+    if few:
+        record["note"] = (
+            f"{len(few)} class(es) with fewer than {FEW} training images ({', '.join(few[:5])}"
+            f"{', ...' if len(few) > 5 else ''}): their novelty scale is a rough estimate"
+        )
     return data, record
 
 

@@ -35,6 +35,10 @@ _HTTP1_ANSWERS = ("Trying to connect an http1.x server", "Failed parsing HTTP/2"
 _IMAGE_PREFIX = re.compile(r"^image 0: ")
 
 
+_SCORES = (repo.OUTPUT_NAME,)
+"""What ``predict`` reads: the other outputs (the embedding) are not asked for."""
+
+
 @dataclass(frozen=True)
 class Label:
     label: str
@@ -261,11 +265,11 @@ class Client:
 
     def predict_images(self, model: str, images: Sequence[bytes], version: int = 0) -> tuple[int, np.ndarray]:
         """TF Serving API, ``predict_images`` signature: (version that answered, probabilities)."""
-        return self._predict(messages.predict_request(model, images=images, version=version))
+        return self._predict(messages.predict_request(model, images=images, version=version, outputs=_SCORES))
 
     def predict(self, model: str, pixels: np.ndarray, version: int = 0) -> tuple[int, np.ndarray]:
         """TF Serving API, ``serving_default``: float32 pixels [N, H, W, 3] -> (version, probabilities)."""
-        return self._predict(messages.predict_request(model, pixels=pixels, version=version))
+        return self._predict(messages.predict_request(model, pixels=pixels, version=version, outputs=_SCORES))
 
     def _predict(self, request: serving_pb2.PredictRequest) -> tuple[int, np.ndarray]:
         response = self._prediction.Predict(request, timeout=self.timeout_s, metadata=self._metadata)

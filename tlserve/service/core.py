@@ -28,6 +28,7 @@ from tlserve.service.domain import (
 )
 from tlserve.service.errors import DeadlineExceeded, InvalidArgument, NotFound
 from tlserve.service.metrics import current_model
+from tlserve.service.monitor import novelty_or_none
 from tlserve.service.registry import LoadedVersion, Model, ModelRegistry, VersionRecord, labelled
 from tlserve.service.settings import ServerSettings
 
@@ -100,7 +101,7 @@ class InferenceCore:
         outputs = await served.batcher.submit(pixels, deadline)
         novelty = None
         if served.reference is not None and outputs.embedding is not None:
-            novelty = served.reference.novelty(outputs.embedding)
+            novelty = novelty_or_none(served.reference, outputs.embedding)
         served.metrics.predicted(outputs, novelty)
         return Prediction(
             served.name,

@@ -79,8 +79,8 @@ class Prediction:
 
     def top(self, k: int | None = None, unknown: Unknown | None = None) -> list[list[LabelScore]]:
         """Per image, the ``k`` best labels (all when None, at most the class count), best first;
-        with ``unknown``, an image it applies to gets ``unknown`` (score 1 - its top score) first and
-        then its best labels, still ``k`` in all."""
+        with ``unknown``, an image it applies to gets ``unknown`` (score 1 - its top score, first
+        whatever its score) and then its best labels, still ``k`` in all (every class when None)."""
         count = len(self.labels) if k is None else min(k, len(self.labels))
         order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :count]
         rows = [
@@ -91,7 +91,12 @@ class Prediction:
             return rows
         hits = unknown.applies(self.probabilities.max(axis=1), self.novelty)
         return [
-            [LabelScore(UNKNOWN, UNKNOWN_INDEX, 1.0 - row[0].score), *row[: count - 1]] if hit else row
+            [
+                LabelScore(UNKNOWN, UNKNOWN_INDEX, 1.0 - row[0].score),
+                *(row if k is None else row[: count - 1]),
+            ]
+            if hit
+            else row
             for row, hit in zip(rows, hits.tolist(), strict=True)
         ]
 

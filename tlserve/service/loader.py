@@ -27,7 +27,14 @@ def load_version(path: Path, settings: ServerSettings, model: ModelSettings) -> 
         sizes.add(settings.max_batch_size)  # profile from the shapes it has run: cover them all
     for size in sorted(sizes):  # warm-up: first runs allocate and tune
         pixels = rng.uniform(0, 255, (size, height, width, 3)).astype(np.float32)
-        out = backend.predict(pixels)
+        outputs = backend.outputs(pixels)  # NOTE: what requests run (both outputs)
+        out = outputs.probabilities
         if out.shape != (size, len(manifest.labels)) or not np.isfinite(out).all():
             raise ValueError(f"warm-up gave shape {out.shape} (expected {(size, len(manifest.labels))})")
+        if manifest.embedding_size is not None:
+            embedding = outputs.embedding
+            wanted = (size, manifest.embedding_size)
+            if embedding is None or embedding.shape != wanted or not np.isfinite(embedding).all():
+                got = None if embedding is None else embedding.shape
+                raise ValueError(f"warm-up gave an embedding of shape {got} (expected {wanted})")
     return manifest, backend

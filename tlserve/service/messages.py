@@ -83,10 +83,12 @@ def predict_request(
     pixels: np.ndarray | None = None,
     images: Sequence[bytes] | None = None,
     version: int = 0,
+    outputs: Sequence[str] = (),
 ) -> serving_pb2.PredictRequest:
     """Pixels through ``serving_default`` or encoded images through ``predict_images`` (one of the
-    two; neither: a request with no input); ``version`` 0 asks for the newest serving."""
-    request = serving_pb2.PredictRequest()
+    two; neither: a request with no input); ``version`` 0 asks for the newest serving; ``outputs``
+    the ``output_filter`` (empty: every output)."""
+    request = serving_pb2.PredictRequest(output_filter=list(outputs))
     request.model_spec.name = model
     if version:
         request.model_spec.version.value = version
@@ -104,9 +106,13 @@ def infer_request(
     pixels: np.ndarray | None = None,
     images: Sequence[bytes] | None = None,
     version: int = 0,
+    outputs: Sequence[str] = (),
 ) -> oip_pb.ModelInferRequest:
-    """Pixels as ``image`` FP32 or encoded images as ``images`` BYTES, in raw_input_contents."""
+    """Pixels as ``image`` FP32 or encoded images as ``images`` BYTES, in raw_input_contents;
+    ``outputs`` the outputs asked for (empty: every output)."""
     request = oip_pb.ModelInferRequest(model_name=model, model_version=str(version) if version else "")
+    for name in outputs:
+        request.outputs.add(name=name)
     if pixels is not None:
         request.inputs.add(name=repo.INPUT_NAME, datatype="FP32", shape=list(pixels.shape))
         request.raw_input_contents.append(np.ascontiguousarray(pixels, dtype="<f4").tobytes())

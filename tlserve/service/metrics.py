@@ -21,7 +21,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from tlserve.service.monitor import MINIMUM, ClassWindow, Reference, js_divergence
+from tlserve.service.monitor import ClassWindow, Reference, js_divergence, minimum, window
 
 if TYPE_CHECKING:
     from tlserve.service.backends.base import Outputs
@@ -133,7 +133,7 @@ class Metrics:
         )  # fmt: skip
         self.class_drift = Gauge(
             "tlserve_class_drift", "Jensen-Shannon divergence (base 2, 0..1) of the top-1 classes of the "
-            "last images served from the training class priors; NaN until enough images.",
+            "last images served (1000, or 50 per class) from the training class priors; NaN until enough.",
             version, registry=r,
         )  # fmt: skip
         self.failed_versions = Gauge(
@@ -181,6 +181,7 @@ class VersionMetrics:
         self._classes: list[Any] = []
         self._reference: Reference | None = None
         self._window: ClassWindow | None = None
+        self._minimum = 0
 
     def watch(self, labels: list[str], reference: Reference | None) -> None:
         """Count predictions per class of ``labels``; with ``reference``, also novelty and drift."""
@@ -188,7 +189,8 @@ class VersionMetrics:
         self._classes = [self._metrics.predictions.labels(*labels_) for labels_ in self._class_labels]
         if reference is not None and len(reference.priors) == len(labels):
             self._reference = reference
-            self._window = ClassWindow(len(labels))
+            self._window = ClassWindow(len(labels), window(len(labels)))
+            self._minimum = minimum(len(labels))
             self.novelty = self._metrics.novelty.labels(*self._labels)
             self.drift = self._metrics.class_drift.labels(*self._labels)
             self.drift.set(math.nan)
@@ -216,7 +218,7 @@ class VersionMetrics:
             for value in novelty.tolist():
                 self.novelty.observe(value)
         self._window.add(top)
-        if self._window.seen >= MINIMUM:
+        if self._window.seen >= self._minimum:
             self.drift.set(js_divergence(self._window.distribution(), self._reference.priors))
 
     def serving(self, capacity: int) -> None:

@@ -10,8 +10,10 @@ metrics in ``tlserve.service.metrics``):
   class's 95th-percentile training distance (above 1: farther out than 95 % of the class's own
   training images; ``tlserve_prediction_novelty``);
 - the *class drift*: the Jensen-Shannon divergence (base 2: 0 for the same distribution, 1 for
-  disjoint ones) between the top-1 classes of the last ``WINDOW`` images and the training priors
-  (``tlserve_class_drift``, NaN until ``MINIMUM`` images were served).
+  disjoint ones) between the top-1 classes of the last ``window(K)`` images and the training priors
+  (``tlserve_class_drift``, NaN until ``minimum(K)`` images were served). NOTE: a sample of N images
+  of the priors themselves scores about (K - 1) / (8 N ln 2) by chance alone (0.18 for 1000 classes
+  and 1000 images), so both grow with the class count K: the chance level stays below ~0.02.
 
 All of it runs on the event loop after the batch answered: a few numpy operations on [N, D] and a
 counter per image, no lock (one thread), nothing that can fail a request.
@@ -27,13 +29,22 @@ from typing import Any
 import numpy as np
 
 from tlserve import repository as repo
+from tlserve.novelty import Centroids
 
 log = logging.getLogger("tlserve.monitor")
 
 WINDOW = 1000
-"""Images in the sliding window the class drift is computed over."""
+"""Images in the sliding window the class drift is computed over: at least this, 50 per class."""
 MINIMUM = 100
-"""Images served before the drift gauge says anything (NaN until then)."""
+"""Images served before the drift gauge says anything (NaN until then): at least this, 10 per class."""
+
+
+def window(classes: int) -> int:
+    return max(WINDOW, 50 * classes)
+
+
+def minimum(classes: int) -> int:
+    return max(MINIMUM, 10 * classes)
 
 
 @dataclass(frozen=True)
@@ -46,24 +57,24 @@ class Reference:
     """[K, D], the classes that had training images."""
     scale: np.ndarray
     """[K], each centroid's class distance that novelty is measured in."""
+    centroids_of: Centroids
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Reference:
         counts = np.asarray(data["priors"]["counts"], np.float64)
         embedding = data["embedding"]
         present = [i for i, c in enumerate(embedding["centroids"]) if c is not None]
-        centroids = np.asarray([embedding["centroids"][i] for i in present], np.float32)
-        scale = np.asarray([embedding["novelty_scale"][i] for i in present], np.float32)
-        return cls(counts / max(counts.sum(), 1.0), centroids, scale)
+        centroids = np.asarray([embedding["centroids"][i] for i in present], np.float64)
+        scale = np.asarray([embedding["novelty_scale"][i] for i in present], np.float64)
+        return cls(counts / max(counts.sum(), 1.0), centroids, scale, Centroids(centroids, scale))
+
+    @property
+    def dimension(self) -> int:
+        return self.centroids_of.dimension
 
     def novelty(self, embedding: np.ndarray) -> np.ndarray:
-        """[N] novelty of [N, D] embeddings (see the module's docstring)."""
-        unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-        # |u - c|^2 = |u|^2 + |c|^2 - 2 u.c, with |u| = 1: one matrix product for the batch
-        squared = 1.0 + (self.centroids**2).sum(axis=1)[None, :] - 2.0 * unit @ self.centroids.T
-        distances = np.sqrt(np.maximum(squared, 0.0))
-        nearest = distances.argmin(axis=1)
-        return distances[np.arange(len(unit)), nearest] / self.scale[nearest]
+        """[N] novelty of [N, D] embeddings (``tlserve.novelty``, as the exporter computed it)."""
+        return self.centroids_of.novelty(embedding)
 
 
 def load_reference(version_dir: Path, manifest: repo.Manifest) -> Reference | None:
@@ -74,7 +85,25 @@ def load_reference(version_dir: Path, manifest: repo.Manifest) -> Reference | No
     except repo.ManifestError as exc:
         log.warning("%s: serving without novelty and drift metrics: %s", manifest.exported_as, exc)
         return None
-    return None if data is None else Reference.from_data(data)
+    if data is None:
+        return None
+    reference = Reference.from_data(data)
+    if reference.dimension != manifest.embedding_size:
+        log.warning(
+            "%s: serving without novelty and drift metrics: reference.json's centroids are %d-d, the "
+            "embedding output %s", manifest.exported_as, reference.dimension, manifest.embedding_size,
+        )  # fmt: skip
+        return None
+    return reference
+
+
+def novelty_or_none(reference: Reference, embedding: np.ndarray) -> np.ndarray | None:
+    """``reference.novelty(embedding)``, or None (logged) should it fail: never a failed request."""
+    try:
+        return reference.novelty(embedding)
+    except Exception:  # NOTE: load_reference checked the dimension; this is the last guard
+        log.exception("computing novelty failed; answering without it")
+        return None
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -91,7 +120,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
 class ClassWindow:
     """The top-1 classes of the last ``size`` images, counted."""
 
-    def __init__(self, classes: int, size: int = WINDOW) -> None:
+    def __init__(self, classes: int, size: int) -> None:
         self._ring = np.zeros(size, np.int64)
         self._counts = np.zeros(classes, np.int64)
         self._next = 0

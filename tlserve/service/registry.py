@@ -302,6 +302,11 @@ class ModelRegistry:
                 None, load_version, path, self.settings, model.settings
             )
             reference = await loop.run_in_executor(None, load_reference, path, manifest)
+            if reference is None and self.settings.for_model(model.name).unknown_novelty_above is not None:
+                log.warning(
+                    "model %s version %d has no reference statistics: unknown_novelty_above does not "
+                    "apply to it (export it again with this tlserve)", model.name, number,
+                )  # fmt: skip
         except StorageError as exc:
             if self._stopping:  # NOTE: the download was abandoned because the server is closing
                 del model.versions[number]

@@ -90,6 +90,7 @@ class OnnxBackend(Backend):
             raise ValueError(f"{self.artifact}: expected one input {repo.INPUT_NAME!r}, found {inputs}")
         outputs = [o.name for o in self._session.get_outputs()]
         wanted_outputs = [t.name for t in self.manifest.outputs]
+        wanted_outputs += [repo.EMBEDDING_NAME] if self.manifest.embedding_size else []
         if not set(wanted_outputs) <= set(outputs):
             raise ValueError(
                 f"{self.artifact}: the manifest lists outputs {wanted_outputs}; it has {outputs}"

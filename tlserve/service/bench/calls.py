@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from tlserve import repository as repo
 from tlserve.errors import TlserveError, UsageError
 from tlserve.service import messages
 from tlserve.service.bench.load import Call
@@ -72,10 +73,10 @@ def build_request(api: str, model: str, version: int, payload: Payload) -> Reque
         message = messages.classify_request(model, payload.images, version, top_k=1)
         return Request(messages.CLASSIFY, message.SerializeToString(), messages.classify_answer)
     if api == "tfs":
-        tfs = messages.predict_request(model, payload.pixels, payload.images, version)
+        tfs = messages.predict_request(model, payload.pixels, payload.images, version, (repo.OUTPUT_NAME,))
         return Request(messages.PREDICT, tfs.SerializeToString(), messages.predict_answer)
     assert api == "v2", api
-    v2 = messages.infer_request(model, payload.pixels, payload.images, version)
+    v2 = messages.infer_request(model, payload.pixels, payload.images, version, (repo.OUTPUT_NAME,))
     return Request(messages.MODEL_INFER, v2.SerializeToString(), messages.infer_answer)
 
 

@@ -173,9 +173,14 @@ def requested_outputs(request: pb.ModelInferRequest) -> Requested:
                 kind = parameter.WhichOneof("parameter_choice")
                 value = parameter.double_param if kind == "double_param" else None
                 low, high = (0.0, 1.0) if name == "unknown_below" else (0.0, float("inf"))
-                if value is None or not low <= value <= high:
+                if (
+                    value is None
+                    or not low <= value <= high
+                    or (name == "unknown_novelty_above" and value <= 0)
+                ):
                     raise InvalidArgument(
-                        f"the {name} parameter must be a double_param from {low:g} to {high:g}"
+                        f"the {name} parameter must be a double_param "
+                        + ("from 0 to 1" if name == "unknown_below" else "above 0")
                     )
                 unknown[name] = value
     if unknown and not top_k:

@@ -128,7 +128,10 @@ def to_proto(
                     raise InvalidArgument(
                         f"the {name} parameter must be a number; got {type(value).__name__}"
                     )
-                output.parameters[name].double_param = float(value)
+                try:
+                    output.parameters[name].double_param = float(value)
+                except OverflowError:  # NOTE: a JSON integer of hundreds of digits
+                    raise InvalidArgument(f"the {name} parameter is out of range") from None
     return request
 
 
