@@ -228,12 +228,18 @@ def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
                 best = int(probabilities[0].argmax())
                 print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}"
                       f"    {labels[best]} {probabilities[0, best]:.3f} (version {version})")  # fmt: skip
-            if threshold is not None:
+            scorer = novelty_scorer(workdir / "models" / "digits")
+            if threshold is not None and scorer is not None:
+                digits = client.classify("digits", [p.read_bytes() for _, p in samples], embedding=True)
+                assert digits.embedding is not None
+                scores = scorer.novelty(digits.embedding)
+                print(f"novelty of the five digits above: {', '.join(f'{v:.2f}' for v in scores)}")
                 print("images from another domain (scikit-learn's sample photographs, cropped):")
                 for name, photo in other_domain():
-                    best_two = client.classify("digits", [photo], top_k=2).predictions[0]
-                    shown = ", ".join(f"{label.label} {label.score:.3f}" for label in best_two)
-                    print(f"  {name:<22} {shown}")
+                    answer = client.classify("digits", [photo], top_k=2, embedding=True)
+                    shown = ", ".join(f"{label.label} {label.score:.3f}" for label in answer.predictions[0])
+                    assert answer.embedding is not None
+                    print(f"  {name:<22} novelty {scorer.novelty(answer.embedding)[0]:.2f}  {shown}")
             data = samples[0][1].read_bytes()
             native = p50_ms(lambda: client.classify("digits", [data]), calls, warmup=0)
             tfs = p50_ms(lambda: client.predict_images("digits", [data]), calls, warmup=0)
@@ -258,6 +264,16 @@ def unknown_threshold(model_dir: Path) -> float | None:
         return None
     quantiles = data["validation_novelty"]["quantiles"]
     return max(1.0, float(data["validation_novelty"]["values"][quantiles.index(0.99)]))
+
+
+def novelty_scorer(model_dir: Path) -> Any:
+    """The newest version's centroids (``tlserve.novelty.Centroids``) from its reference.json."""
+    from tlserve import repository as repo
+    from tlserve.service.monitor import Reference
+
+    version_dir = model_dir / str(max(repo.versions(model_dir)))
+    data = repo.read_reference(version_dir, repo.Manifest.read(version_dir))
+    return None if data is None else Reference.from_data(data).centroids_of
 
 
 def other_domain() -> list[tuple[str, bytes]]:

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -234,8 +235,20 @@ def _reasons(verdict: dict[str, Any]) -> str:
     return "; ".join(str(r) for r in reasons)
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Keras' "N out of the last M calls ... triggered tf.function retracing": the export runs several
+    small models over batches of a few shapes on purpose; the warning says nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_QUIET = _NoRetracingWarning()
+
+
 def export(options: ExportOptions) -> ExportResult:
     check_options(options)
+    logging.getLogger("tensorflow").addFilter(_QUIET)  # NOTE: a set: adding it again is a no-op
     # NOTE: heavy imports only once the request is known to be sound.
     from tlserve.exporters import calibration as calib
     from tlserve.exporters import images as imgs
