@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, **overrides)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())  # fmt: skip
+        problems = "; ".join(
+            ": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, "))))
+            for e in exc.errors()
+        )  # NOTE: a check across settings (tls, capture) has no field to name
         raise UsageError(f"invalid settings: {problems}") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None

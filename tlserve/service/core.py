@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 import tlserve
+from tlserve.service.capture import Capturer
 from tlserve.service.decoding import Decoder
 from tlserve.service.domain import (
     Classification,
@@ -39,10 +40,18 @@ EXTENSIONS = ("classification",)
 
 
 class InferenceCore:
-    def __init__(self, registry: ModelRegistry, settings: ServerSettings, decoder: Decoder) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: ServerSettings,
+        decoder: Decoder,
+        capture: Capturer | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.decoder = decoder
+        self.capture = capture
+        """Hard-example capture (``capture_dir``), offered every answered request's images."""
 
     # --- inference --------------------------------------------------------------------------------
     async def infer(
@@ -53,8 +62,12 @@ class InferenceCore:
         with self._lease(ref) as served:
             if isinstance(inputs, np.ndarray):
                 self._check_pixels(served, inputs)
-                return await self._run(served, inputs, deadline)
-            return await self._images(served, inputs, deadline)
+                prediction = await self._run(served, inputs, deadline)
+            else:
+                prediction = await self._images(served, inputs, deadline)
+        if self.capture is not None:
+            self.capture.offer(prediction, inputs)
+        return prediction
 
     async def classify(
         self, ref: ModelRef, images: Sequence[bytes], k: int | None = None, deadline: float | None = None

@@ -136,6 +136,18 @@ class Metrics:
             "last images served (1000, or 50 per class) from the training class priors; NaN until enough.",
             version, registry=r,
         )  # fmt: skip
+        self.captures = Counter(
+            "tlserve_captures", "Images a capture trigger picked, by what became of them: written, "
+            "budget (capture_max_bytes/files reached), queue_full (the writer was behind), failed (disk "
+            "error).", ["model", "outcome"], registry=r,
+        )  # fmt: skip
+        self.capture_bytes = Gauge(
+            "tlserve_capture_bytes", "Bytes under capture_dir (counted at start and every 30 s once the "
+            "budget is reached, plus what the server wrote).", registry=r,
+        )  # fmt: skip
+        self.capture_files = Gauge(
+            "tlserve_capture_files", "Images under capture_dir (counted likewise).", registry=r
+        )
         self.failed_versions = Gauge(
             "tlserve_model_failed_versions", "Versions on disk that failed to load (not serving).",
             ["model"], registry=r,

@@ -39,6 +39,7 @@ from prometheus_client import start_http_server
 
 from tlserve.service import logs
 from tlserve.service.auth import auth_tokens
+from tlserve.service.capture import Capturer
 from tlserve.service.core import InferenceCore
 from tlserve.service.decoding import Decoder
 from tlserve.service.metrics import Metrics
@@ -170,7 +171,8 @@ class Server:
         self.registry = ModelRegistry(
             settings, self._compute, metrics=self.metrics, on_change=self._model_changed
         )
-        self.core = InferenceCore(self.registry, settings, self._decoder)
+        self._capture = Capturer(settings, self.metrics) if settings.capture_dir is not None else None
+        self.core = InferenceCore(self.registry, settings, self._decoder, self._capture)
         self.tokens = auth_tokens(settings)
         self.budget = RequestBudget(settings.max_inflight_request_bytes)
         reader = Reader(self.budget, settings.max_message_bytes, settings.body_timeout_s, per_peer=True)
@@ -308,6 +310,8 @@ class Server:
             self._metrics_http.shutdown()
         self._compute.shutdown(wait=False)
         self._decoder.close()
+        if self._capture is not None:
+            self._capture.close()
         log.info("stopped")
 
 

@@ -68,6 +68,21 @@ class ModelSettings(BaseModel):
     unknown_novelty_above: float | None = Field(None, gt=0.0)
     """Answer ``unknown`` first when an image's novelty is above this (1.0: farther from every class
     than 95 % of that class's training images); off when unset; needs reference statistics."""
+    capture_sample: float | None = Field(None, ge=0.0, le=1.0)
+    """This model's ``capture_sample``; default: the server-wide one."""
+    capture_below: float | None = Field(None, ge=0.0, le=1.0)
+    """This model's ``capture_below``; default: the server-wide one."""
+    capture_novelty_above: float | None = Field(None, gt=0.0)
+    """This model's ``capture_novelty_above``; default: the server-wide one."""
+
+    @property
+    def captures(self) -> bool:
+        """Whether any capture trigger is on."""
+        return (
+            bool(self.capture_sample)
+            or self.capture_below is not None
+            or (self.capture_novelty_above is not None)
+        )
 
     @field_validator("version_policy")
     @classmethod
@@ -145,7 +160,26 @@ class ServerSettings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0)
     """How often the repository is scanned for new, removed or changed versions."""
     models: dict[str, ModelSettings] = Field(default_factory=dict)
-    """Per-model overrides (backend, precision, version_policy, version_labels)."""
+    """Per-model overrides (backend, precision, version_policy, version_labels, unknown_*, capture_*)."""
+
+    capture_dir: Path | None = None
+    """Hard-example capture (docs/loop.md): the images a trigger below picks are written, after they
+    were answered and off the request path, to DIR/MODEL/PREDICTED_LABEL/REQUEST_ID.EXT (the bytes
+    sent; pixel tensors as PNG), one line each in DIR/MODEL/captures.jsonl. DIR/MODEL is then a
+    folder `tlserve train` reads: relabelling is moving files between its class folders. A full or
+    failing disk never fails a request (counted in tlserve_captures_total). Unset: off."""
+    capture_sample: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of all images captured at random (0.01: one in a hundred)."""
+    capture_below: float | None = Field(None, ge=0.0, le=1.0)
+    """Capture every image whose top calibrated score is below this (the model was unsure)."""
+    capture_novelty_above: float | None = Field(None, gt=0.0)
+    """Capture every image whose novelty is above this (1.0: farther from every class than 95 % of
+    that class's training images); needs reference statistics."""
+    capture_max_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    """Most bytes under ``capture_dir`` (files already there counted, re-counted every 30 s once
+    reached); beyond it images are not captured."""
+    capture_max_files: int = Field(10_000, ge=1)
+    """Most images under ``capture_dir`` (as ``capture_max_bytes``)."""
 
     allowed_image_formats: list[str] = Field(default_factory=lambda: list(repo.IMAGE_FORMATS))
     """Encoded image formats accepted: by default every one the exported ``predict_images``
@@ -328,7 +362,19 @@ class ServerSettings(BaseSettings):
         if self.max_inflight_request_bytes < self.max_message_bytes:
             raise ValueError(f"max_inflight_request_bytes ({self.max_inflight_request_bytes}) must be at "
                              f"least max_message_bytes ({self.max_message_bytes})")  # fmt: skip
+        self._capture()
         return self
+
+    def _capture(self) -> None:
+        """A capture trigger without ``capture_dir``, or ``capture_dir`` with no trigger, is a mistake."""
+        models = [self.for_model(name) for name in self.models]
+        triggered = self.for_model("").captures or any(m.captures for m in models)
+        if self.capture_dir is not None and not triggered:
+            raise ValueError("capture_dir is set but nothing triggers a capture: set capture_sample, "
+                             "capture_below or capture_novelty_above (server-wide or per model)")  # fmt: skip
+        if self.capture_dir is None and triggered:
+            raise ValueError("a capture trigger (capture_sample, capture_below, capture_novelty_above) "
+                             "is set but capture_dir is not: say where captured images go")  # fmt: skip
 
     @property
     def tls(self) -> bool:
@@ -366,6 +412,11 @@ class ServerSettings(BaseSettings):
             version_labels=own.version_labels,
             unknown_below=own.unknown_below,
             unknown_novelty_above=own.unknown_novelty_above,
+            capture_sample=self.capture_sample if own.capture_sample is None else own.capture_sample,
+            capture_below=self.capture_below if own.capture_below is None else own.capture_below,
+            capture_novelty_above=own.capture_novelty_above
+            if own.capture_novelty_above is not None
+            else self.capture_novelty_above,
         )
 
     def public(self) -> dict[str, Any]:
