@@ -52,15 +52,22 @@ def describe(server: ServerProcess) -> str:
     return f"pid {server.pid}, ModelMetadata inputs: {', '.join(inputs)}"
 
 
-def bench(server: ServerProcess, load: list[str], seconds: float, concurrency: int, out: Path) -> dict:
-    command = [sys.executable, "-m", "tlserve", "bench", "--server", server.target, "--model", "m", *load,
+def bench(
+    server: ServerProcess, load: list[str], seconds: float, concurrency: int, out: Path, model: str = "m"
+) -> dict:
+    """One closed-loop `tlserve bench` run against ``model``: requests/s, images/s and p50 (ms)."""
+    command = [sys.executable, "-m", "tlserve", "bench", "--server", server.target, "--model", model, *load,
                "--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "1",
                "--json", str(out)]  # fmt: skip
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     figures = json.loads(out.read_text())["server"]
     if figures["errors"]:
-        raise SystemExit(f"{server.target}: {figures['errors_by_code']}")
-    return {"rps": figures["requests_per_s"], "p50_ms": figures["latency_ms"]["p50"]}
+        raise SystemExit(f"{server.target} {model}: {figures['errors_by_code']}")
+    return {
+        "rps": figures["requests_per_s"],
+        "ips": figures["images_per_s"],
+        "p50_ms": figures["latency_ms"]["p50"],
+    }
 
 
 def main() -> None:

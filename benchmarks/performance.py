@@ -9,7 +9,8 @@ and int8, then, side by side in one run on this machine:
 4. onnxruntime fp32 vs int8 vs the TensorFlow backend, served and in-process;
 5. image decoding: full decode + resize vs the fast JPEG path, on 12-megapixel and small JPEGs;
 6. cold start: process start to READY, and RSS, for the ONNX model and the SavedModel;
-7. where the server's CPU goes under load (py-spy), when py-spy is installed.
+7. what prediction monitoring and hard-example capture cost (benchmarks/monitoring_overhead.py);
+8. where the server's CPU goes under load (py-spy), when py-spy is installed.
 
 Every server figure comes from `tlserve bench` (closed loop, warm-up excluded) against a
 `tlserve serve` child process on 127.0.0.1; the load generator shares the cores with the server, as
@@ -41,6 +42,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import monitoring_overhead
 import numpy as np
 from performance_report import write_report
 from PIL import Image
@@ -304,6 +306,9 @@ def main() -> int:
             "inprocess_ms": r["tf_inprocess_ms"],
         }
 
+    print("prediction monitoring and capture ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tlserve-monitoring-") as tmp:
+        r["monitoring"] = monitoring_overhead.measure(Path(tmp), rounds=3, seconds=s)
     print("image decoding ...", flush=True)
     r["decoding"] = decoding(20)
     print("cold starts ...", flush=True)

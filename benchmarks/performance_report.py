@@ -61,6 +61,26 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def monitoring_section(mon: Figures | None) -> list[str]:
+    """What monitoring and capture cost (benchmarks/monitoring_overhead.py), as ratios to ``plain``."""
+    if not mon:
+        return []
+    lines = ["", "## Prediction monitoring and capture", "",
+             f"MobileNetV2 at {mon['size']} px (small, so that the server's own work per request is a larger "
+             "share) served three times by one server: `plain` without reference statistics, `monitored` with "
+             "them (novelty and class drift on every request, the default for new exports), `captured` also "
+             f"capturing (`capture_sample` {mon['sample']}: {mon['captured']} images written during the run). "
+             f"Medians of {mon['rounds']} interleaved rounds of {mon['seconds']:.0f} s; ratios are to `plain` "
+             "in the same round.", "",
+             "| load | clients | plain images/s | monitored / plain images/s | captured / plain images/s "
+             "| monitored / plain p50 | captured / plain p50 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in mon["rows"]:
+        m, c = row["monitored_ratio"], row["captured_ratio"]
+        lines.append(f"| {row['load']} | {row['clients']} | {row['plain']['ips']:.0f} | {m['ips']:.3f} | "
+                     f"{c['ips']:.3f} | {m['p50']:.3f} | {c['p50']:.3f} |")  # fmt: skip
+    return lines
+
+
 def write_report(r: Figures, out: Path) -> None:
     images = out.parent / "performance"
     images.mkdir(parents=True, exist_ok=True)
@@ -149,6 +169,7 @@ def write_report(r: Figures, out: Path) -> None:
               "|---|---|---|---|"]  # fmt: skip
     for label, f in r["backends"].items():
         lines.append(f"| {label} | {_f(f['p50'])} | {f['ips']:.1f} | {_f(f.get('inprocess_ms'))} |")
+    lines += monitoring_section(r.get("monitoring"))
     lines += ["", "## Image decoding: full vs the fast JPEG path", "",
               "Per image, decode + resize to 224x224 in the server's decoder (`tlserve.service.images`); parity "
               "against the exported `predict_images` signature (TensorFlow decode + resize).", "",

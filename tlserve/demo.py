@@ -8,8 +8,10 @@ images too few to learn from scratch is what varies around the object, as in pho
 2. target task, digits 5-9, with only a few training images per class: that network reused as the
    base (frozen, then finetune), against MobileNetV2 from scratch on the same few images;
 3. the best target model exported to a model repository: SavedModel, ONNX fp32 and int8;
-4. a tlserve server started on that repository, classifying held-out digits through the native API
-   and TensorFlow Serving's API, with latencies, then stopped cleanly.
+4. a tlserve server started on that repository (``tlserve.demo_serving``): held-out digits through
+   the native API and TensorFlow Serving's API, photographs answered "unknown", production traffic
+   whose hard examples it captures, relabelled and trained on again, exported as version 2 and
+   swapped in without a restart; then stopped cleanly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tlserve.demo_serving import serve_demo
 from tlserve.errors import TlserveError, UsageError
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -33,6 +36,9 @@ TARGET_VAL_PER_CLASS = 60
 MAX_PER_CLASS = 60
 """The smallest digit class has 174 images: 60 for validation and up to 60 to train on; the source
 classes skip the same first 120 and draw their 400 scenes each from the remaining 54 or more."""
+PRODUCTION_PER_CLASS = 40
+"""Production traffic for the serving part (``tlserve.demo_serving``): target digits 120-159, which
+no run trains or validates on."""
 
 
 def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str, Path]:
@@ -43,7 +49,7 @@ def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str
     glyphs = scenes.digit_glyphs(seed)
     rng = np.random.default_rng(seed)
     root = workdir / "data"
-    paths = {"source": root / "source", "target_val": root / "target_val"}
+    paths = {"source": root / "source", "target_val": root / "target_val", "production": root / "production"}
     reserved = TARGET_VAL_PER_CLASS + max(per_class)
     for d in SOURCE_CLASSES:
         images = scenes.scenes(glyphs[d][reserved:], SOURCE_PER_CLASS, rng, IMAGE_SIZE)
@@ -57,6 +63,11 @@ def prepare_data(workdir: Path, per_class: list[int], seed: int = 0) -> dict[str
         for d in TARGET_CLASSES:
             pool = glyphs[d][TARGET_VAL_PER_CLASS : TARGET_VAL_PER_CLASS + n]
             scenes.write(paths[key] / f"digit_{d}", scenes.scenes(pool, n, rng, IMAGE_SIZE))
+    for d in TARGET_CLASSES:  # NOTE: after the others, so that adding it changed none of them
+        pool = glyphs[d][2 * MAX_PER_CLASS : 2 * MAX_PER_CLASS + PRODUCTION_PER_CLASS]
+        scenes.write(
+            paths["production"] / f"digit_{d}", scenes.scenes(pool, PRODUCTION_PER_CLASS, rng, IMAGE_SIZE)
+        )
     return paths
 
 
@@ -156,8 +167,8 @@ def run_demo(workdir: Path, per_class: list[int]) -> list[Row]:
             f"scratch {scratch_row.accuracy:.3f} ({best.accuracy - scratch_row.accuracy:+.3f})"
         )
     print(f"\nrun dirs under {runs}; open their history.png, confusion.png and mistakes.png")
-    published = export_best(workdir, rows, per_class)
-    serve_demo(workdir, paths["target_val"])
+    run_dir, published = export_best(workdir, rows, per_class)
+    serve_demo(workdir, paths, run_dir, paths[f"target_train_{max(per_class)}"])
     print_next_steps(workdir, published, paths["target_val"])
     return rows
 
@@ -179,8 +190,9 @@ def print_next_steps(workdir: Path, published: Path, val_dir: Path) -> None:
     )
 
 
-def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> Path:
-    """Publish the best transfer model of the largest target set: SavedModel, ONNX fp32 and int8."""
+def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> tuple[Path, Path]:
+    """Publish the best transfer model of the largest target set (SavedModel, ONNX fp32 and int8):
+    its run dir and version folder."""
     from tlserve.exporters.export import ExportOptions, export, summary_table
 
     n = max(per_class)
@@ -192,102 +204,4 @@ def export_best(workdir: Path, rows: list[Row], per_class: list[int]) -> Path:
     print(f"\npublished {result.path}")
     print(summary_table(result))
     assert isinstance(result.path, Path)
-    return result.path
-
-
-def serve_demo(workdir: Path, val_dir: Path, calls: int = 50) -> None:
-    """Serve the exported model, classify one held-out image per class through both APIs, print the
-    answers and batch-1 latencies, stop the server with SIGTERM."""
-    from tlserve.errors import TlserveError
-    from tlserve.service.bench.load import p50_ms
-    from tlserve.service.launch import ServerProcess
-
-    print(f"\n== serving {workdir / 'models'} over gRPC ==", flush=True)
-    samples = [(d, sorted((val_dir / f"digit_{d}").glob("*.png"))[0]) for d in TARGET_CLASSES]
-    threshold = unknown_threshold(workdir / "models" / "digits")
-    env = {}
-    if threshold is not None:
-        env["TLSERVE_MODELS__DIGITS__UNKNOWN_NOVELTY_ABOVE"] = f"{threshold:.3f}"
-        print(
-            f"unknown_novelty_above = {threshold:.2f}: the 99th percentile of the validation images' "
-            "novelty (reference.json), so images unlike the training data are answered 'unknown'"
-        )
-    with ServerProcess(workdir / "models", env=env) as server:
-        with server.client() as client:
-            client.wait_ready("digits")
-            print(f"server {server.target} ready in {time.perf_counter() - server.started:.1f} s")
-            labels = client.list_models()["digits"][-1].labels
-            width = max(len(str(path.relative_to(val_dir))) for _, path in samples)
-            print(
-                f"{'image':<{width}}  {'true':<8} {'native Classify':<16} TF Serving Predict (predict_images)"
-            )
-            for digit, path in samples:
-                data = path.read_bytes()
-                top = client.classify("digits", [data], top_k=1).predictions[0][0]
-                version, probabilities = client.predict_images("digits", [data])
-                best = int(probabilities[0].argmax())
-                print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}"
-                      f"    {labels[best]} {probabilities[0, best]:.3f} (version {version})")  # fmt: skip
-            scorer = novelty_scorer(workdir / "models" / "digits")
-            if threshold is not None and scorer is not None:
-                digits = client.classify("digits", [p.read_bytes() for _, p in samples], embedding=True)
-                assert digits.embedding is not None
-                scores = scorer.novelty(digits.embedding)
-                print(f"novelty of the five digits above: {', '.join(f'{v:.2f}' for v in scores)}")
-                print("images from another domain (scikit-learn's sample photographs, cropped):")
-                for name, photo in other_domain():
-                    answer = client.classify("digits", [photo], top_k=2, embedding=True)
-                    shown = ", ".join(f"{label.label} {label.score:.3f}" for label in answer.predictions[0])
-                    assert answer.embedding is not None
-                    print(f"  {name:<22} novelty {scorer.novelty(answer.embedding)[0]:.2f}  {shown}")
-            data = samples[0][1].read_bytes()
-            native = p50_ms(lambda: client.classify("digits", [data]), calls, warmup=0)
-            tfs = p50_ms(lambda: client.predict_images("digits", [data]), calls, warmup=0)
-            print(
-                f"batch-1 latency over {calls} calls, p50: native {native:.2f} ms, "
-                f"TF Serving API {tfs:.2f} ms"
-            )
-        code = server.stop()
-    if code != 0:
-        raise TlserveError(f"the server exited with code {code}:\n{server.log}")
-    print("server stopped cleanly (SIGTERM, exit code 0)")
-
-
-def unknown_threshold(model_dir: Path) -> float | None:
-    """The 99th percentile of the newest version's validation novelty (at least the training edge,
-    1.0); None for a version without reference statistics."""
-    from tlserve import repository as repo
-
-    version_dir = model_dir / str(max(repo.versions(model_dir)))
-    data = repo.read_reference(version_dir, repo.Manifest.read(version_dir))
-    if data is None or "validation_novelty" not in data:
-        return None
-    quantiles = data["validation_novelty"]["quantiles"]
-    return max(1.0, float(data["validation_novelty"]["values"][quantiles.index(0.99)]))
-
-
-def novelty_scorer(model_dir: Path) -> Any:
-    """The newest version's centroids (``tlserve.novelty.Centroids``) from its reference.json."""
-    from tlserve import repository as repo
-    from tlserve.service.monitor import Reference
-
-    version_dir = model_dir / str(max(repo.versions(model_dir)))
-    data = repo.read_reference(version_dir, repo.Manifest.read(version_dir))
-    return None if data is None else Reference.from_data(data).centroids_of
-
-
-def other_domain() -> list[tuple[str, bytes]]:
-    """Crops of the two photographs scikit-learn installs (no download), as PNG."""
-    import io
-
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    crops = []
-    for name, photo in zip(("china.jpg", "flower.jpg"), load_sample_images().images, strict=True):
-        h, w = photo.shape[:2]
-        for where, (top, left) in (("top left", (0, 0)), ("centre", (h // 4, w // 4))):
-            buffer = io.BytesIO()
-            Image.fromarray(photo[top : top + h // 2, left : left + w // 2]).save(buffer, "PNG")
-            crops.append((f"{name} {where}", buffer.getvalue()))
-    return crops
+    return run_dir, result.path

@@ -19,7 +19,15 @@ from tlserve.service.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-BUILDS = ["base", "overlays/cpu", "overlays/gpu", "overlays/bucket", "overlays/kserve", "training"]
+BUILDS = [
+    "base",
+    "overlays/cpu",
+    "overlays/gpu",
+    "overlays/bucket",
+    "overlays/capture",
+    "overlays/kserve",
+    "training",
+]
 KUBERNETES = "1.34.0"
 # Custom resources kubernetes-validate has no schema for: checked here by kind and fields instead.
 SKIPPED_CRDS = {"ServiceMonitor", "PrometheusRule", "ServingRuntime", "InferenceService"}
@@ -96,7 +104,7 @@ def test_drain_fits_in_the_termination_grace(built: dict[str, list[dict[str, Any
 
 
 def test_pods_are_locked_down(built: dict[str, list[dict[str, Any]]]) -> None:
-    for path in ("base", "overlays/gpu", "overlays/bucket", "training"):
+    for path in ("base", "overlays/gpu", "overlays/bucket", "overlays/capture", "training"):
         kind = "Job" if path == "training" else "Deployment"
         pod = one(built[path], kind)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -127,6 +135,7 @@ def test_image_tags_are_dockerfile_targets(built: dict[str, list[dict[str, Any]]
         "overlays/cpu": "serve",
         "overlays/gpu": "serve-gpu",
         "overlays/bucket": "serve",
+        "overlays/capture": "serve",
     }
     assert tags == {**expected, "overlays/kserve": "serve", "training": "train"}
     assert set(tags.values()) <= STAGES
@@ -154,6 +163,30 @@ def test_bucket_overlay_serves_a_url_with_a_cache_and_an_identity(
     egress = one(docs, "NetworkPolicy")["spec"]["egress"]
     assert {"port": 443, "protocol": "TCP"} in [p for rule in egress for p in rule["ports"]]
     assert one(built["base"], "NetworkPolicy")["spec"]["egress"] == []  # the volume-backed base needs none
+
+
+def test_capture_overlay_writes_one_folder_per_pod_on_a_shared_claim(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = built["overlays/capture"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert list(env) == ["POD_NAME", "TLSERVE_CAPTURE_DIR"]  # NOTE: $(POD_NAME) expands only if defined first
+    folder = env["TLSERVE_CAPTURE_DIR"]["value"]
+    assert folder.endswith("/$(POD_NAME)")
+    [mount] = [m for m in container["volumeMounts"] if folder.startswith(m["mountPath"] + "/")]
+    assert not mount.get("readOnly")  # the root file system is read-only: the volume takes the writes
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    data = one(docs, "ConfigMap")["data"]
+    values = {
+        k.removeprefix("TLSERVE_").lower(): v for k, v in data.items() if k.startswith("TLSERVE_CAPTURE")
+    }
+    settings = ServerSettings(capture_dir="/captures/pod-0", **values)  # the server accepts them together
+    assert settings.capture_below == 0.5 and settings.capture_novelty_above == 1.0
 
 
 def test_kserve_runtime_speaks_oip_grpc(built: dict[str, list[dict[str, Any]]]) -> None:

@@ -55,7 +55,8 @@ def test_triggers_layout_and_journal(tmp_path: Path) -> None:
     images = [encoded("red"), encoded("green", "JPEG"), encoded("blue")]
     token = logs.request_id.set("req-1")
     try:
-        capture.offer(prediction([[0.9, 0.05, 0.05], [0.3, 0.5, 0.2], [0.1, 0.1, 0.8]], [0.5, 0.7, 1.4]), images)
+        scores = [[0.9, 0.05, 0.05], [0.3, 0.5, 0.2], [0.1, 0.1, 0.8]]
+        capture.offer(prediction(scores, [0.5, 0.7, 1.4]), images)
     finally:
         logs.request_id.reset(token)
     capture.close()
@@ -68,7 +69,8 @@ def test_triggers_layout_and_journal(tmp_path: Path) -> None:
     assert (root / "colors" / "blue" / "req-1-2.png").read_bytes() == images[2]
     assert not (root / "colors" / "red").exists()
     first = lines[0]
-    assert (first["request_id"], first["model"], first["version"], first["label"]) == ("req-1", "colors", 3, "green")
+    assert (first["request_id"], first["model"], first["version"]) == ("req-1", "colors", 3)
+    assert first["label"] == "green"
     assert first["top"][0] == ["green", 0.5] and len(first["top"]) == 3 and first["novelty"] == 0.7
     assert first["time"].endswith("Z")
     assert outcome(metrics, "written") == 2 and outcome(metrics, "failed") == 0
@@ -99,7 +101,8 @@ def test_pixel_tensors_are_written_as_png_and_sampling(tmp_path: Path) -> None:
 def test_request_ids_and_labels_never_leave_the_folder(tmp_path: Path) -> None:
     assert safe_name("../../etc/passwd", "x") == "_.._etc_passwd"
     assert safe_name("..", "fallback") == "fallback" and safe_name("", "fallback") == "fallback"
-    assert label_folder("digit_7") == "digit_7" and label_folder("a/b") == "a_b" and label_folder("..") == "unnamed"
+    assert label_folder("digit_7") == "digit_7" and label_folder("a/b") == "a_b"
+    assert label_folder("..") == "unnamed" and label_folder(".hidden") == "hidden"
     root = tmp_path / "captured"
     capture, _ = capturer(root, capture_sample=1.0)
     token = logs.request_id.set("../../escape")
@@ -109,7 +112,8 @@ def test_request_ids_and_labels_never_leave_the_folder(tmp_path: Path) -> None:
     finally:
         logs.request_id.reset(token)
     capture.close()
-    assert sorted(p.name for p in (root / "colors" / "red").iterdir()) == ["_.._escape-1.png", "_.._escape.png"]
+    names = sorted(p.name for p in (root / "colors" / "red").iterdir())
+    assert names == ["_.._escape-1.png", "_.._escape.png"]
     assert [e["request_id"] for e in journal(root)] == ["../../escape"] * 2  # as sent, in the journal only
     assert {p.name for p in tmp_path.iterdir()} == {"captured"}
 
@@ -202,7 +206,7 @@ def test_a_server_captures_and_its_folder_trains(exported: Any, run_dir: Path, t
     try:
         with server.client(timeout_s=60) as client:
             client.wait_ready("colors")
-            for colour, images in colours.items():
+            for images in colours.values():
                 for image in images:
                     client.classify("colors", [image], top_k=1)
             client.classify("colors", photographs()[:3])

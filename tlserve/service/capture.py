@@ -179,7 +179,7 @@ class Capturer:
             if self._full() and time.monotonic() - self._counted_at < RESCAN_S:  # else the writer recounts
                 outcome(prediction.name, "budget").inc()
                 continue
-            data = inputs[i] if not isinstance(inputs, np.ndarray) else _pixels(inputs[i])
+            data = _pixels(inputs[i]) if isinstance(inputs, np.ndarray) else bytes(inputs[i])
             label = prediction.labels[int(best[i])]
             order = np.argsort(-probabilities[i], kind="stable")[:TOP]
             record: dict[str, object] = {

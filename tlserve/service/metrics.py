@@ -205,7 +205,7 @@ class VersionMetrics:
             self._minimum = minimum(len(labels))
             self.novelty = self._metrics.novelty.labels(*self._labels)
             self.drift = self._metrics.class_drift.labels(*self._labels)
-            self.drift.set(math.nan)
+            self.drift.set_function(self._drift)  # NOTE: computed when scraped, not per request
 
     def predicted(self, outputs: Outputs, novelty: np.ndarray | None = None) -> None:
         """Record one request's answers and their novelty (after it was answered: never raises)."""
@@ -230,8 +230,13 @@ class VersionMetrics:
             for value in novelty.tolist():
                 self.novelty.observe(value)
         self._window.add(top)
-        if self._window.seen >= self._minimum:
-            self.drift.set(js_divergence(self._window.distribution(), self._reference.priors))
+
+    def _drift(self) -> float:
+        """The class drift now (NaN until ``minimum`` images); on the scraping thread, from a copy."""
+        window, reference = self._window, self._reference
+        if window is None or reference is None or window.seen < self._minimum:
+            return math.nan
+        return js_divergence(window.distribution(), reference.priors)
 
     def serving(self, capacity: int) -> None:
         self._metrics.model_info.labels(*self._info).set(1)

@@ -16,7 +16,8 @@ metrics in ``tlserve.service.metrics``):
   and 1000 images), so both grow with the class count K: the chance level stays below ~0.02.
 
 All of it runs on the event loop after the batch answered: a few numpy operations on [N, D] and a
-counter per image, no lock (one thread), nothing that can fail a request.
+counter per image, no lock (one thread), nothing that can fail a request; the drift itself is
+computed when Prometheus scrapes it, from a copy of the window's counts.
 """
 
 from __future__ import annotations
@@ -137,4 +138,5 @@ class ClassWindow:
             self.seen += 1
 
     def distribution(self) -> np.ndarray:
-        return self._counts / max(int(self._counts.sum()), 1)
+        counts = self._counts.copy()  # NOTE: read on the scraping thread while the loop adds
+        return counts / max(int(counts.sum()), 1)
