@@ -7,7 +7,8 @@ scikit-learn's two sample photographs (and their four crops, as the demo sends t
 set, the AUROC of novelty (1.0: every stranger scores above every own image; 0.5: chance), the
 AUROC of 1 - top score for comparison, and the share of each set beyond novelty 1.0 (the documented
 "unknown" threshold). The images go through the version's ONNX file at its input size (bilinear
-resize, as ``predict_images`` does); novelty is computed as the server computes it.
+resize without antialiasing, as ``predict_images`` and the server do); novelty is computed as the
+server computes it.
 
     python benchmarks/novelty_auroc.py demo-output/models/digits/1 demo-output/data/target_val
 """
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from tlserve import repository as repo
+from tlserve.service.images import resize_bilinear
 from tlserve.service.monitor import Reference
 
 
@@ -77,7 +79,7 @@ def main() -> int:
 
     def score(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.stack([
-            np.asarray(Image.fromarray(i).convert("RGB").resize((width, height), Image.BILINEAR), np.float32)
+            resize_bilinear(np.asarray(Image.fromarray(i).convert("RGB"), np.float32), height, width)
             for i in images
         ])  # fmt: skip
         probabilities, embedding = session.run(["probabilities", "embedding"], {name: pixels})

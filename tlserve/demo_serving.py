@@ -197,6 +197,10 @@ def swap(client: Any, models: Path, run_dir: Path, val_dir: Path) -> None:
         top = answer.predictions[0][0]
         shown = f"{top.label} {top.score:.3f} (version {answer.version})"
         print(f"  {path.relative_to(val_dir)}  {path.parent.name}  {shown}")
+    quantiles = validation_novelty(models / "digits")
+    if quantiles is not None:
+        print(f"version {version}'s validation novelty is {quantiles}: each version has its own training "
+              "edge, so choose unknown_novelty_above again for it (docs/loop.md)")  # fmt: skip
 
 
 def validation_novelty(model_dir: Path) -> str | None:

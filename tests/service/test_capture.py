@@ -178,6 +178,74 @@ def test_a_full_queue_drops_rather_than_waits(tmp_path: Path, monkeypatch: Any) 
     assert outcome(metrics, "queue_full") == 1 and outcome(metrics, "written") == 0
 
 
+def test_the_queue_drains_whatever_passes_through_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """Room for about one image at a time: offered one after another, each once the last is
+    written, every image is written (the pending count goes back to zero each time)."""
+    import time
+
+    from tlserve.service import capture as module
+
+    image = encoded("red")
+    monkeypatch.setattr(module, "PENDING_BYTES", len(image) + 10)
+    capture, metrics = capturer(tmp_path / "captured", capture_sample=1.0)
+    for n in range(1, 6):
+        capture.offer(prediction([[0.9, 0.05, 0.05]]), [image])
+        deadline = time.monotonic() + 10
+        while outcome(metrics, "written") < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    capture.close()
+    assert outcome(metrics, "written") == 5 and outcome(metrics, "queue_full") == 0
+
+
+def test_a_failed_journal_write_leaves_neither_half_a_line_nor_its_image(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A disk that fills in the middle of a line: the line is cut off again and its image removed;
+    the next capture's line parses."""
+    from tlserve.service import capture as module
+
+    real_write, calls = module.os.write, []
+
+    def full_once(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:  # the second capture's line: half written, then the disk is full
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(module.os, "write", full_once)
+    root = tmp_path / "captured"
+    capture, metrics = capturer(root, capture_sample=1.0)
+    for seed in range(3):
+        capture.offer(prediction([[0.9, 0.05, 0.05]]), [encoded("red", seed=seed)])
+    capture.close()
+    lines = journal(root)  # json.loads on every line
+    assert len(lines) == 2 and outcome(metrics, "failed") == 1 and outcome(metrics, "written") == 2
+    assert sorted(p.name for p in (root / "colors" / "red").iterdir()) == sorted(
+        Path(e["file"]).name for e in lines
+    )
+
+
+def test_settings_from_several_sources_are_checked_together(tmp_path: Path, monkeypatch: Any) -> None:
+    """capture_dir in the environment and a trigger in a flag (or a model's in the environment and
+    the folder in a file) are one valid configuration; a model's variable adds to its file section."""
+    from tlserve.service.settings import load_settings
+
+    monkeypatch.setenv("TLSERVE_CAPTURE_DIR", str(tmp_path))
+    assert load_settings(None, capture_below=0.5).capture_below == 0.5
+    monkeypatch.delenv("TLSERVE_CAPTURE_DIR")
+    config = tmp_path / "tlserve.json"
+    config.write_text(
+        json.dumps({"capture_dir": str(tmp_path), "models": {"colors": {"unknown_below": 0.3}}})
+    )
+    monkeypatch.setenv("TLSERVE_MODELS__COLORS__CAPTURE_BELOW", "0.5")
+    colors = load_settings(config).for_model("colors")
+    assert (colors.capture_below, colors.unknown_below) == (0.5, 0.3)
+    monkeypatch.delenv("TLSERVE_MODELS__COLORS__CAPTURE_BELOW")
+    with pytest.raises(ValueError, match="nothing triggers a capture"):
+        load_settings(None, capture_dir=tmp_path)
+
+
 def test_settings_want_a_folder_and_a_trigger_together(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing triggers a capture"):
         ServerSettings(capture_dir=tmp_path)
@@ -236,4 +304,3 @@ def test_a_server_captures_and_its_folder_trains(exported: Any, run_dir: Path, t
     dataset = rundir.read_run_json(out)["dataset"]
     assert dataset["classes"] == ["blue", "green", "red"]
     assert dataset["train_images"] + dataset["val_images"] == 13
-    assert "captures.jsonl" not in dataset["skipped_files"]

@@ -24,6 +24,7 @@ its class folder, so a class folder never holds half an image.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -36,7 +37,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -93,7 +94,7 @@ class Item:
     label: str
     stem: str
     data: bytes | np.ndarray
-    """The encoded image, or uint8 pixels [H, W, 3] to write as PNG."""
+    """The encoded image, or float32 pixels [H, W, 3] (RGB 0..255) to write as PNG."""
     record: dict[str, object]
     size: int = field(init=False)
 
@@ -142,7 +143,8 @@ class Capturer:
         self.bytes = 0
         self.files = 0
         self._counted_at = -RESCAN_S
-        self._journals: dict[str, IO[str]] = {}
+        self._journals: dict[Path, int] = {}
+        """Per model folder, the file descriptor of its captures.jsonl (the writer's only)."""
         self._errors = 0
         self._error_logged_at = -ERROR_LOG_S
         self._warned: set[tuple[str, int]] = set()
@@ -179,14 +181,15 @@ class Capturer:
             if self._full() and time.monotonic() - self._counted_at < RESCAN_S:  # else the writer recounts
                 outcome(prediction.name, "budget").inc()
                 continue
-            data = _pixels(inputs[i]) if isinstance(inputs, np.ndarray) else bytes(inputs[i])
+            # NOTE: copies (the request's buffers are not kept); tensors become PNG on the writer
+            data = np.array(inputs[i]) if isinstance(inputs, np.ndarray) else bytes(inputs[i])
             label = prediction.labels[int(best[i])]
             order = np.argsort(-probabilities[i], kind="stable")[:TOP]
             record: dict[str, object] = {
                 "request_id": logs.request_id.get() or rid, "time": stamp, "model": prediction.name,
                 "version": prediction.version, "file": "", "label": label,
                 "top": [[prediction.labels[int(j)], round(float(probabilities[i, j]), 6)] for j in order],
-                "novelty": None if prediction.novelty is None else round(float(prediction.novelty[i]), 4),
+                "novelty": _finite(None if prediction.novelty is None else prediction.novelty[i]),
                 "trigger": why,
             }  # fmt: skip
             stem = rid if len(reasons) == 1 else f"{rid}-{i}"
@@ -226,6 +229,8 @@ class Capturer:
                     self._ready.wait()
                 item = self._queue.popleft()
             if item is None:
+                for model_dir in list(self._journals):
+                    self._close_journal(model_dir)
                 return
             try:
                 self._write(item)
@@ -237,7 +242,7 @@ class Capturer:
                     self._pending -= item.size
 
     def _write(self, item: Item) -> None:
-        data = item.data if isinstance(item.data, bytes) else png(item.data)
+        data = item.data if isinstance(item.data, bytes) else png(_pixels(item.data))
         ext = extension(data)
         if not self._room(len(data)):
             self.metrics.captures.labels(item.model, "budget").inc()
@@ -250,24 +255,20 @@ class Capturer:
         staged = partial / f"{uuid.uuid4().hex}.{ext}"
         try:
             staged.write_bytes(data)
-            final = _free_name(folder, item.stem, ext)
-            os.replace(staged, final)
+            final = _place(staged, folder, item.stem, ext)
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink(missing_ok=True)
         item.record["file"] = f"{folder.name}/{final.name}"
-        line = json.dumps(item.record, separators=(",", ":")) + "\n"
+        line = (json.dumps(item.record, separators=(",", ":"), allow_nan=False) + "\n").encode()
         try:
-            journal = self._journal(model_dir)
-            journal.write(line)
-            journal.flush()
+            self._append(model_dir, line)
         except Exception:
             with contextlib.suppress(OSError):  # NOTE: no image without its line
                 final.unlink()
-            self._drop_journal(model_dir)  # NOTE: its buffer may hold part of the line
             raise
         self.files += 1
-        self.bytes += len(data) + len(line.encode())
+        self.bytes += len(data) + len(line)
         self._gauges()
         self.metrics.captures.labels(item.model, "written").inc()
 
@@ -299,21 +300,37 @@ class Capturer:
         self.metrics.capture_files.set(self.files)
         self.metrics.capture_bytes.set(self.bytes)
 
-    def _journal(self, model_dir: Path) -> IO[str]:
-        key = str(model_dir)
-        journal = self._journals.get(key)
-        if journal is None or not (model_dir / JSONL).exists():  # NOTE: reopened if moved away
-            if journal is not None:
-                with contextlib.suppress(OSError):
-                    journal.close()
-            journal = self._journals[key] = open(model_dir / JSONL, "a", encoding="utf-8")  # noqa: SIM115
-        return journal
-
-    def _drop_journal(self, model_dir: Path) -> None:
-        journal = self._journals.pop(str(model_dir), None)
-        if journal is not None:
+    def _append(self, model_dir: Path, line: bytes) -> None:
+        """``line`` at the end of the folder's captures.jsonl in one write, or not at all: a short or
+        failed write (a full disk) is cut off again, so the journal never holds half a line."""
+        fd = self._journal(model_dir)
+        end = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write to captures.jsonl")
+        except OSError:
             with contextlib.suppress(OSError):
-                journal.close()
+                os.ftruncate(fd, end)
+            raise
+
+    def _journal(self, model_dir: Path) -> int:
+        path = model_dir / JSONL
+        fd = self._journals.get(model_dir)
+        if fd is not None:
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except OSError:  # NOTE: moved or deleted by hand: a new one
+                pass
+            self._close_journal(model_dir)
+        fd = self._journals[model_dir] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return fd
+
+    def _close_journal(self, model_dir: Path) -> None:
+        fd = self._journals.pop(model_dir, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _failed(self, exc: Exception) -> None:
         self._errors += 1
@@ -324,26 +341,38 @@ class Capturer:
             self._errors, self._error_logged_at = 0, now
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is queued (for up to ``timeout_s``), then stop the writer."""
+        """Write what is queued (for up to ``timeout_s``; a writer still busy then finishes on its
+        own, a daemon thread), then stop the writer. Blocks: call it off the event loop."""
         with self._ready:
             self._queue.append(None)
             self._ready.notify()
         self._thread.join(timeout_s)
-        for journal in self._journals.values():
-            with contextlib.suppress(OSError):
-                journal.close()
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number, or None (JSON has no NaN or infinity)."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
 def _pixels(image: np.ndarray) -> np.ndarray:
-    """A float32 RGB 0..255 image as uint8 (a copy: the request's tensor is not kept)."""
+    """A float32 RGB 0..255 image as uint8."""
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _free_name(folder: Path, stem: str, ext: str) -> Path:
-    """``folder/stem.ext``, or ``stem-1.ext``... when taken (a client reusing a request id)."""
-    candidate = folder / f"{stem}.{ext}"
+def _place(staged: Path, folder: Path, stem: str, ext: str) -> Path:
+    """Link ``staged`` into ``folder`` as ``stem.ext``, or ``stem-1.ext``... when the name is taken
+    (a client reusing a request id, a file a labeller moved in): never over an existing file."""
     n = 0
-    while candidate.exists():
-        n += 1
-        candidate = folder / f"{stem}-{n}.{ext}"
-    return candidate
+    while True:
+        final = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")
+        try:
+            os.link(staged, final)
+            return final
+        except FileExistsError:
+            n += 1
+        except OSError:  # NOTE: a file system without hard links
+            if final.exists():
+                n += 1
+                continue
+            os.replace(staged, final)
+            return final

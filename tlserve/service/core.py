@@ -7,6 +7,7 @@ their protos to these calls and map ``ServiceError.code`` to their own statuses.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,8 +66,8 @@ class InferenceCore:
                 prediction = await self._run(served, inputs, deadline)
             else:
                 prediction = await self._images(served, inputs, deadline)
-        if self.capture is not None:
-            self.capture.offer(prediction, inputs)
+        if self.capture is not None:  # NOTE: on the loop's next turn, once this answer is on its way
+            asyncio.get_running_loop().call_soon(self.capture.offer, prediction, inputs)
         return prediction
 
     async def classify(

@@ -236,7 +236,11 @@ class VersionMetrics:
         window, reference = self._window, self._reference
         if window is None or reference is None or window.seen < self._minimum:
             return math.nan
-        return js_divergence(window.distribution(), reference.priors)
+        try:
+            return js_divergence(window.distribution(), reference.priors)
+        except Exception:  # NOTE: an error here would fail the whole scrape
+            log.exception("computing the class drift failed")
+            return math.nan
 
     def serving(self, capacity: int) -> None:
         self._metrics.model_info.labels(*self._info).set(1)

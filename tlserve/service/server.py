@@ -310,8 +310,8 @@ class Server:
             self._metrics_http.shutdown()
         self._compute.shutdown(wait=False)
         self._decoder.close()
-        if self._capture is not None:
-            self._capture.close()
+        if self._capture is not None:  # NOTE: writes what is queued, for up to 5 s, off the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._capture.close)
         log.info("stopped")
 
 

@@ -7,6 +7,7 @@ file (``--config FILE`` or ``TLSERVE_CONFIG``, JSON or TOML), the defaults below
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from tlserve import storage
 from tlserve.errors import UsageError
 from tlserve.service import gif
 
+_PARTIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("partial_settings", default=False)
+"""True while ``load_settings`` reads the environment alone: checks across settings wait for the merge."""
 Backend = Literal["onnxruntime", "tensorflow"]
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 _POLICY = re.compile(r"^(latest(:[1-9][0-9]*)?|all|versions:[1-9][0-9]*(,[1-9][0-9]*)*)$")
@@ -352,6 +355,8 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
+        if _PARTIAL.get():  # NOTE: the environment alone (load_settings); checked once merged
+            return self
         if "auth_tokens" in self.model_fields_set and not self.auth_tokens:  # NOTE: fail closed
             raise ValueError("auth_tokens is set but holds no token (an empty TLSERVE_AUTH_TOKENS would "
                              "otherwise turn authentication off)")  # fmt: skip
@@ -450,7 +455,18 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServerSetting
     unknown = sorted(set(file_values) - set(ServerSettings.model_fields))
     if unknown:
         raise ValueError(f"unknown setting(s) in {config}: {', '.join(unknown)}")
-    from_env = ServerSettings()  # environment over defaults
-    env_set = from_env.model_fields_set
-    merged = {**file_values, **{k: getattr(from_env, k) for k in env_set}, **overrides}
+    token = _PARTIAL.set(True)
+    try:
+        from_env = ServerSettings()  # environment over defaults
+    finally:
+        _PARTIAL.reset(token)
+    env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+    if "models" in env_values and isinstance(file_values.get("models"), dict):
+        # NOTE: TLSERVE_MODELS__NAME__KEY sets one key of the file's models.NAME, not all of it
+        models = {n: dict(v) if isinstance(v, dict) else v for n, v in file_values["models"].items()}
+        for name, own in from_env.models.items():
+            base = models.get(name)
+            models[name] = {**(base if isinstance(base, dict) else {}), **own.model_dump(exclude_unset=True)}
+        env_values["models"] = models
+    merged = {**file_values, **env_values, **overrides}
     return ServerSettings.model_validate(merged)
