@@ -184,9 +184,10 @@ def print_next_steps(workdir: Path, published: Path, val_dir: Path) -> None:
         "  tlserve export runs/mine --repository models --name mine\n"
         "  tlserve serve --repository models\n"
         "  tlserve predict IMAGE.png --model mine\n"
-        f"this demo's model, published as {published}:\n"
+        f"this demo's model, published as {published} and, after the loop, as version 2 beside it:\n"
         f"  tlserve serve --repository {workdir / 'models'}\n"
-        f"  tlserve predict {sample} --model digits"
+        f"  tlserve predict {sample} --model digits\n"
+        "the loop on your own server: docs/loop.md"
     )
 
 

@@ -88,8 +88,16 @@ def test_pixel_tensors_are_written_as_png_and_sampling(tmp_path: Path) -> None:
     assert [e["trigger"] for e in lines] == [["sample"], ["sample"]]
     written = np.asarray(Image.open(root / "colors" / lines[1]["file"]))
     assert lines[1]["file"].startswith("blue/") and lines[1]["file"].endswith(".png")
-    np.testing.assert_array_equal(written, np.rint(pixels[1]).astype(np.uint8))
     assert outcome(metrics, "written") == 2
+    np.testing.assert_array_equal(written, np.rint(pixels[1]).astype(np.uint8))
+    capture, metrics = capturer(root, capture_sample=1.0)  # uint8 tensors are written as they came
+    exact = np.random.default_rng(1).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    capture.offer(prediction([[0.9, 0.05, 0.05]]), exact)
+    capture.close()
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(root / "colors" / journal(root)[2]["file"])), exact[0]
+    )
+    assert outcome(metrics, "written") == 1
 
     none = tmp_path / "none"
     capture, metrics = capturer(none, capture_sample=0.0, capture_below=0.01)  # no image is that unsure

@@ -155,7 +155,7 @@ BAD_REQUESTS = {
         lambda: predict_request(signature="nope", image=_pixels()), INVALID, "signature 'nope'"),
     "wrong input name": (lambda: predict_request(pixels=_pixels()), INVALID, "got: pixels"),
     "wrong dtype": (
-        lambda: predict_request(image=_pixels().astype(np.int32)), INVALID, "float32; got int32"),
+        lambda: predict_request(image=_pixels().astype(np.int32)), INVALID, "float32 or uint8; got int32"),
     "wrong shape": (
         lambda: predict_request(image=np.zeros((1, SIZE + 1, SIZE, 3), np.float32)),
         INVALID, f"[N, {SIZE}, {SIZE}, 3]"),

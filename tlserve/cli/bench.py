@@ -41,8 +41,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address")
     p.add_argument("--api", choices=["native", "tfs", "v2"], default="tfs",
                    help="native: tlserve.v1 Classify; tfs: TF Serving Predict; v2: ModelInfer")  # fmt: skip
-    p.add_argument("--input", choices=["tensor", "jpeg"],
-                   help="request content (default: jpeg for native or --image, else tensor)")  # fmt: skip
+    p.add_argument("--input", choices=["tensor", "uint8", "jpeg"],
+                   help="request content: tensor (float32 pixels), uint8 (pixels, a quarter of the bytes), "
+                   "jpeg (default: jpeg for native or --image, else tensor)")  # fmt: skip
     p.add_argument("--image", type=local, metavar="FILE", help="send this image file (with --input jpeg)")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per request")
     p.add_argument("--concurrency", type=int, metavar="N", help="closed loop: clients (default: 1)")

@@ -94,7 +94,7 @@ class Item:
     label: str
     stem: str
     data: bytes | np.ndarray
-    """The encoded image, or float32 pixels [H, W, 3] (RGB 0..255) to write as PNG."""
+    """The encoded image, or pixels [H, W, 3] (RGB 0..255, float32 or uint8) to write as PNG."""
     record: dict[str, object]
     size: int = field(init=False)
 
@@ -355,8 +355,8 @@ def _finite(value: Any) -> float | None:
 
 
 def _pixels(image: np.ndarray) -> np.ndarray:
-    """A float32 RGB 0..255 image as uint8."""
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    """An RGB 0..255 image (float32 or uint8) as uint8."""
+    return image if image.dtype == np.uint8 else np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _place(staged: Path, folder: Path, stem: str, ext: str) -> Path:

@@ -32,6 +32,7 @@ from tlserve.service.bench import report
 from tlserve.service.bench.calls import (
     APIS,
     INPUTS,
+    PIXELS,
     Payload,
     Request,
     bearer,
@@ -56,7 +57,8 @@ class BenchOptions:
     server: str = "localhost:8500"
     api: str = "tfs"
     input: str | None = None
-    """"tensor" or "jpeg"; None: jpeg for the native API or with ``image``, tensor otherwise."""
+    """"tensor" (float32 pixels), "uint8" (uint8 pixels) or "jpeg"; None: jpeg for the native API or
+    with ``image``, tensor otherwise."""
     batch_size: int = 1
     concurrency: int | None = None
     """Closed loop with this many clients (1 when neither this nor ``rate`` is set)."""
@@ -101,11 +103,11 @@ def _check(options: BenchOptions) -> tuple[str, Load, bytes | None]:
     kind = options.input or ("jpeg" if options.api == "native" or options.image else "tensor")
     if kind not in INPUTS:
         raise UsageError(f"--input must be one of {', '.join(INPUTS)}; got {kind!r}")
-    if kind == "tensor" and options.api == "native":
+    if kind in PIXELS and options.api == "native":
         raise UsageError("the native API takes encoded images only: use --input jpeg, or --api tfs or v2 "
-                         "for --input tensor")  # fmt: skip
-    if kind == "tensor" and options.image is not None:
-        raise UsageError("--image is sent as encoded bytes, with --input jpeg; --input tensor sends "
+                         f"for --input {kind}")  # fmt: skip
+    if kind in PIXELS and options.image is not None:
+        raise UsageError(f"--image is sent as encoded bytes, with --input jpeg; --input {kind} sends "
                          "random pixels")  # fmt: skip
     if options.inprocess and options.repository is None:
         raise UsageError("--inprocess loads the model from a repository: add --repository REPO (the one "
@@ -188,8 +190,8 @@ def _header(
     baseline: Baseline | None,
 ) -> list[str]:
     """What was measured, how, and against what: the lines above the table."""
-    if kind == "tensor":
-        sent = "random float32 pixels"
+    if kind in PIXELS:
+        sent = f"random {'float32' if kind == 'tensor' else 'uint8'} pixels"
     else:
         sent = f"{options.image or 'a generated JPEG'}, {len((payload.images or [b''])[0])} bytes"
     mode = f"closed loop, concurrency {load.concurrency}"

@@ -24,14 +24,17 @@ from tlserve.service.bench.stats import OK, Outcome
 from tlserve.service.client import MAX_MESSAGE_BYTES, Tls
 
 APIS = ("native", "tfs", "v2")
-INPUTS = ("tensor", "jpeg")
+INPUTS = ("tensor", "uint8", "jpeg")
+PIXELS = ("tensor", "uint8")
+"""The inputs that send pixels (float32, uint8) rather than encoded images."""
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Payload:
-    """One request's images: float32 pixels [B, H, W, 3] (tensor input) or B encoded images (jpeg)."""
+    """One request's images: pixels [B, H, W, 3] (float32 for tensor input, uint8 for uint8) or B
+    encoded images (jpeg)."""
 
     pixels: np.ndarray | None = None
     images: list[bytes] | None = None
@@ -49,9 +52,9 @@ def generated_jpeg(height: int, width: int) -> bytes:
 
 
 def make_payload(kind: str, batch: int, height: int, width: int, image: bytes | None = None) -> Payload:
-    if kind == "tensor":
-        pixels = np.random.default_rng(0).uniform(0, 255, (batch, height, width, 3)).astype(np.float32)
-        return Payload(pixels=pixels)
+    if kind in PIXELS:
+        pixels = np.random.default_rng(0).uniform(0, 255, (batch, height, width, 3))
+        return Payload(pixels=pixels.astype(np.float32) if kind == "tensor" else pixels.astype(np.uint8))
     return Payload(images=[image if image is not None else generated_jpeg(height, width)] * batch)
 
 

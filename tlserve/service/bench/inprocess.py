@@ -88,6 +88,8 @@ def _predictor(baseline: Baseline, payload: Payload, height: int, width: int) ->
         if pixels is None:
             assert payload.images is not None
             pixels = decode_batch(payload.images, height, width, formats, max_pixels)
+        elif pixels.dtype != np.float32:  # NOTE: uint8 as the server converts it, once per call
+            pixels = pixels.astype(np.float32)
         (probabilities,) = baseline.session.run([repo.OUTPUT_NAME], {repo.INPUT_NAME: pixels})
         return len(probabilities)
 

@@ -21,7 +21,7 @@ from tlserve.service.wire.kserve.v2 import grpc_predict_v2_pb2 as pb
 
 ITEM_BYTES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4,
               "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2, "BYTES": 0}  # fmt: skip
-EXPECTED = {repo.INPUT_NAME: "FP32", repo.IMAGES_INPUT_NAME: "BYTES"}
+EXPECTED = {repo.INPUT_NAME: ("FP32", "UINT8"), repo.IMAGES_INPUT_NAME: ("BYTES",)}
 OTHER_INPUT = {
     (repo.INPUT_NAME, "BYTES"): f" (encoded images go in as input {repo.IMAGES_INPUT_NAME!r}, BYTES [N])",
     (repo.IMAGES_INPUT_NAME, "FP32"): f" (pixels go in as input {repo.INPUT_NAME!r}, FP32 [N, H, W, 3])",
@@ -63,8 +63,9 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int
         raise InvalidArgument(
             f"unknown input {tensor.name!r}: expected {repo.INPUT_NAME} or {repo.IMAGES_INPUT_NAME}"
         )
-    if tensor.datatype != EXPECTED[tensor.name]:
-        raise InvalidArgument(f"input {tensor.name!r} must be {EXPECTED[tensor.name]}; got {tensor.datatype}"
+    if tensor.datatype not in EXPECTED[tensor.name]:
+        wanted = " or ".join(EXPECTED[tensor.name])
+        raise InvalidArgument(f"input {tensor.name!r} must be {wanted}; got {tensor.datatype}"
                               f"{OTHER_INPUT.get((tensor.name, tensor.datatype), '')}")  # fmt: skip
     shape = list(tensor.shape)
     if len(shape) > MAX_RANK or any(d < 0 or d > max_elements for d in shape):
@@ -87,7 +88,8 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"{len(raw)} raw_input_contents entries for {len(request.inputs)} input(s)")
     if tensor.name == repo.INPUT_NAME:
-        return Input(tensor.name, pixels=_fp32(tensor, shape, count, raw[0] if raw else None), raw=bool(raw))
+        pixels = _numbers(tensor, shape, count, raw[0] if raw else None)
+        return Input(tensor.name, pixels=pixels, raw=bool(raw))
     if not raw and len(tensor.contents.bytes_contents) != count:
         raise InvalidArgument(
             f"input {tensor.name!r}: {len(tensor.contents.bytes_contents)} elements for shape {shape}"
@@ -98,21 +100,27 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int
     return Input(tensor.name, images=images, raw=bool(raw))
 
 
-def _fp32(
+def _numbers(
     tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], count: int, raw: bytes | None
 ) -> np.ndarray:
+    """An FP32 or UINT8 tensor as float32 or uint8 (raw bytes: a view, no copy)."""
+    uint8 = tensor.datatype == "UINT8"
     if raw is not None:
-        if len(raw) != count * 4:
-            raise InvalidArgument(
-                f"input {tensor.name!r}: {len(raw)} raw bytes; FP32 {shape} needs {count * 4}"
-            )
-        return np.frombuffer(raw, dtype="<f4").reshape(shape)
-    values = tensor.contents.fp32_contents
+        size = ITEM_BYTES[tensor.datatype]
+        if len(raw) != count * size:
+            raise InvalidArgument(f"input {tensor.name!r}: {len(raw)} raw bytes; {tensor.datatype} {shape} "
+                                  f"needs {count * size}")  # fmt: skip
+        return np.frombuffer(raw, dtype=np.uint8 if uint8 else "<f4").reshape(shape)
+    field = "uint_contents" if uint8 else "fp32_contents"
+    values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise InvalidArgument(
-            f"input {tensor.name!r}: {len(values)} fp32_contents for shape {shape} ({count})"
-        )
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+        raise InvalidArgument(f"input {tensor.name!r}: {len(values)} {field} for shape {shape} ({count})")
+    if not uint8:
+        return np.asarray(values, dtype=np.float32).reshape(shape)
+    wide = np.asarray(values, dtype=np.uint32)
+    if count and int(wide.max()) > 255:  # NOTE: uint_contents is uint32; UINT8 holds 0..255
+        raise InvalidArgument(f"input {tensor.name!r}: UINT8 values must be 0..255; got {int(wide.max())}")
+    return wide.astype(np.uint8).reshape(shape)
 
 
 def _split_bytes(raw: bytes, count: int, name: str) -> list[bytes]:

@@ -19,6 +19,7 @@ import binascii
 import json
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from tlserve.service.core import InferenceCore
@@ -151,8 +152,14 @@ def _typed(entry: Any, data: Any, parameters: dict[str, Any], index: int, max_el
     if entry.datatype not in oip_codec.ITEM_BYTES:
         raise InvalidArgument(f"inputs[{index}]: unknown datatype {entry.datatype!r}")
     values = json_numbers(data, f"inputs[{index}]: data must be numbers (flat or nested lists)").ravel()
+    if entry.datatype == "UINT8":
+        whole = bool(np.all(values == np.rint(values))) if values.size else True
+        if not whole or (values.size and (values.min() < 0 or values.max() > 255)):
+            raise InvalidArgument(f"inputs[{index}]: UINT8 data must be integers 0..255")
+        entry.contents.uint_contents.extend(values.astype(np.uint32).tolist())
+        return
     if entry.datatype != "FP32":
-        raise InvalidArgument(f"input {entry.name!r} must be FP32; got {entry.datatype}")
+        raise InvalidArgument(f"input {entry.name!r} must be FP32 or UINT8; got {entry.datatype}")
     entry.contents.fp32_contents.extend(values.tolist())
 
 

@@ -7,6 +7,7 @@ shape (with one value to broadcast, or an int64 product that would wrap) is reje
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def to_array(proto: tf_pb.TensorProto, name: str, max_elements: int) -> np.ndarr
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
     if len(values) == count or (len(values) == 1 and count > 0):
-        array = np.asarray(values, dtype=np.uint16 if dtype is np.float16 else dtype)
+        array = _typed(values, dtype, field, name, proto.dtype)
         if dtype is np.float16:  # half_val carries the float16 bit patterns as integers
             array = array.view(np.float16)
         # NOTE: TensorFlow's rule: a single value fills the whole (already bounded) tensor
@@ -92,6 +93,22 @@ def to_array(proto: tf_pb.TensorProto, name: str, max_elements: int) -> np.ndarr
     raise InvalidArgument(
         f"input {name!r}: {len(values)} values in {field} for shape {shape} ({count} elements)"
     )
+
+
+def _typed(values: Any, dtype: type[np.generic], field: str, name: str, proto_dtype: int) -> np.ndarray:
+    """A repeated value field as ``dtype``, integers range-checked: numpy would wrap an int_val of
+    300 into a uint8 of 44 silently."""
+    if dtype is np.float16:
+        return np.asarray(values, dtype=np.uint16)  # NOTE: half_val holds the bit patterns
+    if not np.issubdtype(dtype, np.integer):
+        return np.asarray(values, dtype=dtype)
+    wide = np.asarray(values, dtype=np.uint64 if field in ("uint32_val", "uint64_val") else np.int64)
+    limits = np.iinfo(np.dtype(dtype))
+    if wide.size and (int(wide.min()) < limits.min or int(wide.max()) > limits.max):
+        raise InvalidArgument(
+            f"input {name!r}: a value of {field} is out of range for {dtype_name(proto_dtype)}"
+        )
+    return wide.astype(dtype)
 
 
 def to_strings(proto: tf_pb.TensorProto, name: str, max_batch: int) -> list[bytes]:
