@@ -5,7 +5,7 @@ and int8, then, side by side in one run on this machine:
 
 1. the server vs onnxruntime called in-process: batch-1 latency; throughput over concurrency 1-32;
 2. dynamic batching on and off, and its delay; onnxruntime intra-op threads vs concurrency;
-3. the APIs side by side (TF Serving, OIP, native) with tensor and JPEG input;
+3. the APIs side by side (TF Serving, OIP, native) with FP32 and UINT8 tensors and JPEG input;
 4. onnxruntime fp32 vs int8 vs the TensorFlow backend, served and in-process;
 5. image decoding: full decode + resize vs the fast JPEG path, on 12-megapixel and small JPEGs;
 6. cold start: process start to READY, and RSS, for the ONNX model and the SavedModel;
@@ -271,6 +271,7 @@ def main() -> int:
     with server(repository, "--precision", "fp32") as srv:
         r["concurrency"] = {c: run(srv.target, "--api", "tfs", "--concurrency", str(c)) for c in CONCURRENCY}
         for label, api, kind in (("TF Serving Predict, tensor", "tfs", "tensor"), ("OIP ModelInfer, tensor", "v2", "tensor"),
+                                 ("TF Serving Predict, UINT8", "tfs", "uint8"), ("OIP ModelInfer, UINT8", "v2", "uint8"),
                                  ("TF Serving Predict, JPEG", "tfs", "jpeg"), ("OIP ModelInfer, JPEG", "v2", "jpeg"),
                                  ("native Classify, JPEG", "native", "jpeg")):  # fmt: skip
             r["api_labels"].append(label)

@@ -168,7 +168,7 @@ def run_demo(workdir: Path, per_class: list[int]) -> list[Row]:
         )
     print(f"\nrun dirs under {runs}; open their history.png, confusion.png and mistakes.png")
     run_dir, published = export_best(workdir, rows, per_class)
-    serve_demo(workdir, paths, run_dir, paths[f"target_train_{max(per_class)}"])
+    serve_demo(workdir, paths, run_dir, paths[f"target_train_{max(per_class)}"], train_command)
     print_next_steps(workdir, published, paths["target_val"])
     return rows
 

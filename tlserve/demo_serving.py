@@ -15,6 +15,7 @@ import json
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,16 @@ CAPTURE_BELOW = 0.5
 
 
 def serve_demo(
-    workdir: Path, paths: dict[str, Path], previous_run: Path, train_dir: Path, calls: int = 50
+    workdir: Path,
+    paths: dict[str, Path],
+    previous_run: Path,
+    train_dir: Path,
+    train: Callable[..., dict[str, Any]],
+    calls: int = 50,
 ) -> None:
     """Serve the exported model with unknown and capture on, classify held-out digits and photographs,
-    replay production traffic, relabel the captures, train and export version 2, see it served;
-    stop the server with SIGTERM."""
+    replay production traffic, relabel the captures, train (``train``: ``tlserve train`` with these
+    arguments, its run.json) and export version 2, see it served; stop the server with SIGTERM."""
     from tlserve.service.launch import ServerProcess
 
     models, captured = workdir / "models", workdir / "captured"
@@ -61,7 +67,9 @@ def serve_demo(
             print(f"batch-1 latency over {calls} calls, p50: native {native:.2f} ms, TF Serving API "
                   f"{tfs:.2f} ms (an image no trigger captures)")  # fmt: skip
             truth = production(client, paths["production"], captured / "digits")
-            retrained = relabel_and_train(workdir, paths, captured / "digits", truth, previous_run, train_dir)
+            retrained = relabel_and_train(
+                workdir, paths, captured / "digits", truth, previous_run, train_dir, train
+            )
             swap(client, models, retrained, val_dir)
         code = server.stop()
     if code != 0:
@@ -72,9 +80,7 @@ def serve_demo(
 def held_out(client: Any, val_dir: Path, scorer: Any) -> bytes:
     """Classify one held-out digit per class through both APIs with their novelty; the bytes of the
     one answered most surely (the latency probe, which no trigger captures)."""
-    from tlserve.demo import TARGET_CLASSES
-
-    samples = [(d, sorted((val_dir / f"digit_{d}").glob("*.png"))[0]) for d in TARGET_CLASSES]
+    samples = [(c.name, sorted(c.glob("*.png"))[0]) for c in sorted(val_dir.iterdir()) if c.is_dir()]
     width = max(len(str(path.relative_to(val_dir))) for _, path in samples)
     print(f"{'image':<{width}}  {'true':<8} {'native Classify':<16} {'TF Serving Predict':<24} novelty")
     steady, best = samples[0][1].read_bytes(), -1.0
@@ -86,7 +92,7 @@ def held_out(client: Any, val_dir: Path, scorer: Any) -> bytes:
         version, probabilities = client.predict_images("digits", [data])
         index = int(probabilities[0].argmax())
         novelty = _novelty(scorer, answer.embedding)
-        print(f"{path.relative_to(val_dir)!s:<{width}}  digit_{digit:<2} {top.label} {top.score:.3f}    "
+        print(f"{path.relative_to(val_dir)!s:<{width}}  {digit:<8} {top.label} {top.score:.3f}    "
               f"{labels[index]} {probabilities[0, index]:.3f} (v{version})     {novelty:.2f}")  # fmt: skip
         if top.label != "unknown" and top.score > best and novelty < UNKNOWN_NOVELTY_ABOVE:
             steady, best = data, top.score
@@ -135,11 +141,10 @@ def relabel_and_train(
     truth: dict[bytes, str],
     previous_run: Path,
     train_dir: Path,
+    train: Callable[..., dict[str, Any]],
 ) -> Path:
     """Play the labeller (each captured digit to its true folder, photographs deleted), add the
     captures to the training images and train again from ``previous_run``; the new run dir."""
-    from tlserve.demo import train_command
-
     print("\n== relabelling: the demo plays the labeller ==", flush=True)
     photos = {photo for _, photo in other_domain()}
     moved, deleted = 0, {"photographs": 0, "validation digits": 0}
@@ -168,7 +173,7 @@ def relabel_and_train(
           f"cp {captured}/CLASS/* {data}/CLASS/")  # fmt: skip
     print(f"\n== training again from the served run ({previous_run.name}) on {data.name} ==", flush=True)
     out = workdir / "runs" / "loop-finetune"
-    report = train_command(data, "--out", out, "--base", previous_run, "--mode", "finetune",
+    report = train(data, "--out", out, "--base", previous_run, "--mode", "finetune",
                            "--val-data", paths["target_val"])  # fmt: skip
     before = json.loads((previous_run / "run.json").read_text())["metrics"]["accuracy"]
     after = float(report["metrics"]["accuracy"])
