@@ -150,7 +150,11 @@ def scraped(
     break_onnx(publish(repository, "broken", 1))  # a model whose only version cannot load
     for name in ("painted", "painted-photos"):
         shutil.copytree(exported.path, repository / name / "1")
-    server = ServerProcess(repository)
+    # NOTE: capture on for painted-photos (the photographs are novel): the capture panel has data
+    config = tmp_path_factory.mktemp("config") / "tlserve.json"
+    config.write_text(json.dumps({"models": {"painted-photos": {"capture_novelty_above": 1.0}}}))
+    captured = tmp_path_factory.mktemp("captured")
+    server = ServerProcess(repository, "--config", str(config), "--capture-dir", str(captured))
     prometheus = None
     try:
         with server.client() as client:
@@ -245,7 +249,7 @@ def test_shipped_rules_load_and_evaluate(scraped: tuple[Prometheus, ServerProces
         return rules if rules and all(r["health"] != "unknown" for r in rules) else None
 
     rules = prometheus.wait(evaluated, "every rule evaluated")
-    assert len(rules) == 15
+    assert len(rules) == 16
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     recorded = 'tlserve:request_duration_seconds:p50{model="colors"}'
     p50 = prometheus.wait(lambda: _finite(prometheus.value(recorded)), "p50 recorded")
