@@ -47,6 +47,22 @@ def journal(root: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def fill_the_disk_in_the_second_line(monkeypatch: Any) -> None:
+    """The writer's second os.write (the second capture's journal line) writes half, then fails."""
+    from tlserve.service import capture as module
+
+    real_write, calls = module.os.write, []
+
+    def full_once(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(module.os, "write", full_once)
+
+
 def test_triggers_layout_and_journal(tmp_path: Path) -> None:
     """Low confidence and novelty pick their images; each is written as sent under its predicted
     label, named by the request id, with its line in captures.jsonl."""
@@ -210,18 +226,7 @@ def test_a_failed_journal_write_leaves_neither_half_a_line_nor_its_image(
 ) -> None:
     """A disk that fills in the middle of a line: the line is cut off again and its image removed;
     the next capture's line parses."""
-    from tlserve.service import capture as module
-
-    real_write, calls = module.os.write, []
-
-    def full_once(fd: int, data: bytes) -> int:
-        calls.append(len(data))
-        if len(calls) == 2:  # the second capture's line: half written, then the disk is full
-            real_write(fd, data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(module.os, "write", full_once)
+    fill_the_disk_in_the_second_line(monkeypatch)
     root = tmp_path / "captured"
     capture, metrics = capturer(root, capture_sample=1.0)
     for seed in range(3):
@@ -234,9 +239,36 @@ def test_a_failed_journal_write_leaves_neither_half_a_line_nor_its_image(
     )
 
 
+def test_a_half_line_that_could_not_be_cut_is_ended_before_the_next(tmp_path: Path, monkeypatch: Any) -> None:
+    """Half a line written and the truncation failing too: the next line starts on a line of its own."""
+    from tlserve.service import capture as module
+
+    def cannot_truncate(fd: int, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    fill_the_disk_in_the_second_line(monkeypatch)
+    monkeypatch.setattr(module.os, "ftruncate", cannot_truncate)
+    root = tmp_path / "captured"
+    capture, metrics = capturer(root, capture_sample=1.0)
+    for seed in range(3):
+        capture.offer(prediction([[0.9, 0.05, 0.05]]), [encoded("red", seed=seed)])
+    capture.close()
+    lines = (root / "colors" / JSONL).read_text().splitlines()
+    assert len(lines) == 3 and outcome(metrics, "written") == 2
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            parsed.append(None)
+    assert parsed[1] is None and parsed[0] is not None and parsed[2] is not None  # the fragment alone
+
+
 def test_settings_from_several_sources_are_checked_together(tmp_path: Path, monkeypatch: Any) -> None:
     """capture_dir in the environment and a trigger in a flag (or a model's in the environment and
     the folder in a file) are one valid configuration; a model's variable adds to its file section."""
+    import pydantic
+
     from tlserve.service.settings import load_settings
 
     monkeypatch.setenv("TLSERVE_CAPTURE_DIR", str(tmp_path))
@@ -252,6 +284,13 @@ def test_settings_from_several_sources_are_checked_together(tmp_path: Path, monk
     monkeypatch.delenv("TLSERVE_MODELS__COLORS__CAPTURE_BELOW")
     with pytest.raises(ValueError, match="nothing triggers a capture"):
         load_settings(None, capture_dir=tmp_path)
+    # nested: one label from the environment beside the file's others; a broken section still refused
+    config.write_text(json.dumps({"models": {"colors": {"version_labels": {"stable": 1, "canary": 2}}}}))
+    monkeypatch.setenv("TLSERVE_MODELS__COLORS__VERSION_LABELS__CANARY", "3")
+    assert load_settings(config).for_model("colors").version_labels == {"stable": 1, "canary": 3}
+    config.write_text(json.dumps({"models": {"colors": "oops"}}))
+    with pytest.raises(pydantic.ValidationError, match=r"models\.colors"):
+        load_settings(config)
 
 
 def test_settings_want_a_folder_and_a_trigger_together(tmp_path: Path) -> None:

@@ -305,6 +305,8 @@ class Capturer:
         failed write (a full disk) is cut off again, so the journal never holds half a line."""
         fd = self._journal(model_dir)
         end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":  # NOTE: a line an earlier failure could not cut
+            line = b"\n" + line
         try:
             if os.write(fd, line) != len(line):
                 raise OSError(errno.ENOSPC, "short write to captures.jsonl")
@@ -323,7 +325,7 @@ class Capturer:
             except OSError:  # NOTE: moved or deleted by hand: a new one
                 pass
             self._close_journal(model_dir)
-        fd = self._journals[model_dir] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = self._journals[model_dir] = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         return fd
 
     def _close_journal(self, model_dir: Path) -> None:
@@ -361,7 +363,9 @@ def _pixels(image: np.ndarray) -> np.ndarray:
 
 def _place(staged: Path, folder: Path, stem: str, ext: str) -> Path:
     """Link ``staged`` into ``folder`` as ``stem.ext``, or ``stem-1.ext``... when the name is taken
-    (a client reusing a request id, a file a labeller moved in): never over an existing file."""
+    (a client reusing a request id, a file a labeller moved in): never over an existing file, but
+    on a file system without hard links, where a file moved in under the same name between the
+    check and the rename would be replaced."""
     n = 0
     while True:
         final = folder / (f"{stem}.{ext}" if n == 0 else f"{stem}-{n}.{ext}")

@@ -268,7 +268,9 @@ class Client:
         return self._predict(messages.predict_request(model, images=images, version=version, outputs=_SCORES))
 
     def predict(self, model: str, pixels: np.ndarray, version: int = 0) -> tuple[int, np.ndarray]:
-        """TF Serving API, ``serving_default``: float32 pixels [N, H, W, 3] -> (version, probabilities)."""
+        """TF Serving API, ``serving_default``: float32 pixels [N, H, W, 3] -> (version, probabilities).
+        uint8 pixels go as DT_UINT8, a quarter of the bytes (a server that predates UINT8 input
+        refuses them: send float32 to it)."""
         return self._predict(messages.predict_request(model, pixels=pixels, version=version, outputs=_SCORES))
 
     def _predict(self, request: serving_pb2.PredictRequest) -> tuple[int, np.ndarray]:

@@ -447,6 +447,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: Any, top: Any) -> Any:
+    """``top`` over ``base``, key by key where both are objects; a value of the wrong kind in
+    ``base`` (a model's section that is not an object) is kept, for validation to name it."""
+    if not isinstance(top, dict):
+        return top
+    if not isinstance(base, dict):
+        return base if base is not None else top
+    return {**base, **{k: _deep_merge(base.get(k), v) if k in base else v for k, v in top.items()}}
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> ServerSettings:
     """Defaults < config file < environment < ``overrides`` (flags that were given). Raises
     pydantic.ValidationError or ValueError naming the bad setting."""
@@ -463,10 +473,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServerSetting
     env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
     if "models" in env_values and isinstance(file_values.get("models"), dict):
         # NOTE: TLSERVE_MODELS__NAME__KEY sets one key of the file's models.NAME, not all of it
-        models = {n: dict(v) if isinstance(v, dict) else v for n, v in file_values["models"].items()}
-        for name, own in from_env.models.items():
-            base = models.get(name)
-            models[name] = {**(base if isinstance(base, dict) else {}), **own.model_dump(exclude_unset=True)}
-        env_values["models"] = models
+        env_models = {name: own.model_dump(exclude_unset=True) for name, own in from_env.models.items()}
+        env_values["models"] = _deep_merge(file_values["models"], env_models)
     merged = {**file_values, **env_values, **overrides}
     return ServerSettings.model_validate(merged)

@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe v2) tensors <-> numpy, checked as the protocol requires.
 
-A request has exactly one input: ``image`` FP32 [N, H, W, 3] (RGB 0..255) or ``images`` BYTES [N]
+A request has exactly one input: ``image`` FP32 or UINT8 [N, H, W, 3] (RGB 0..255) or ``images`` BYTES [N]
 (encoded JPEG/PNG/BMP/GIF), as typed ``contents`` or as ``raw_input_contents`` (BYTES raw: each element a
 4-byte little-endian length, then the bytes). Every size is checked with Python integers first.
 """
@@ -25,6 +25,7 @@ EXPECTED = {repo.INPUT_NAME: ("FP32", "UINT8"), repo.IMAGES_INPUT_NAME: ("BYTES"
 OTHER_INPUT = {
     (repo.INPUT_NAME, "BYTES"): f" (encoded images go in as input {repo.IMAGES_INPUT_NAME!r}, BYTES [N])",
     (repo.IMAGES_INPUT_NAME, "FP32"): f" (pixels go in as input {repo.INPUT_NAME!r}, FP32 [N, H, W, 3])",
+    (repo.IMAGES_INPUT_NAME, "UINT8"): f" (pixels go in as input {repo.INPUT_NAME!r}, UINT8 [N, H, W, 3])",
 }
 """What to say when a request sends the other input's datatype under an input's name."""
 CLASSIFICATION = "classification"
@@ -54,7 +55,7 @@ def parse_input(request: pb.ModelInferRequest, max_elements: int, max_batch: int
     from its shape, before any element is split off or copied (16 M empty elements cost 11 s)."""
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
-        raise InvalidArgument(f"expected one input, {repo.INPUT_NAME} (FP32 [N, H, W, 3]) or "
+        raise InvalidArgument(f"expected one input, {repo.INPUT_NAME} (FP32 or UINT8 [N, H, W, 3]) or "
                               f"{repo.IMAGES_INPUT_NAME} (BYTES [N]); got {names}")  # fmt: skip
     tensor = request.inputs[0]
     if tensor.datatype not in ITEM_BYTES:

@@ -1,7 +1,8 @@
 """TensorFlow Serving's gRPC API (PredictionService, ModelService) over the core.
 
 Signatures, as the exporter writes them into the SavedModel (and GetModelMetadata reports):
-``serving_default`` (input ``image``: DT_FLOAT [N, H, W, 3]), ``predict_images`` (input ``images``:
+``serving_default`` (input ``image``: DT_FLOAT [N, H, W, 3]; DT_UINT8 is taken too and converted),
+``predict_images`` (input ``images``:
 DT_STRING [N] encoded images); both output ``probabilities`` DT_FLOAT [N, classes]. Classify takes
 tf.Examples with the encoded image in the ``image/encoded`` bytes feature and returns every class with
 its score, best first (real TF Serving cannot Classify a TF2 export; this server can).
